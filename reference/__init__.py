@@ -1,0 +1,30 @@
+"""PyTorch side: model loading (timm), calibration, the recipes and the
+fake-quant executor of a frozen `QuantizedViT`.
+
+Public API (documented in README, kept stable)::
+
+    model = reference.load_model()                  # bundled digits ViT (or a timm name + checkpoint)
+    qvit = reference.quantize(model, calib_images, "configs/recipes/static_w8a8.yaml")
+    qvit.save("model.qvit.npz"); QuantizedViT.load("model.qvit.npz")
+    reference.FakeQuantExecutor(qvit).run(images)   # -> RunResult
+"""
+
+from __future__ import annotations
+
+from reference.fakequant import FakeQuantExecutor
+from reference.recipes import quantize
+from reference.recipes.config import RecipeConfig, load_recipe
+
+__all__ = ["load_model", "quantize", "FakeQuantExecutor", "RecipeConfig", "load_recipe", "load_dataset",
+           "load_digits"]
+
+
+def __getattr__(name):
+    # models/data import timm's heavier machinery; load them on first use
+    if name == "load_model":
+        from reference.models import load_model
+        return load_model
+    if name in ("load_dataset", "load_digits"):
+        import reference.data as data
+        return getattr(data, name)
+    raise AttributeError(name)

@@ -1,0 +1,163 @@
+"""PyTorch fake-quant executor of a frozen `QuantizedViT`.
+
+Works on int64 tensors of codes and float64 tensors that hold exact
+integers (GEMMs run in float64, exact while |acc| < 2**53, which the code
+widths guarantee), applying the very fixed-point primitives of
+`simulator.fixedpoint` / `simulator.int_nonlinear` vectorised over tensors.
+In ``nonlinear="integer"`` mode its every boundary code equals the numba
+simulator's; ``nonlinear="float"`` replaces softmax, GELU and LayerNorm by
+their float versions between the same quantizers (as the papers evaluate).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reference.vit_float import patchify
+from simulator.fixedpoint import isqrt, requantize, round_half_up, saturate
+from simulator.graph import static_layers
+from simulator.int_nonlinear import (GELU_FRAC_BITS, GELU_INPUT_LIMIT, SOFTMAX_RECIP_BITS, LN_RECIP_BITS,
+                                     exp2_neg, gelu_q12, ln_affine, ln_normalize, softmax_scale_codes)
+from simulator.qvit import LayerNormQ, Linear, QuantizedViT
+from simulator.results import RunResult
+from simulator.trace import Trace
+
+__all__ = ["FakeQuantExecutor"]
+
+ACC_LO, ACC_HI = -(1 << 31), (1 << 31) - 1
+
+
+def _t(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.int64))
+
+
+def _srange(bits: int) -> tuple[int, int]:
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+class FakeQuantExecutor:
+    """``FakeQuantExecutor(qvit).run(images)`` -> `RunResult`."""
+
+    def __init__(self, qvit: QuantizedViT, nonlinear: Literal["integer", "float"] = "integer"):
+        if nonlinear not in ("integer", "float"):
+            raise ValueError(f"nonlinear must be 'integer' or 'float', got {nonlinear!r}")
+        self.q, self.nonlinear = qvit, nonlinear
+        self.overflows: dict[str, int] = {}
+
+    # --- operators ----------------------------------------------------------
+    def _gemm(self, name: str, a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+        """Exact int accumulator of ``a @ b_t`` saturated to int32 (counted)."""
+        acc = torch.round(a.double() @ b_t.double()).long()
+        over = int(((acc < ACC_LO) | (acc > ACC_HI)).sum())
+        if over:
+            self.overflows[name] = self.overflows.get(name, 0) + over
+        return acc.clamp(ACC_LO, ACC_HI)
+
+    def _linear(self, name: str, lin: Linear, x: torch.Tensor, res: torch.Tensor | None = None):
+        acc = self._gemm(name, x, _t(lin.w_q).T)
+        acc = saturate(acc + _t(lin.bias_q), ACC_LO, ACC_HI)
+        y = requantize(acc, _t(lin.out_mult), _t(lin.out_shift))
+        if res is not None:
+            y = y + requantize(res, lin.res_mult, lin.res_shift)
+        if lin.out_bits == 0:
+            return saturate(y, -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
+        return saturate(y, *_srange(lin.out_bits))
+
+    def _layernorm(self, ln: LayerNormQ, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = _srange(ln.out_bits)
+        if self.nonlinear == "float":
+            y = F.layer_norm(x.double() * ln.in_scale, (x.shape[-1],), torch.as_tensor(ln.gamma),
+                             torch.as_tensor(ln.beta), ln.eps)
+            return saturate(round_half_up(y / ln.out_scale).long(), lo, hi)
+        d = x.shape[-1]
+        s1 = x.sum(-1, keepdim=True)
+        v = d * (x * x).sum(-1, keepdim=True) - s1 * s1
+        std = isqrt(v + ln.eps_q)
+        std = std + (std < 1)
+        recip = (1 << LN_RECIP_BITS) // std
+        n = ln_normalize(d * x - s1, recip)
+        return ln_affine(n, _t(ln.gamma_mult), _t(ln.beta_q), ln.out_shift, lo, hi)
+
+    def _softmax(self, sm, acc: torch.Tensor) -> torch.Tensor:
+        if self.nonlinear == "float":
+            p = torch.softmax(acc.double() * sm.in_scale, dim=-1)
+            return saturate(round_half_up(p * (1 << sm.out_bits)).long(), 0, (1 << sm.out_bits) - 1)
+        t = requantize(acc - acc.amax(-1, keepdim=True), sm.in_mult, sm.in_shift)
+        e = exp2_neg(-t)
+        recip = (1 << SOFTMAX_RECIP_BITS) // e.sum(-1, keepdim=True)
+        return softmax_scale_codes(e, recip, sm.out_bits)
+
+    def _gelu(self, g, fc1: Linear, h: torch.Tensor) -> torch.Tensor:
+        lo, hi = _srange(g.out_bits)
+        if self.nonlinear == "float":
+            y = F.gelu(h.double() * 2.0 ** -GELU_FRAC_BITS)
+            return saturate(round_half_up(y / g.out_scale).long(), lo, hi)
+        return saturate(requantize(gelu_q12(h), g.out_mult, g.out_shift), lo, hi)
+
+    # --- forward ------------------------------------------------------------
+    def _forward(self, images: torch.Tensor, codes: dict[str, list]):
+        q = self.q
+        m = q.meta
+        def keep(name, t):
+            codes.setdefault(name, []).append(t)
+        p = patchify(images.double(), m["patch_size"])
+        x = saturate(round_half_up(p / q.in_scale).long(), *_srange(q.in_bits))
+        keep("input", x)
+        rb = _srange(q.residual_bits)
+        pt = self._linear("patch_embed", q.patch_embed, x)
+        pos = _t(q.pos_q)
+        cls = (_t(q.cls_q) + pos[0]).expand(pt.shape[0], 1, -1)
+        x = saturate(torch.cat([cls, pt + pos[1:]], dim=1), *rb)
+        keep("x0", x)
+        h, hd = m["num_heads"], m["head_dim"]
+        for i, b in enumerate(q.blocks):
+            pre = f"blocks.{i}."
+            n1 = self._layernorm(b.norm1, x)
+            keep(pre + "norm1", n1)
+            bsz, t, d = n1.shape
+            qkv = self._linear(pre + "attn.qkv", b.qkv, n1).reshape(bsz, t, 3, h, hd).permute(2, 0, 3, 1, 4)
+            qh, kh, vh = qkv[0], qkv[1], qkv[2]
+            keep(pre + "q", qh), keep(pre + "k", kh), keep(pre + "v", vh)
+            attn = self._softmax(b.softmax, self._gemm(pre + "attn.qk", qh, kh.transpose(-2, -1)))
+            keep(pre + "attn", attn)
+            o = requantize(self._gemm(pre + "attn.av", attn, vh), b.av.mult, b.av.shift)
+            o = saturate(o, *_srange(b.av.out_bits)).transpose(1, 2).reshape(bsz, t, d)
+            keep(pre + "attn_out", o)
+            x = self._linear(pre + "attn.proj", b.proj, o, res=x)
+            keep(pre + "x_mid", x)
+            n2 = self._layernorm(b.norm2, x)
+            keep(pre + "norm2", n2)
+            f1 = self._linear(pre + "mlp.fc1", b.fc1, n2)
+            keep(pre + "fc1", f1)
+            g = self._gelu(b.gelu, b.fc1, f1)
+            keep(pre + "gelu", g)
+            x = self._linear(pre + "mlp.fc2", b.fc2, g, res=x)
+            keep(pre + "x_out", x)
+        nf = self._layernorm(q.norm, x[:, 0])
+        keep("norm", nf)
+        logits = self._linear("head", q.head, nf)
+        keep("logits", logits)
+        return logits
+
+    @torch.no_grad()
+    def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
+        """Execute on float images [B, C, H, W] (the model's preprocessing applied)."""
+        images = torch.as_tensor(np.asarray(images, dtype=np.float32))
+        self.overflows = {}
+        codes: dict[str, list] = {}
+        logits = []
+        for s in range(0, len(images), batch_size):
+            c: dict[str, list] = {} if keep_codes else {}
+            logits.append(self._forward(images[s:s + batch_size], c))
+            if keep_codes:
+                for k, v in c.items():
+                    codes.setdefault(k, []).extend(t.numpy() for t in v)
+        lc = torch.cat(logits).numpy() if logits else np.zeros((0, self.q.meta["num_classes"]), np.int64)
+        trace = Trace(model=self.q.meta["model"], recipe=self.q.meta["label"], layers=static_layers(self.q),
+                      n_images=len(images), overflows=dict(self.overflows))
+        return RunResult(logits=lc * self.q.logit_scale, logit_codes=lc, trace=trace,
+                         codes={k: np.concatenate(v) for k, v in codes.items()})

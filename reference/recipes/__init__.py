@@ -1,0 +1,28 @@
+"""The recipe registry: one module per recipe, all on `reference.quantizers`.
+
+``quantize(model, calib_images, recipe)`` accepts a `RecipeConfig`, a path to
+a recipe YAML, or a mapping, and returns the frozen `QuantizedViT`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from reference.recipes import static
+from reference.recipes.config import RecipeConfig, load_recipe, recipe_from_dict
+from simulator.qvit import QuantizedViT
+
+__all__ = ["quantize", "RECIPES"]
+
+RECIPES = {"static": static.build}
+
+
+def quantize(model, calib_images, recipe="configs/recipes/static_w8a8.yaml", model_name: str = "model") -> QuantizedViT:
+    """Calibrate ``model`` on ``calib_images`` [N, C, H, W] and freeze ``recipe``."""
+    if isinstance(recipe, (str, os.PathLike)):
+        cfg = load_recipe(recipe)
+    elif isinstance(recipe, dict):
+        cfg = recipe_from_dict(recipe)
+    else:
+        cfg = recipe
+    return RECIPES[cfg.recipe](model, calib_images, cfg, model_name=model_name)

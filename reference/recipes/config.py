@@ -1,0 +1,118 @@
+"""Recipe YAML -> validated, frozen `RecipeConfig` (the core never sees dicts).
+
+A recipe file (``configs/recipes/*.yaml``)::
+
+    recipe: static            # which recipe module builds the model
+    w_bits: 8                 # GEMM weight codes (per output channel)
+    a_bits: 8                 # GEMM activation codes (per tensor)
+    residual_bits: 16         # the residual stream between blocks
+    edge_bits: 8              # patch-embed and head operands (0: same as w/a)
+    weight_calibration: mse   # minmax | mse
+    act_calibration: mse      # minmax | percentile | mse
+    percentile: 99.99
+    calib_images: 128
+
+Every problem is reported as ``<file>: <field>: <what was expected>``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields, replace
+
+import yaml
+
+from simulator.errors import InputError
+
+__all__ = ["RecipeConfig", "load_recipe", "recipe_from_dict", "RECIPE_NAMES"]
+
+RECIPE_NAMES = ("static",)
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    recipe: str = "static"
+    w_bits: int = 8
+    a_bits: int = 8
+    residual_bits: int = 16
+    edge_bits: int = 8
+    weight_calibration: str = "mse"
+    act_calibration: str = "mse"
+    percentile: float = 99.99
+    calib_images: int = 128
+    params: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.recipe}_w{self.w_bits}a{self.a_bits}"
+
+    def with_bits(self, w_bits: int | None = None, a_bits: int | None = None) -> "RecipeConfig":
+        return replace(self, w_bits=w_bits or self.w_bits, a_bits=a_bits or self.a_bits)
+
+
+_CHOICES = {
+    "weight_calibration": ("minmax", "mse"),
+    "act_calibration": ("minmax", "percentile", "mse"),
+}
+_RANGES = {
+    "w_bits": (2, 8), "a_bits": (2, 8), "residual_bits": (8, 24), "edge_bits": (0, 8),
+    "percentile": (50.0, 100.0), "calib_images": (1, 100000),
+}
+
+
+def recipe_from_dict(d, where: str = "recipe") -> RecipeConfig:
+    """Validate a mapping into a `RecipeConfig`; `InputError` names ``where: field``."""
+    if not isinstance(d, dict):
+        raise InputError(f"{where}: expected a mapping of recipe fields, got {type(d).__name__}")
+    known = {f.name: f for f in fields(RecipeConfig)}
+    for key in d:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            raise InputError(f"{where}: {key}: unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    if "recipe" not in d:
+        raise InputError(f"{where}: recipe: missing (one of {', '.join(RECIPE_NAMES)})")
+    values = {}
+    for key, val in d.items():
+        default = known[key].default if key != "params" else {}
+        if key == "recipe":
+            if val not in RECIPE_NAMES:
+                hint = difflib.get_close_matches(str(val), RECIPE_NAMES, n=1)
+                raise InputError(f"{where}: recipe: unknown recipe {val!r}, expected one of "
+                                 f"{', '.join(RECIPE_NAMES)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        elif key == "params":
+            if not isinstance(val, dict):
+                raise InputError(f"{where}: params: expected a mapping, got {type(val).__name__}")
+        elif isinstance(default, bool) or isinstance(default, int):
+            if isinstance(val, bool) or not isinstance(val, int):
+                raise InputError(f"{where}: {key}: expected an integer, got {val!r}")
+        elif isinstance(default, float):
+            if isinstance(val, bool) or not isinstance(val, (int, float)):
+                raise InputError(f"{where}: {key}: expected a number, got {val!r}")
+            val = float(val)
+        elif isinstance(default, str):
+            if val not in _CHOICES[key]:
+                raise InputError(f"{where}: {key}: expected one of {', '.join(_CHOICES[key])}, got {val!r}")
+        if key in _RANGES:
+            lo, hi = _RANGES[key]
+            if not lo <= val <= hi:
+                raise InputError(f"{where}: {key}: expected a value in [{lo}, {hi}], got {val!r}")
+        values[key] = val
+    return RecipeConfig(**values)
+
+
+def load_recipe(path: str | os.PathLike) -> RecipeConfig:
+    """Read and validate a recipe YAML file."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such recipe file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read ({e.__class__.__name__})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(f"{path}: invalid YAML{at}") from None
+    return recipe_from_dict(data, where=path)

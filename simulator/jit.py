@@ -1,0 +1,50 @@
+"""Numba JIT flags in one place, and the jitted fixed-point primitives.
+
+``cache=True`` so a second start does not recompile; ``parallel=True`` only on
+kernels whose outer loop is a ``prange`` over rows. The scalar primitives are
+the very functions of `simulator.fixedpoint` / `simulator.int_nonlinear`,
+compiled here (inlined into the kernels).
+"""
+
+from __future__ import annotations
+
+import types
+
+import numba
+
+from simulator import fixedpoint, int_nonlinear
+
+__all__ = ["kernel", "parallel_kernel", "rounding_rshift", "saturate", "requantize", "isqrt",
+           "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine"]
+
+kernel = numba.njit(cache=True, nogil=True)
+parallel_kernel = numba.njit(cache=True, nogil=True, parallel=True)
+_scalar = numba.njit(cache=True, nogil=True, inline="always")
+
+_compiled: dict = {}
+
+
+def _compile(f):
+    """Jit ``f`` with the primitives it calls rebound to their jitted versions.
+
+    The function object is rebuilt from its own code with a copy of its
+    module's globals in which every already-compiled primitive is replaced,
+    so the source stays the plain-Python one that torch and numpy also run.
+    """
+    g = dict(f.__globals__)
+    g.update(_compiled)
+    fn = types.FunctionType(f.__code__, g, f.__name__, f.__defaults__, f.__closure__)
+    fn.__module__, fn.__qualname__ = f.__module__, f.__qualname__
+    _compiled[f.__name__] = _scalar(fn)
+    return _compiled[f.__name__]
+
+
+rounding_rshift = _compile(fixedpoint.rounding_rshift)
+saturate = _compile(fixedpoint.saturate)
+requantize = _compile(fixedpoint.requantize)
+isqrt = _compile(fixedpoint.isqrt)
+exp2_neg = _compile(int_nonlinear.exp2_neg)
+softmax_scale_codes = _compile(int_nonlinear.softmax_scale_codes)
+gelu_q12 = _compile(int_nonlinear.gelu_q12)
+ln_normalize = _compile(int_nonlinear.ln_normalize)
+ln_affine = _compile(int_nonlinear.ln_affine)

@@ -1,0 +1,65 @@
+"""GEMM output stage: bias, dyadic requantization, fused residual, saturation.
+
+    out[i, j] = saturate(requantize(sat32(acc[i, j] + bias[j]), M[j], k[j])
+                         [+ requantize(res[i, j], Mr, kr)], lo, hi)
+
+(TFLite's reference FullyConnected output stage, with per-channel dyadic
+multipliers and our round-half-up rule.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from simulator.jit import parallel_kernel, requantize, saturate
+
+__all__ = ["linear_output", "requant_output", "code_dtype"]
+
+ACC_LO, ACC_HI = -(1 << 31), (1 << 31) - 1
+
+
+def code_dtype(bits: int):
+    """Smallest numpy integer type that stores signed ``bits``-wide codes."""
+    return np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32
+
+
+@parallel_kernel
+def _linear_output(acc, bias, mult, shift, res, res_mult, res_shift, lo, hi, out):
+    m, n = acc.shape
+    over = 0
+    for i in prange(m):
+        for j in range(n):
+            a = np.int64(acc[i, j]) + bias[j]
+            if a < ACC_LO or a > ACC_HI:
+                over += 1
+            a = saturate(a, ACC_LO, ACC_HI)
+            y = requantize(a, mult[j], shift[j])
+            if res_mult != 0:
+                y += requantize(np.int64(res[i, j]), res_mult, res_shift)
+            out[i, j] = saturate(y, lo, hi)
+    return over
+
+
+def linear_output(acc, bias, mult, shift, lo, hi, out_dtype, res=None, res_mult=0, res_shift=0):
+    """Apply the output stage to a 2-D accumulator; returns (codes, bias overflows)."""
+    out = np.empty(acc.shape, dtype=out_dtype)
+    r = res if res is not None else np.zeros((1, 1), dtype=np.int64)
+    over = _linear_output(acc, bias, mult, shift, r, np.int64(res_mult), np.int64(res_shift),
+                          np.int64(lo), np.int64(hi), out)
+    return out, over
+
+
+@parallel_kernel
+def _requant_output(acc, mult, shift, lo, hi, out):
+    for i in prange(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            out[i, j] = saturate(requantize(np.int64(acc[i, j]), mult, shift), lo, hi)
+
+
+def requant_output(acc, mult: int, shift: int, lo: int, hi: int, out_dtype):
+    """Per-tensor ``saturate(requantize(acc, M, k))`` of any-shaped acc."""
+    a2 = acc.reshape(-1, acc.shape[-1])
+    out = np.empty(a2.shape, dtype=out_dtype)
+    _requant_output(a2, np.int64(mult), np.int64(shift), np.int64(lo), np.int64(hi), out)
+    return out.reshape(acc.shape)
