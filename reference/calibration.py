@@ -43,7 +43,7 @@ class BoundaryStats:
 
 
 def collect_boundaries(model, images: np.ndarray, batch_size: int = 64,
-                       max_samples: int = 1 << 18, seed: int = 0) -> dict[str, BoundaryStats]:
+                       max_samples: int = 1 << 16, seed: int = 0) -> dict[str, BoundaryStats]:
     """Run the float model over ``images`` and gather `BoundaryStats` per boundary."""
     rng = np.random.default_rng(seed)
     stats: dict[str, BoundaryStats] = {}

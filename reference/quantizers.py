@@ -79,7 +79,7 @@ def _symmetric_scale(amax: float, bits: int, signed: bool) -> float:
 
 
 def calibrate(x: np.ndarray, bits: int, method: str = "minmax", *, signed: bool = True,
-              symmetric: bool = True, percentile: float = 99.99, grid: int = 64) -> QParams:
+              symmetric: bool = True, percentile: float = 99.99, grid: int = 32) -> QParams:
     """Per-tensor quantizer for the values ``x`` (any shape, flattened).
 
     minmax: range = max |x| (or [min, max] when asymmetric);
@@ -115,11 +115,18 @@ def _asym(lo_v: float, hi_v: float, bits: int) -> QParams:
 
 
 def _mse_search(x: np.ndarray, candidates: list[QParams]) -> QParams:
-    errs = [float(np.mean((x - fake_quantize(x, qp)) ** 2)) for qp in candidates]
+    """The candidate with the least mean squared error (ranked in float32 with
+    np.clip, the same clamp as `saturate`, for speed; the scale stays float64)."""
+    x32 = x.astype(np.float32)
+    errs = []
+    for qp in candidates:
+        s, zp = np.float32(qp.scale), np.float32(qp.zero_point)
+        q = np.clip(np.floor(x32 / s + 0.5) + zp, qp.lo, qp.hi)
+        errs.append(float(np.mean((x32 - (q - zp) * s) ** 2)))
     return candidates[int(np.argmin(errs))]
 
 
-def weight_scales(w: np.ndarray, bits: int, method: str = "minmax", grid: int = 64) -> np.ndarray:
+def weight_scales(w: np.ndarray, bits: int, method: str = "minmax", grid: int = 32) -> np.ndarray:
     """Symmetric per-output-channel scales of a weight matrix ``w`` [n, k].
 
     minmax: ``max|w_c| / (2**(bits-1) - 1)``; mse: per-channel grid search of
@@ -134,9 +141,11 @@ def weight_scales(w: np.ndarray, bits: int, method: str = "minmax", grid: int = 
         return amax / hi
     lo = code_range(bits)[0]
     best_s, best_e = amax / hi, np.full(len(w), np.inf)
+    w32 = w.astype(np.float32)   # the search only ranks candidates; the chosen scale stays float64
     for r in np.linspace(1.0, 0.2, grid):
         s = (amax * r / hi)[:, None]
-        err = ((w - saturate(round_half_up(w / s), lo, hi) * s) ** 2).mean(axis=1)
+        s32 = s.astype(np.float32)
+        err = ((w32 - np.clip(np.floor(w32 / s32 + 0.5), lo, hi) * s32) ** 2).mean(axis=1)
         better = err < best_e
         best_e = np.where(better, err, best_e)
         best_s = np.where(better, s[:, 0], best_s)

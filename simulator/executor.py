@@ -42,9 +42,12 @@ def _mag(bits: int, signed: bool = True) -> int:
 
 
 class IntegerExecutor:
-    """``IntegerExecutor(qvit, gemm_backend="blas").run(images)`` -> `RunResult`."""
+    """``IntegerExecutor(qvit, gemm_backend="auto").run(images)`` -> `RunResult`.
 
-    def __init__(self, qvit: QuantizedViT, gemm_backend: str = "blas"):
+    ``gemm_backend``: one of `simulator.kernels.gemm.BACKENDS`; all exact.
+    """
+
+    def __init__(self, qvit: QuantizedViT, gemm_backend: str = "auto"):
         self.q, self.backend = qvit, gemm_backend
         self.overflows: dict[str, int] = {}
         self._wt = {}   # cached transposed weights per linear

@@ -88,4 +88,4 @@ def round_half_up(v):
     For numpy/torch arrays pass the module's floor through `floor_of`;
     kept as the documented float twin of `rounding_rshift`.
     """
-    return (v + 0.5) // 1
+    return v // 1 + (v - v // 1 >= 0.5)   # exact; (v + 0.5) // 1 errs at k+0.5-ulp and odd v >= 2**52

@@ -2,7 +2,14 @@
 
 * ``numba``: a plain jitted triple loop accumulating in int64 (the living
   specification of the product; slow but obviously right).
-* ``blas``: float32 BLAS on the codes, exact because every partial sum is an
+* ``int_mm``: oneDNN's int8 x int8 -> int32 GEMM through ``torch._int_mm``
+  (2-D, int8 operands; rows padded to > 16 and K, N to multiples of 8 with
+  zeros, which adds nothing). Exact: int32 cannot overflow while
+  ``K * 2**14 < 2**31``. torch is imported lazily, only when this backend
+  runs: the one place the simulator touches torch, as an exact GEMM engine.
+* ``auto``: ``int_mm`` for 2-D int8 products when torch is importable, else
+  ``blas``.
+* ``blas``: float32 BLAS (torch's when importable, else numpy's) on the codes, exact because every partial sum is an
   integer below 2**24 in magnitude: K is split into chunks with
   ``chunk * max|a| * max|b| < 2**24`` (the bound comes from the operands'
   bit-widths, so it is proved, not hoped), and chunk results are summed in
@@ -21,7 +28,8 @@ from simulator.jit import parallel_kernel
 
 __all__ = ["int_matmul", "saturate_acc", "BACKENDS"]
 
-BACKENDS = ("blas", "numba")
+BACKENDS = ("auto", "int_mm", "blas", "numba")
+INT_MM_MAX_K = 1 << 17
 F32_EXACT = 1 << 24
 
 
@@ -41,24 +49,67 @@ def _matmul_numba(a, b):
 
 
 def _matmul_blas(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int) -> np.ndarray:
+    """float32 GEMM in exact K-chunks, through torch's BLAS when importable
+    (numpy's batched matmul is 30x slower on strided attention operands)."""
     k = a.shape[-1]
     chunk = max(1, (F32_EXACT - 1) // max(1, a_max * b_max))
-    af, bf = a.astype(np.float32), b.astype(np.float32)
+    torch = _torch()
+    if torch is not None:
+        af, bf = torch.from_numpy(np.asarray(a)).float(), torch.from_numpy(np.asarray(b)).float()
+        mm = lambda x, y: torch.matmul(x, y).numpy()
+    else:
+        af, bf = a.astype(np.float32), b.astype(np.float32)
+        mm = np.matmul
     if chunk >= k:
-        return np.matmul(af, bf).astype(np.int64)
+        return mm(af, bf).astype(np.int64)
     out = None
     for s in range(0, k, chunk):
-        part = np.matmul(af[..., s:s + chunk], bf[..., s:s + chunk, :]).astype(np.int64)
+        part = mm(af[..., s:s + chunk], bf[..., s:s + chunk, :]).astype(np.int64)
         out = part if out is None else out + part
     return out
 
 
+def _torch():
+    """torch if importable (a GEMM engine only; the datapath never needs it)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the distribution
+        return None
+    return torch
+
+
+def _matmul_int_mm(torch, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    m, k = a.shape
+    n = b.shape[1]
+    mp, kp, np_ = max(m, 17), -(-k // 8) * 8, -(-n // 8) * 8
+    ta = torch.from_numpy(a)
+    tb = torch.from_numpy(b)
+    if (mp, kp) != (m, k):
+        ta = torch.nn.functional.pad(ta, (0, kp - k, 0, mp - m))
+    if (kp, np_) != (k, n):
+        tb = torch.nn.functional.pad(tb, (0, np_ - n, 0, kp - k))
+    out = torch._int_mm(ta, tb.contiguous())
+    return out[:m, :n].numpy()
+
+
+def _int_mm_ok(a: np.ndarray, b: np.ndarray) -> bool:
+    return (a.ndim == 2 and b.ndim == 2 and a.dtype == np.int8 and b.dtype == np.int8
+            and a.shape[1] < INT_MM_MAX_K)
+
+
 def int_matmul(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int, backend: str = "blas") -> np.ndarray:
-    """Exact ``a @ b`` of integer codes (batched over leading dims) as int64.
+    """Exact ``a @ b`` of integer codes (batched over leading dims).
 
     ``a_max``/``b_max`` bound the operands' magnitudes (from their bit-widths).
+    Returns int64, or int32 from ``int_mm`` (which cannot overflow there).
     """
-    if backend == "blas":
+    if backend in ("auto", "int_mm") and _int_mm_ok(a, b):
+        torch = _torch()
+        if torch is not None and hasattr(torch, "_int_mm"):
+            return _matmul_int_mm(torch, np.ascontiguousarray(a), b)
+        if backend == "int_mm":
+            raise ValueError("GEMM backend 'int_mm' needs torch with torch._int_mm")
+    if backend in ("auto", "int_mm", "blas"):
         return _matmul_blas(a, b, a_max, b_max)
     if backend != "numba":
         raise ValueError(f"unknown GEMM backend {backend!r}; expected one of {BACKENDS}")
@@ -71,6 +122,8 @@ def int_matmul(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int, backend: st
 
 def saturate_acc(acc: np.ndarray, acc_bits: int = 32) -> tuple[np.ndarray, int]:
     """Clamp to the signed ``acc_bits`` range; returns (acc, number saturated)."""
+    if acc.dtype == np.int32 and acc_bits >= 32:
+        return acc, 0
     lo, hi = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
     over = int(np.count_nonzero((acc < lo) | (acc > hi)))
     return (np.clip(acc, lo, hi) if over else acc), over
