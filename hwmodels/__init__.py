@@ -1,0 +1,32 @@
+"""Hardware cost models: accelerator YAML -> `NPUSpec` -> per-layer and per-image cost.
+
+Public API::
+
+    npu = hwmodels.load("configs/npu_int8.yaml")            # NPUSpec
+    npus = hwmodels.load(["a.yaml", "b.yaml"])              # list[NPUSpec]
+    report = hwmodels.estimate(trace, npu)                  # CostReport
+    report.to_dict()                                        # JSON-ready
+    hwmodels.format_report(report)                          # text table + totals
+    hwmodels.format_comparison([r1, r2])                    # side by side
+
+Dependency direction: hwmodels imports only `simulator.trace` and
+`simulator.errors` from the project; it sees the executed trace, nothing else.
+"""
+
+from .cost import LayerCost, estimate, layer_cost
+from .load import load, parse
+from .report import CostReport, Distribution, format_comparison, format_report
+from .spec import NPUSpec
+
+__all__ = [
+    "load",
+    "parse",
+    "estimate",
+    "layer_cost",
+    "format_report",
+    "format_comparison",
+    "CostReport",
+    "Distribution",
+    "LayerCost",
+    "NPUSpec",
+]
