@@ -52,14 +52,17 @@ class FakeQuantExecutor:
     def _gemm(self, name: str, a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
         """Exact int accumulator of ``a @ b_t`` saturated to int32 (counted)."""
         acc = torch.round(a.double() @ b_t.double()).long()
-        over = int(((acc < ACC_LO) | (acc > ACC_HI)).sum())
-        if over:
-            self.overflows[name] = self.overflows.get(name, 0) + over
-        return acc.clamp(ACC_LO, ACC_HI)
+        self._count(name, int(((acc < ACC_LO) | (acc > ACC_HI)).sum()))
+        return saturate(acc, ACC_LO, ACC_HI)
+
+    def _count(self, name: str, n: int) -> None:
+        if n:
+            self.overflows[name] = self.overflows.get(name, 0) + n
 
     def _linear(self, name: str, lin: Linear, x: torch.Tensor, res: torch.Tensor | None = None):
-        acc = self._gemm(name, x, _t(lin.w_q).T)
-        acc = saturate(acc + _t(lin.bias_q), ACC_LO, ACC_HI)
+        acc = self._gemm(name, x, _t(lin.w_q).T) + _t(lin.bias_q)
+        self._count(name, int(((acc < ACC_LO) | (acc > ACC_HI)).sum()))
+        acc = saturate(acc, ACC_LO, ACC_HI)
         y = requantize(acc, _t(lin.out_mult), _t(lin.out_shift))
         if res is not None:
             y = y + requantize(res, lin.res_mult, lin.res_shift)

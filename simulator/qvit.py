@@ -19,7 +19,6 @@ Tensor boundaries of the integer graph and their scales::
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import tempfile
@@ -180,13 +179,16 @@ class QuantizedViT:
             raise InputError(f"{path}: no such file") from None
         except Exception as e:  # zip/npz/json corruption of any kind
             raise InputError(f"{path}: not a QuantizedViT file ({type(e).__name__})") from None
-        if header.get("format_version") != FORMAT_VERSION:
-            raise InputError(f"{path}: format_version {header.get('format_version')!r}, "
-                             f"expected {FORMAT_VERSION}")
+        version = header.get("format_version") if isinstance(header, dict) else None
+        if version != FORMAT_VERSION:
+            raise InputError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
         try:
-            return _unflatten(header["tree"], arrays)
-        except (KeyError, TypeError) as e:
-            raise InputError(f"{path}: incomplete QuantizedViT ({e})") from None
+            q = _unflatten(header["tree"], arrays)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"{path}: incomplete QuantizedViT ({type(e).__name__}: {e})") from None
+        if not isinstance(q, QuantizedViT):
+            raise InputError(f"{path}: holds a {type(q).__name__}, not a QuantizedViT")
+        return q
 
 
 _CLASSES = {c.__name__: c for c in (Linear, LayerNormQ, SoftmaxQ, Requant, GeluQ, Block, QuantizedViT)}
@@ -202,7 +204,8 @@ def _flatten(obj, prefix: str, arrays: dict):
                 **{f.name: _flatten(getattr(obj, f.name), f"{prefix}.{f.name}".lstrip("."), arrays)
                    for f in fields(obj)}}
     if isinstance(obj, (list, tuple)):
-        return {"__list__": [_flatten(v, f"{prefix}.{i}", arrays) for i, v in enumerate(obj)]}
+        kind = "__tuple__" if isinstance(obj, tuple) else "__list__"
+        return {kind: [_flatten(v, f"{prefix}.{i}", arrays) for i, v in enumerate(obj)]}
     if isinstance(obj, dict):
         return {"__dict__": {k: _flatten(v, f"{prefix}.{k}", arrays) for k, v in obj.items()}}
     if isinstance(obj, (np.integer,)):
@@ -216,8 +219,10 @@ def _unflatten(node, arrays: dict):
     if isinstance(node, dict):
         if "__array__" in node:
             return arrays[node["__array__"]]
+        if "__tuple__" in node:
+            return tuple(_unflatten(v, arrays) for v in node["__tuple__"])
         if "__list__" in node:
-            return tuple(_unflatten(v, arrays) for v in node["__list__"])
+            return [_unflatten(v, arrays) for v in node["__list__"]]
         if "__dict__" in node:
             return {k: _unflatten(v, arrays) for k, v in node["__dict__"].items()}
         cls = _CLASSES[node["__class__"]]

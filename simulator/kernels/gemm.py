@@ -31,6 +31,7 @@ __all__ = ["int_matmul", "saturate_acc", "BACKENDS"]
 BACKENDS = ("auto", "int_mm", "blas", "numba")
 INT_MM_MAX_K = 1 << 17
 F32_EXACT = 1 << 24
+F64_EXACT = 1 << 53
 
 
 @parallel_kernel
@@ -49,16 +50,27 @@ def _matmul_numba(a, b):
 
 
 def _matmul_blas(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int) -> np.ndarray:
-    """float32 GEMM in exact K-chunks, through torch's BLAS when importable
-    (numpy's batched matmul is 30x slower on strided attention operands)."""
+    """Float GEMM in exact K-chunks, through torch's BLAS when importable
+    (numpy's batched matmul is 30x slower on strided attention operands).
+
+    float32 while one product fits its 24-bit mantissa, else float64 (53
+    bits); operands too wide even for that go to the numba kernel.
+    """
+    prod = max(1, a_max * b_max)
+    if prod < F32_EXACT:
+        chunk, dtype = (F32_EXACT - 1) // prod, "float32"
+    elif prod < F64_EXACT:
+        chunk, dtype = (F64_EXACT - 1) // prod, "float64"
+    else:
+        return int_matmul(a, b, a_max, b_max, "numba")
     k = a.shape[-1]
-    chunk = max(1, (F32_EXACT - 1) // max(1, a_max * b_max))
     torch = _torch()
     if torch is not None:
-        af, bf = torch.from_numpy(np.asarray(a)).float(), torch.from_numpy(np.asarray(b)).float()
+        tdt = getattr(torch, dtype)
+        af, bf = torch.from_numpy(np.asarray(a)).to(tdt), torch.from_numpy(np.asarray(b)).to(tdt)
         mm = lambda x, y: torch.matmul(x, y).numpy()
     else:
-        af, bf = a.astype(np.float32), b.astype(np.float32)
+        af, bf = a.astype(dtype), b.astype(dtype)
         mm = np.matmul
     if chunk >= k:
         return mm(af, bf).astype(np.int64)

@@ -1,0 +1,41 @@
+"""Hypothesis profiles and thread settings shared by the whole test suite.
+
+``ci`` (default): derandomized, no deadline (numba compiles on first use),
+modest example counts, failures print a reproduction blob.
+``dev``: more, random examples; select with ``HYPOTHESIS_PROFILE=dev``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numba
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # `import oracles, strategies`
+
+settings.register_profile("ci", deadline=None, derandomize=True, max_examples=50, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", deadline=None, max_examples=300, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# One thread each for torch and numba by default: on a shared 2-core machine
+# every parallel region waits for a descheduled sibling thread, and the tiny
+# kernels of these tests ran 100-250x slower with 2 threads (measured). The
+# parallel (prange) paths are still exercised: tests that check them take
+# the `parallel_numba` fixture.
+torch.set_num_threads(1)
+numba.set_num_threads(1)
+
+
+@pytest.fixture
+def parallel_numba():
+    """Run the test with numba's parallel kernels on (up to) 2 threads."""
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    yield numba.get_num_threads()
+    numba.set_num_threads(old)
