@@ -105,6 +105,9 @@ def _check_positive(args) -> None:
     for path in [args.checkpoint, *(args.hw or [])]:
         if path is not None and not Path(path).is_file():
             raise InputError(f"{path}: no such file")
+    for flag, path in (("--json", args.json), ("--save-qvit", args.save_qvit)):
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            raise InputError(f"{flag} {path}: directory {Path(path).parent} does not exist")
 
 
 def run_main(args) -> int:

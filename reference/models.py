@@ -1,0 +1,197 @@
+"""Float reference models: a timm name, a user checkpoint, or the bundled default.
+
+Everything downstream (calibration, the recipes, the frozen QuantizedViT) starts
+from the float32 eval-mode module returned by `load_model`. Only timm's
+`VisionTransformer` family is supported, because the quantized datapath mirrors
+its block structure (patch embed -> [LN, MHSA, LN, MLP] x depth -> head).
+
+The bundled default, ``vit_digits``, is a small ViT trained on scikit-learn's
+8x8 digits by ``scripts/train_default_model.py``; its architecture, input
+normalisation and training record live in ``default_model/vit_digits.json``
+beside the weights, so this module never hard-codes them.
+
+Checkpoints are loaded strictly: the first missing, unexpected or mis-shaped
+key is reported as one `InputError` line naming the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import safetensors.torch
+import timm
+import torch
+from timm.data import resolve_data_config
+from timm.models.vision_transformer import VisionTransformer
+
+from simulator.errors import InputError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_MODEL_DIR",
+    "build_vision_transformer",
+    "default_model_config",
+    "load_model",
+    "load_state_dict_file",
+    "model_input_config",
+]
+
+DEFAULT_MODEL = "vit_digits"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+
+# Wrappers that training scripts commonly put around the real state dict.
+_STATE_DICT_WRAPPER_KEYS = ("state_dict", "model", "model_state")
+_TORCH_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
+_DATA_CONFIG_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+
+
+def default_model_config(model_dir: str | os.PathLike | None = None) -> dict:
+    """Return the bundled default model's JSON config (architecture, data, training record)."""
+    config_path = Path(model_dir or DEFAULT_MODEL_DIR) / f"{DEFAULT_MODEL}.json"
+    try:
+        with open(config_path, encoding="utf-8") as config_file:
+            config = json.load(config_file)
+    except FileNotFoundError:
+        raise InputError(
+            f"{config_path}: default model config not found; "
+            "run scripts/train_default_model.py to create it"
+        ) from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{config_path}: not a readable JSON config ({error})") from None
+    for field in ("model_kwargs", "data_config"):
+        if not isinstance(config.get(field), dict):
+            raise InputError(f"{config_path}: {field}: expected an object")
+    return config
+
+
+def build_vision_transformer(model_kwargs: Mapping, data_config: Mapping) -> VisionTransformer:
+    """Build a randomly initialised timm VisionTransformer that carries its own data config.
+
+    The data config is stored as ``model.pretrained_cfg`` so that timm's
+    `resolve_data_config` / `create_transform` see the right input size and
+    normalisation, exactly as for a model made by `timm.create_model`.
+    """
+    model = VisionTransformer(**model_kwargs)
+    model.pretrained_cfg = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in data_config.items()
+    }
+    return model
+
+
+def _create_timm_model(name: str) -> torch.nn.Module:
+    """Create a timm model by name (no weights), rejecting unknown and non-ViT names."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models() + [DEFAULT_MODEL], n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise InputError(f"unknown model {name!r} (not a timm model name){hint}")
+    model = timm.create_model(name, pretrained=False)
+    if not isinstance(model, VisionTransformer):
+        raise InputError(
+            f"model {name!r} is a {type(model).__name__}; only timm's VisionTransformer "
+            "family (vit_*, deit_*, ...) is supported"
+        )
+    return model
+
+
+def _unwrap_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
+    """Find the state dict inside a loaded checkpoint and strip a 'module.' prefix."""
+    if isinstance(loaded, Mapping):
+        for wrapper_key in _STATE_DICT_WRAPPER_KEYS:
+            if isinstance(loaded.get(wrapper_key), Mapping):
+                loaded = loaded[wrapper_key]
+                break
+    if not isinstance(loaded, Mapping) or not loaded or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()
+    ):
+        raise InputError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
+    return {key.removeprefix("module."): value for key, value in loaded.items()}
+
+
+def load_state_dict_file(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a .safetensors or .pth/.pt/.bin checkpoint into a flat name -> tensor dict."""
+    path = Path(checkpoint)
+    suffix = path.suffix.lower()
+    if suffix != ".safetensors" and suffix not in _TORCH_CHECKPOINT_SUFFIXES:
+        raise InputError(
+            f"{path}: unsupported checkpoint type {suffix or '(none)'!r}; "
+            "expected .safetensors, .pth, .pt or .bin"
+        )
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint file not found")
+    try:
+        if suffix == ".safetensors":
+            loaded = safetensors.torch.load_file(str(path), device="cpu")
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated/corrupt files raise many different types
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"{path}: cannot read checkpoint (truncated or corrupted?): {reason}") from None
+    return _unwrap_state_dict(loaded, path)
+
+
+def _format_shape(shape: torch.Size) -> str:
+    """Format a shape as a plain tuple, e.g. (10, 192)."""
+    return str(tuple(shape)) if len(shape) != 1 else f"({shape[0]},)"
+
+
+def _check_state_dict_matches(model: torch.nn.Module, state_dict: Mapping, path: Path) -> None:
+    """Raise InputError naming the first key (in the model's order) that does not fit."""
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state_dict:
+            raise InputError(f"{path}: missing key {key!r}")
+        if state_dict[key].shape != tensor.shape:
+            raise InputError(
+                f"{path}: key {key!r} has shape {_format_shape(state_dict[key].shape)}, "
+                f"model expects {_format_shape(tensor.shape)}"
+            )
+    for key in state_dict:
+        if key not in expected:
+            raise InputError(f"{path}: unexpected key {key!r}")
+
+
+def _load_checkpoint_into(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:
+    """Load a checkpoint strictly into `model`, casting floating tensors to float32."""
+    path = Path(checkpoint)
+    state_dict = load_state_dict_file(path)
+    _check_state_dict_matches(model, state_dict, path)
+    state_dict = {
+        key: value.float() if value.is_floating_point() else value
+        for key, value in state_dict.items()
+    }
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_model(
+    name: str | None = None, checkpoint: str | os.PathLike | None = None
+) -> torch.nn.Module:
+    """Return a float32 eval-mode ViT: the bundled default or a timm name, optionally with a checkpoint.
+
+    ``name`` None or ``"vit_digits"`` builds the bundled default from its JSON
+    config and loads the bundled weights unless ``checkpoint`` is given. Any
+    other name is created with ``timm.create_model(name, pretrained=False)``
+    (no downloads); without a checkpoint its weights are random.
+    """
+    if name is None or name == DEFAULT_MODEL:
+        config = default_model_config()
+        model = build_vision_transformer(config["model_kwargs"], config["data_config"])
+        if checkpoint is None:
+            checkpoint = DEFAULT_MODEL_DIR / f"{DEFAULT_MODEL}.safetensors"
+    elif isinstance(name, str):
+        model = _create_timm_model(name)
+    else:
+        raise InputError(f"model name must be a string, got {type(name).__name__}")
+    if checkpoint is not None:
+        _load_checkpoint_into(model, checkpoint)
+    return model.float().eval()
+
+
+def model_input_config(model: torch.nn.Module) -> dict:
+    """Return the model's eval preprocessing: input_size (C,H,W), mean, std, interpolation, crop_pct."""
+    resolved = resolve_data_config({}, model=model)
+    return {key: resolved[key] for key in _DATA_CONFIG_KEYS}

@@ -1,0 +1,89 @@
+"""The `simulate` command end to end on the bundled default model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from simulator.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_main_job_prints_summary_and_is_bit_exact(capsys, tmp_path):
+    js = tmp_path / "r.json"
+    code, out, err = _run(capsys, "--images", "96", "--json", str(js), "--no-progress")
+    assert code == 0, err
+    assert "bit-exact: 96/96 images" in out
+    for line in ("fp32 top-1", "fake-quant top-1 (integer-only)", "fake-quant top-1 (float nonlinear)",
+                 "integer simulator top-1", "wall time"):
+        assert line in out
+    r = json.loads(js.read_text())
+    assert r["bit_exact_images"] == 96 and r["images"] == 96
+    assert r["top1"]["simulator"] == r["top1"]["fakequant_integer"]
+    assert r["top1"]["fp32"] >= 90.0
+    assert abs(r["top1"]["simulator"] - r["top1"]["fp32"]) <= 3.0
+    assert r["recipe"]["w_bits"] == 8 and r["recipe"]["a_bits"] == 8
+    assert r["macs_per_image"] > 0 and r["bops_per_image"] == pytest.approx(r["bops_per_image"])
+
+
+def test_recipe_by_name_bits_override_and_hw(capsys, tmp_path):
+    js = tmp_path / "r.json"
+    code, out, err = _run(capsys, "--recipe", "static_w8a8", "--wbits", "4", "--abits", "4", "--images", "40",
+                          "--hw", "configs/npu_int8.yaml", "configs/mcu_int8.yaml", "--json", str(js),
+                          "--no-progress")
+    assert code == 0, err
+    r = json.loads(js.read_text())
+    assert r["recipe"]["label"] == "static_w4a4"
+    assert r["bit_exact_images"] == 40
+    assert len(r["hardware"]) == 2
+    assert "npu_int8" in out and "mcu_int8" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--recipe", "no_such_recipe.yaml"], "no_such_recipe.yaml"),
+    (["--model", "not_a_model_xyz"], "not_a_model_xyz"),
+    (["--wbits", "1"], "w_bits"),
+    (["--images", "0"], "--images"),
+    (["--hw", "configs/none.yaml"], "configs/none.yaml"),
+    (["--checkpoint", "missing.pth"], "missing.pth"),
+    (["--data", "/nonexistent/folder"], "/nonexistent/folder"),
+    (["--bogus-flag"], "bogus"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
+    extra = [] if "--images" in argv else ["--images", "8"]
+    code, out, err = _run(capsys, *argv, *extra, "--no-progress")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("simulate: error:"), err
+    assert needle in lines[0]
+    assert "Traceback" not in err
+
+
+def test_bad_json_dir_writes_nothing(capsys, tmp_path):
+    target = tmp_path / "missing_dir" / "r.json"
+    code, _, err = _run(capsys, "--images", "8", "--json", str(target), "--no-progress")
+    assert code == 2 and "missing_dir" in err
+    assert not target.parent.exists()
+
+
+def test_bad_recipe_yaml_field(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: static\nw_bits: 8\na_bitz: 8\n")
+    code, _, err = _run(capsys, "--recipe", str(bad), "--images", "8", "--no-progress")
+    assert code == 2 and "a_bitz" in err and "a_bits" in err
+
+
+def test_save_qvit_round_trips(capsys, tmp_path):
+    from simulator.qvit import QuantizedViT
+
+    path = tmp_path / "m.npz"
+    code, _, err = _run(capsys, "--images", "8", "--save-qvit", str(path), "--no-progress")
+    assert code == 0, err
+    q = QuantizedViT.load(path)
+    assert q.meta["model"] == "vit_digits" and q.meta["w_bits"] == 8
