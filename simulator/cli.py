@@ -211,9 +211,23 @@ def _print_summary(s: dict, label: str) -> None:
           f"fake-quant {e['fakequant_integer']:.2f} s, simulator {e['simulator']:.2f} s)")
 
 
+# Subcommands: name -> "module:function"; the function takes argv (list[str])
+# and returns an exit code. Imported only when used.
+SUBCOMMANDS: dict[str, str] = {}
+
+
+def _subcommand(name: str):
+    import importlib
+
+    module, func = SUBCOMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv and argv[0] in SUBCOMMANDS:
+            return _subcommand(argv[0])(argv[1:])
         args = build_parser().parse_args(argv)
         return run_main(args)
     except InputError as e:
