@@ -213,7 +213,9 @@ def _print_summary(s: dict, label: str) -> None:
 
 # Subcommands: name -> "module:function"; the function takes argv (list[str])
 # and returns an exit code. Imported only when used.
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "cost": "simulator.cost_command:cost_main",
+}
 
 
 def _subcommand(name: str):

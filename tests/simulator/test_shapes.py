@@ -1,0 +1,53 @@
+"""Shape-only graphs: MAC counts agree with torch's FlopCounterMode; `simulate cost`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from reference.vit_float import vit_arch
+from simulator.cli import main
+from simulator.graph import static_layers
+from simulator.shapes import shape_only_qvit
+from simulator.trace import Trace
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"])
+def test_macs_equal_flop_counter(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 224, 224))
+    q = shape_only_qvit(vit_arch(model), 8, 8, model_name=name)
+    trace = Trace(model=name, recipe="shapes", layers=static_layers(q), n_images=1)
+    assert int(trace.macs_per_image()[0]) * 2 == counter.get_total_flops()
+
+
+def test_bops_scale_with_bits():
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False)
+    arch = vit_arch(model)
+    b8 = sum(r.bops for r in static_layers(shape_only_qvit(arch, 8, 8, edge_bits=0)))
+    b4 = sum(r.bops for r in static_layers(shape_only_qvit(arch, 4, 4, edge_bits=0)))
+    assert b8 == 4 * b4
+
+
+def test_cost_command_any_resolution(capsys, tmp_path):
+    out = tmp_path / "c.json"
+    code = main(["cost", "--model", "deit_tiny_patch16_224", "--img-size", "288", "--hw", "configs/npu_int8.yaml",
+                 "configs/npu_w4a8.yaml", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    r = json.loads(out.read_text())
+    assert r["arch"]["num_tokens"] == (288 // 16) ** 2 + 1
+    assert len(r["hardware"]) == 2 and "npu_w4a8" in text
+
+
+def test_cost_command_bad_bits(capsys):
+    code = main(["cost", "--wbits", "9", "--hw", "configs/npu_int8.yaml"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--wbits" in err and len(err.strip().splitlines()) == 1
