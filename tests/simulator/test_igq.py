@@ -245,3 +245,22 @@ def test_float_nonlinear_mode_runs_grouped(small_cfg):
     ri = FakeQuantExecutor(q, "integer").run(x)
     assert rf.logits.shape == ri.logits.shape
     assert rf.codes["blocks.0.gelu.groups"].max() < 4
+
+
+def test_default_model_igq_bit_exact_and_g1_is_static():
+    """The bundled digits ViT at W4A4: G = 1 equals static; G = 4 both executors bit-exact."""
+    from reference import load_dataset, load_model
+    from reference.recipes.config import load_recipe
+
+    model = load_model()
+    x, _ = load_dataset("digits", model, split="test", limit=24)
+    calib, _ = load_dataset("digits", model, split="calib", limit=64)
+    static = dataclasses.replace(load_recipe("configs/recipes/static_w4a4.yaml"), calib_images=64)
+    igq = dataclasses.replace(load_recipe("configs/recipes/igq_w4a4.yaml"), calib_images=64)
+    qs = quantize(model, calib, static)
+    q1 = quantize(model, calib, dataclasses.replace(igq, params={"groups": 1}))
+    rs, r1 = IntegerExecutor(qs).run(x), IntegerExecutor(q1).run(x)
+    assert all(np.array_equal(rs.codes[k], r1.codes[k]) for k in rs.codes)
+    q4 = quantize(model, calib, dataclasses.replace(igq, params={"groups": 4}))
+    _, ri = assert_equivalent(q4, x, "auto")
+    assert not np.array_equal(ri.codes["blocks.0.norm1"], rs.codes["blocks.0.norm1"])
