@@ -266,7 +266,8 @@ def _eltwise_cost(rec: LayerRecord, npu: NPUSpec, input_offchip: bool, output_of
         return _finish(npu, rec, unit="fused", mode="", macs=0, bops=0, sfu_unit=unit,
                        sfu_elems=rec.elements, sfu_cyc=0, reads=reads, writes=writes,
                        array_cycles=0, compute=0, folds=0, busy=0, e_mac=0.0)
-    out_b = rec.elements * rec.out_bits / 8
+    # group_assign writes one out_bits group index per grouped row/channel, not per element
+    out_b = (rec.rows if rec.kind == "group_assign" else rec.elements) * rec.out_bits / 8
     off = tiling.eltwise_offchip(in_b, out_b, size, input_offchip=input_offchip,
                                  output_offchip=output_offchip)
     reads = [off.read, in_b + off.write] + [0.0] * (nl - 2)

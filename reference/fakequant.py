@@ -103,6 +103,9 @@ class FakeQuantExecutor:
 
     # --- forward ------------------------------------------------------------
     def _forward(self, images: torch.Tensor, codes: dict[str, list]):
+        if "igq" in self.q.extras:   # IGQ-ViT grouped activations
+            from reference.igq_fakequant import igq_forward
+            return igq_forward(self, images, codes)
         q = self.q
         m = q.meta
         def keep(name, t):

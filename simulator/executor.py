@@ -82,6 +82,9 @@ class IntegerExecutor:
         return int_layernorm(x, ln.eps_q, ln.gamma_mult, ln.beta_q, ln.out_shift, lo, hi, code_dtype(ln.out_bits))
 
     def _forward(self, images: np.ndarray, keep):
+        if "igq" in self.q.extras:   # IGQ-ViT grouped activations
+            from simulator.igq_executor import igq_forward
+            return igq_forward(self, images, keep)
         q, m = self.q, self.q.meta
         p = patchify(images.astype(np.float64), m["patch_size"])
         x = saturate(round_half_up(p / q.in_scale).astype(np.int64), *_srange(q.in_bits)).astype(code_dtype(q.in_bits))

@@ -61,4 +61,7 @@ def static_layers(q: QuantizedViT) -> list[LayerRecord]:
         recs += _linear(p + "mlp.fc2", b.fc2, t, fused_add=p + "add2")
     recs.append(_ln("norm", q.norm, 1, d))
     recs += _linear("head", q.head, 1)
+    if "igq" in q.extras:   # IGQ-ViT group assignment and partial-sum combine records
+        from simulator.igq import igq_layers
+        recs = igq_layers(q, recs)
     return recs

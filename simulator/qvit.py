@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from simulator.errors import InputError
+from simulator.igq import GroupQuantizer, IgqBlock
 
 __all__ = [
     "Linear", "LayerNormQ", "SoftmaxQ", "Requant", "GeluQ", "Block",
@@ -192,6 +193,7 @@ class QuantizedViT:
 
 
 _CLASSES = {c.__name__: c for c in (Linear, LayerNormQ, SoftmaxQ, Requant, GeluQ, Block, QuantizedViT)}
+_CLASSES.update({c.__name__: c for c in (GroupQuantizer, IgqBlock)})   # IGQ-ViT, in extras["igq"]
 
 
 def _flatten(obj, prefix: str, arrays: dict):
