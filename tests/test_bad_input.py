@@ -25,7 +25,6 @@ from simulator.errors import InputError
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "reference" / "default_model" / "vit_digits.safetensors"
 NPU = ROOT / "configs" / "npu_int8.yaml"
-GOOD_RECIPE = "recipe: static\nw_bits: 8\na_bits: 8\ncalib_images: 8\n"
 
 
 def _write(tmp: Path, name: str, content) -> str:
@@ -93,6 +92,7 @@ def _other_architecture(tmp: Path) -> str:
 
 def _image_folder(tmp: Path, files: dict[str, bytes | Image.Image]) -> str:
     root = tmp / "imgs"
+    root.mkdir(exist_ok=True)
     for rel, content in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -143,8 +143,7 @@ CASES.update({
     "model_rgb_vs_digits": lambda tmp: (["--model", "vit_tiny_patch16_224"], "digits"),
     "data_missing_folder": lambda tmp: (["--data", str(tmp / "nope")], "nope"),
     "data_is_file": lambda tmp: (["--data", _write(tmp, "f.png", b"x")], "f.png"),
-    "data_empty_folder": lambda tmp: (["--data", _image_folder(tmp, {}) if (tmp / "imgs").mkdir() is None else ""],
-                                      "no class sub-directories"),
+    "data_empty_folder": lambda tmp: (["--data", _image_folder(tmp, {})], "no class sub-directories"),
     "data_no_images": lambda tmp: (["--data", _image_folder(tmp, {"a/readme.txt": b"x"})], "no image files"),
     "data_corrupt_image": lambda tmp: (
         ["--data", _image_folder(tmp, {"a/ok.png": _png_bytes(tmp), "b/bad.png": b"\x89PNG\r\n\x1a\nbroken"})],

@@ -64,7 +64,7 @@ class _VectorSet:
         self.members = {e[0]: e for e in self.files[VECTORS_FILE]["members"]}
 
     def _from_npz(self, name: str) -> np.ndarray | None:
-        name_, start, size, sha = self.members[name]
+        _, start, size, sha = self.members[name]
         payload = self.raw[VECTORS_FILE][start:start + size]
         if _sha(payload) != sha:
             return None
