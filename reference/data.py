@@ -97,16 +97,19 @@ def _find_class_images(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
         raise InputError(f"{root}: image folder not found")
     if not root.is_dir():
         raise InputError(f"{root}: expected a directory with one sub-directory per class")
-    class_names = sorted(
-        entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")
-    )
-    if not class_names:
-        raise InputError(f"{root}: no class sub-directories (expected <root>/<class>/<image>)")
-    samples = []
-    for class_index, class_name in enumerate(class_names):
-        for image_path in sorted((root / class_name).rglob("*")):
-            if image_path.is_file() and image_path.suffix.lower() in IMAGE_EXTENSIONS:
-                samples.append((image_path, class_index))
+    try:
+        class_names = sorted(
+            entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")
+        )
+        if not class_names:
+            raise InputError(f"{root}: no class sub-directories (expected <root>/<class>/<image>)")
+        samples = []
+        for class_index, class_name in enumerate(class_names):
+            for image_path in sorted((root / class_name).rglob("*")):
+                if image_path.is_file() and image_path.suffix.lower() in IMAGE_EXTENSIONS:
+                    samples.append((image_path, class_index))
+    except OSError as error:
+        raise InputError(f"{root}: cannot read image folder ({error.strerror or error})") from None
     if not samples:
         raise InputError(
             f"{root}: no image files in the class sub-directories "

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from reference.vit_float import patchify
 from simulator.fixedpoint import isqrt, requantize, round_half_up, saturate
 from simulator.graph import static_layers
+from simulator.inputs import check_images
 from simulator.int_nonlinear import (GELU_FRAC_BITS, GELU_INPUT_LIMIT, SOFTMAX_RECIP_BITS, LN_RECIP_BITS,
                                      exp2_neg, gelu_q12, ln_affine, ln_normalize, softmax_scale_codes)
 from simulator.qvit import LayerNormQ, Linear, QuantizedViT
@@ -152,7 +153,7 @@ class FakeQuantExecutor:
     @torch.no_grad()
     def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
         """Execute on float images [B, C, H, W] (the model's preprocessing applied)."""
-        images = torch.as_tensor(np.asarray(images, dtype=np.float32))
+        images = torch.as_tensor(check_images(images, self.q.meta))
         self.overflows = {}
         codes: dict[str, list] = {}
         logits = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -127,7 +128,9 @@ def load_state_dict_file(checkpoint: str | os.PathLike) -> dict[str, torch.Tenso
         if suffix == ".safetensors":
             loaded = safetensors.torch.load_file(str(path), device="cpu")
         else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():   # e.g. pickle-protocol notes: the error line is the report
+                warnings.simplefilter("ignore")
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated/corrupt files raise many different types
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"{path}: cannot read checkpoint (truncated or corrupted?): {reason}") from None

@@ -110,6 +110,24 @@ def _check_positive(args) -> None:
             raise InputError(f"{flag} {path}: directory {Path(path).parent} does not exist")
 
 
+def quantize_from_args(args, limit: int | None):
+    """(QuantizedViT, test images) for --model/--checkpoint/--data/--calib/--recipe/--wbits/--abits."""
+    from reference.data import load_dataset
+    from reference.models import DEFAULT_MODEL, load_model
+    from reference.recipes import quantize
+
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise InputError(f"{args.checkpoint}: no such file")
+    cfg = resolve_recipe(args.recipe, args.wbits, args.abits)
+    model = load_model(args.model, args.checkpoint)
+    images, _ = load_dataset(args.data, model, split="test", limit=limit)
+    if len(images) == 0:
+        raise InputError(f"--data {args.data or 'digits'}: no images")
+    calib, _ = load_dataset(args.calib if args.calib is not None else args.data, model, split="calib",
+                            limit=cfg.calib_images)
+    return quantize(model, calib, cfg, model_name=args.model or DEFAULT_MODEL), images
+
+
 def run_main(args) -> int:
     """Quantize, run fp32 / fake-quant / simulator, compare codes, print and save."""
     import torch
@@ -215,6 +233,8 @@ def _print_summary(s: dict, label: str) -> None:
 # and returns an exit code. Imported only when used.
 SUBCOMMANDS: dict[str, str] = {
     "cost": "simulator.cost_command:cost_main",
+    "export-vectors": "simulator.vectors:export_main",
+    "verify-vectors": "simulator.vectors:verify_main",
 }
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from simulator.fixedpoint import round_half_up, saturate
 from simulator.graph import static_layers
+from simulator.inputs import check_images
 from simulator.kernels.gemm import int_matmul, saturate_acc
 from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
 from simulator.kernels.output_stage import code_dtype, linear_output, requant_output
@@ -133,7 +134,7 @@ class IntegerExecutor:
 
     def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
         """Execute on float images [B, C, H, W] (the model's preprocessing applied)."""
-        images = np.asarray(images, dtype=np.float32)
+        images = check_images(images, self.q.meta)
         self.overflows = {}
         codes: dict[str, list] = {}
 
