@@ -214,6 +214,7 @@ def _print_summary(s: dict, label: str) -> None:
 # Subcommands: name -> "module:function"; the function takes argv (list[str])
 # and returns an exit code. Imported only when used.
 SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS["sweep"] = "reports.sweep:main"          # design-review sweeps (issue 8)
 
 
 def _subcommand(name: str):
