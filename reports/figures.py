@@ -34,14 +34,15 @@ __all__ = ["tradeoff_figure", "breakdown_figure", "cycle_histogram_figure", "pla
 
 #: metric -> (axis label, how to read it from a point record)
 METRICS = {
-    "bops": ("mean BOPs per image (MACs x w_bits x a_bits)", lambda p: p["bops_per_image"]),
+    "bops": ("mean BOPs per image (10⁹ bit operations; MACs × w_bits × a_bits)",
+             lambda p: p["bops_per_image"] / 1e9),
     "cycles": ("mean cycles per image", lambda p: p["cost"]["cycles"]),
     "latency_ms": ("mean latency per image (ms, batch 1)", lambda p: p["cost"]["latency_ms"]),
     "energy_uj": ("mean energy per image (µJ)", lambda p: p["cost"]["energy_uj"]),
 }
 MAX_LABELLED = 14
 _MARKERS = "osD^vP*X<>"
-_GROUPS = ("QKV / proj", "QK^T / AV", "fc1 / fc2", "embed / head GEMM", "softmax", "GELU", "LayerNorm",
+_GROUPS = ("QKV / proj", "QKᵀ / AV", "fc1 / fc2", "embed / head GEMM", "softmax", "GELU", "LayerNorm",
            "requant / add", "other")
 _GROUP_COLORS = dict(zip(_GROUPS, plt.get_cmap("tab10").colors))
 
@@ -121,29 +122,49 @@ def tradeoff_figure(points: list[dict], metric: str, path: Path, title: str = ""
     y = np.array([p["top1"]["simulator"] for p in points], dtype=float)
     front = pareto_front(list(y), list(x))
     fig, ax = plt.subplots(figsize=(7.6, 5.0))
-    families = sorted({_family(p) for p in points})
+    colour_key = _colour_key(points)
     accels = sorted({p["accelerator"] for p in points}) if metric != "bops" else []
-    colors = dict(zip(families, plt.get_cmap("tab10").colors))
+    colors = dict(zip(dict.fromkeys(colour_key(p) for p in points), plt.get_cmap("tab10").colors * 4))
     markers = dict(zip(accels, _MARKERS))
     for i, p in enumerate(points):
-        ax.scatter(x[i], y[i], s=42, color=colors[_family(p)], marker=markers.get(p.get("accelerator"), "o"),
+        ax.scatter(x[i], y[i], s=42, color=colors[colour_key(p)], marker=markers.get(p.get("accelerator"), "o"),
                    edgecolors="black" if i in front else "none", linewidths=1.2, zorder=3)
-    fx, fy = x[front], y[front]
-    ax.step(np.append(fx, fx[-1] * 1.15), np.append(fy, fy[-1]), where="post", color="0.3", lw=1.2, ls="--",
-            zorder=2, label="Pareto front (max accuracy, min cost)")
     if x.max() > 20 * max(x.min(), 1e-30):
         ax.set_xscale("log")
     _pad_limits(ax, x, y)
+    fx, fy = x[front], y[front]
+    ax.step(np.append(fx, ax.get_xlim()[1]), np.append(fy, fy[-1]), where="post", color="0.3", lw=1.2, ls="--",
+            zorder=2)
     ax.set_xlabel(axis_label)
     ax.set_ylabel("top-1 accuracy, integer simulator (%)")
     ax.set_title(title or f"Accuracy vs {axis_label.split(' (')[0]}")
     ax.grid(True, which="both", alpha=0.25)
     _legend(ax, colors, markers)
     labelled = list(range(len(points))) if len(points) <= MAX_LABELLED else list(front)
-    texts = [p["label"] for p in points]
-    order = list(front) + [i for i in labelled if i not in front]
+    texts, order = _merged_labels(points, x, y, list(front) + [i for i in labelled if i not in front])
     place_labels(ax, list(zip(x, y)), texts, order=order)
     return _save(fig, path), front
+
+
+def _colour_key(points: list[dict]):
+    """Colour by run label when there are few runs, else by recipe family."""
+    labels = {p["label"] for p in points}
+    return (lambda p: p["label"]) if len(labels) <= 10 else (lambda p: f"recipe: {_family(p)}")
+
+
+def _merged_labels(points, x, y, order: list[int]) -> tuple[list[str], list[int]]:
+    """One label per distinct (x, y): coincident points share a comma-joined label."""
+    texts = [p["label"] for p in points]
+    first: dict[tuple[float, float], int] = {}
+    for i in order:
+        key = (float(x[i]), float(y[i]))
+        if key in first:
+            j = first[key]
+            if texts[i] not in texts[j].split(", "):
+                texts[j] += ", " + texts[i]
+        else:
+            first[key] = i
+    return texts, list(first.values())
 
 
 def _pad_limits(ax, x, y) -> None:
@@ -160,7 +181,7 @@ def _pad_limits(ax, x, y) -> None:
 def _legend(ax, colors: dict, markers: dict) -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="o", ls="", color=c, label=f"recipe: {f}") for f, c in colors.items()]
+    handles = [Line2D([], [], marker="o", ls="", color=c, label=str(f)) for f, c in colors.items()]
     handles += [Line2D([], [], marker=m, ls="", color="0.4", label=f"accelerator: {a}") for a, m in markers.items()]
     handles += [Line2D([], [], marker="o", ls="", mfc="none", mec="black", label="on the front"),
                 Line2D([], [], color="0.3", ls="--", label="Pareto front")]
@@ -177,7 +198,7 @@ def layer_group(name: str, kind: str) -> str:
         return {"qkv": "QKV / proj", "proj": "QKV / proj", "fc1": "fc1 / fc2", "fc2": "fc1 / fc2"}.get(
             leaf, "embed / head GEMM")
     if kind == "matmul":
-        return "QK^T / AV"
+        return "QKᵀ / AV"
     return {"softmax": "softmax", "gelu": "GELU", "layernorm": "LayerNorm", "requantize": "requant / add",
             "quantize_input": "requant / add", "add": "requant / add"}.get(kind, "other")
 
@@ -207,7 +228,7 @@ def breakdown_figure(points: list[dict], field: str, path: Path) -> Path:
     """Stacked per-layer ``field`` ("cycles" or "offchip_bytes") for each point (one panel each)."""
     scale, unit = (1e3, "k cycles") if field == "cycles" else (1e3, "kB")
     n = len(points)
-    fig, axes = plt.subplots(n, 1, figsize=(8.2, 2.3 * n + 0.9), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(8.2, 2.3 * n + 0.9), sharex=True, sharey=True, squeeze=False)
     for ax, p in zip(axes[:, 0], points):
         positions, groups, mat = _breakdown_matrix(p["layers"], field)
         bottom = np.zeros(len(positions))
@@ -215,11 +236,12 @@ def breakdown_figure(points: list[dict], field: str, path: Path) -> Path:
             ax.bar(positions, row, bottom=bottom, color=_GROUP_COLORS[g], label=g, width=0.7)
             bottom += row
         total = mat.sum() / scale
-        what = "cycles" if field == "cycles" else f"{p.get('offchip_level', 'off-chip')} traffic"
-        ax.set_title(f"{p['label']} on {p['accelerator']}: {total:,.1f} {unit} {what} per image",
+        what = "" if field == "cycles" else f" of {p.get('offchip_level', 'off-chip')} traffic"
+        ax.set_title(f"{p['label']} on {p['accelerator']}: {total:,.1f} {unit}{what} per image",
                      fontsize=9, loc="left")
         ax.set_ylabel(f"{unit} / image", fontsize=8)
         ax.grid(True, axis="y", alpha=0.25)
+        ax.margins(y=0.08)
     handles, labels = [], []
     for ax in axes[:, 0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):

@@ -49,9 +49,11 @@ def fronts(points: list[dict]) -> dict[str, list[dict]]:
 
 
 def _chosen_for_breakdown(results: dict, front_bops: list[dict]) -> list[str]:
+    """The sweep's ``report.breakdown`` labels, else the BOPs front plus the costliest run (<= 4)."""
     if results.get("breakdown"):
         return list(results["breakdown"])
-    labels = [p["label"] for p in front_bops]
+    costliest = max(unique_runs(results["points"]), key=lambda p: p["bops_per_image"])
+    labels = list(dict.fromkeys([p["label"] for p in front_bops] + [costliest["label"]]))
     if len(labels) <= MAX_BREAKDOWN:
         return labels
     step = (len(labels) - 1) / (MAX_BREAKDOWN - 1)
@@ -164,11 +166,12 @@ def summary_lines(results: dict) -> list[str]:
     points = results["points"]
     accels = list(dict.fromkeys(p["accelerator"] for p in points))
     by = {(p["run_key"], p["accelerator"]): p for p in points}
-    head = f"{'point':<28} {'top-1 %':>7} {'bit-exact':>10} {'BOPs G':>8}" + "".join(
+    w = max(len("point"), *(len(p["label"]) for p in points))
+    head = f"{'point':<{w}} {'top-1 %':>7} {'bit-exact':>10} {'BOPs G':>8}" + "".join(
         f" {a + ' cycles':>18} {a + ' uJ':>14}" for a in accels)
     lines = [head, "-" * len(head)]
     for r in unique_runs(points):
-        row = f"{r['label']:<28} {_acc(r):7.2f} {str(r['bit_exact_images']) + '/' + str(r['images']):>10} " \
+        row = f"{r['label']:<{w}} {_acc(r):7.2f} {str(r['bit_exact_images']) + '/' + str(r['images']):>10} " \
               f"{r['bops_per_image'] / 1e9:8.3f}"
         for a in accels:
             c = by[(r["run_key"], a)]["cost"]

@@ -11,7 +11,8 @@ A sweep file (``configs/sweeps/*.yaml``)::
         calib: digits                 # optional; default: data
         images: 150                   # optional; default: every image
     recipes:                          # each entry expands to a grid of points
-      - recipe: static                # any name the recipe registry knows
+      - recipe: static                # any name the recipe registry knows; "*" = every
+                                      # registered recipe (new recipes join by name)
         bits: [w8a8, w6a6, w4a4]      # optional (w_bits, a_bits) pairs
         grid:                         # optional Cartesian product
           act_calibration: [mse, percentile]
@@ -169,10 +170,13 @@ def _point_label(cfg, overrides: dict, bits_given: bool) -> str:
 
 
 def _recipe_points(entry, where: str, base: Path) -> list[tuple[str, dict]]:
+    from reference.recipes import RECIPES
     from reference.recipes.config import load_recipe, recipe_from_dict
 
     if not isinstance(entry, dict):
         _fail(where, f"expected a mapping with at least 'recipe', got {type(entry).__name__}")
+    if entry.get("recipe") == "*":       # every registered recipe, with its default params
+        return [p for name in RECIPES for p in _recipe_points({**entry, "recipe": name}, where, base)]
     fixed = {k: v for k, v in entry.items() if k not in _RECIPE_META_KEYS}
     if "base" in entry:
         fixed = {**load_recipe(_path(entry["base"], f"{where}: base", base)).__dict__, **fixed}
