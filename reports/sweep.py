@@ -138,10 +138,21 @@ def run_sweep(spec, args) -> tuple[Path, dict]:
     t0 = time.perf_counter()
     runs, computed = _compute_runs(spec, args, cache)
     results = {"sweep": spec.name, "source": spec.source, "breakdown": list(spec.breakdown),
-               "points": _cost_points(spec, runs, cache)}
-    write_json_atomic(out / "results.json", results)
-    report = write_report(results, out)
+               "report_version": _report_version(), "points": _cost_points(spec, runs, cache)}
+    report = out / "report.md"
+    if not (report.is_file() and _read_cached(out / "results.json") == results):   # else: already drawn
+        write_json_atomic(out / "results.json", results)
+        report = write_report(results, out)
     return report, {"runs": len(runs), "computed": computed, "seconds": time.perf_counter() - t0}
+
+
+def _report_version() -> str:
+    """Hash of the report-drawing modules: a changed figure redraws even when no point changed."""
+    import hashlib
+
+    here = Path(__file__).resolve().parent
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("figures.py", "review.py", "pareto.py"))
+                          ).hexdigest()
 
 
 def _apply_overrides(spec, args):
