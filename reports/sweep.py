@@ -164,17 +164,58 @@ def _apply_overrides(spec, args):
     return replace(spec, runs=runs)
 
 
+def _plan_path(sweep: str) -> Path | None:
+    """Where the validated plan of this exact sweep file (and code) is kept, or None if unreadable."""
+    import hashlib
+
+    from reports.runpoint import code_version
+
+    try:
+        text = Path(sweep).read_bytes()
+    except OSError:
+        return None
+    ident = [str(Path(sweep).resolve()), os.getcwd(), code_version(),
+             (Path(__file__).parent / "sweep_config.py").read_text()]
+    key = hashlib.sha256(text + json.dumps(ident).encode()).hexdigest()
+    return DEFAULT_OUT / ".plans" / f"{key}.json"
+
+
+def _load_spec(sweep: str):
+    """Validate the sweep file, or reuse the plan validated from the same bytes with the same code.
+
+    Validation imports the recipe registry (torch); the plan cache keeps an
+    unchanged re-run free of it. Referenced files are re-checked on a hit.
+    """
+    from reports.sweep_config import ModelSpec, RunSpec, SweepSpec, load_sweep
+
+    plan = _plan_path(sweep)
+    cached = _read_cached(plan) if plan is not None else None
+    if cached is not None:
+        runs = tuple(RunSpec(r["label"], ModelSpec(**r["model"]), r["recipe"], r["batch_size"]) for r in cached["runs"])
+        spec = SweepSpec(cached["name"], cached["source"], runs, tuple(cached["accelerators"]),
+                         tuple(cached["breakdown"]))
+        files = list(spec.accelerators) + [r.model.checkpoint for r in runs if r.model.checkpoint]
+        if all(Path(f).is_file() for f in files):
+            return spec
+    spec = load_sweep(sweep)
+    if plan is not None:
+        write_json_atomic(plan, {"name": spec.name, "source": spec.source, "accelerators": list(spec.accelerators),
+                                 "breakdown": list(spec.breakdown),
+                                 "runs": [{"label": r.label, "model": r.model.__dict__, "recipe": r.recipe,
+                                           "batch_size": r.batch_size} for r in spec.runs]})
+    return spec
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``simulate sweep``; `InputError` propagates to `simulator.cli.main`."""
     from reports.review import summary_lines
-    from reports.sweep_config import load_sweep
 
     args = build_parser().parse_args(argv)
     for flag in ("workers", "images"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise InputError(f"sweep: --{flag}: expected a positive integer, got {value}")
-    spec = _apply_overrides(load_sweep(args.sweep), args)
+    spec = _apply_overrides(_load_spec(args.sweep), args)
     report, stats = run_sweep(spec, args)
     results = json.loads((report.parent / "results.json").read_text())
     if args.json:
