@@ -153,18 +153,16 @@ def _colour_key(points: list[dict]):
 
 
 def _merged_labels(points, x, y, order: list[int]) -> tuple[list[str], list[int]]:
-    """One label per distinct (x, y): coincident points share a comma-joined label."""
-    texts = [p["label"] for p in points]
-    first: dict[tuple[float, float], int] = {}
+    """One label per distinct (x, y): coincident points share one label (one line each when long)."""
+    groups: dict[tuple[float, float], list[int]] = {}
     for i in order:
-        key = (float(x[i]), float(y[i]))
-        if key in first:
-            j = first[key]
-            if texts[i] not in texts[j].split(", "):
-                texts[j] += ", " + texts[i]
-        else:
-            first[key] = i
-    return texts, list(first.values())
+        groups.setdefault((float(x[i]), float(y[i])), []).append(i)
+    texts = [p["label"] for p in points]
+    for members in groups.values():
+        names = list(dict.fromkeys(points[i]["label"] for i in members))
+        joined = ", ".join(names)
+        texts[members[0]] = joined if len(joined) <= 45 else "\n".join(names)
+    return texts, [members[0] for members in groups.values()]
 
 
 def _pad_limits(ax, x, y) -> None:

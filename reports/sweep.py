@@ -97,6 +97,9 @@ def _compute_runs(spec, args, cache: Path) -> tuple[list[dict], int]:
     code = code_version()
     keys = [run_key(r, code) for r in spec.runs]
     records = [_read_cached(cache / "runs" / f"{k}.json") for k in keys]
+    for run, rec in zip(spec.runs, records):
+        if rec is not None:
+            rec["label"] = run.label          # a label is presentation, not part of the content hash
     todo = [i for i, rec in enumerate(records) if rec is None]
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=f"sweep {spec.name}", unit="point",
                disable=True if args.no_progress else None)
@@ -125,7 +128,7 @@ def _cost_points(spec, runs: list[dict], cache: Path) -> list[dict]:
             if point is None:
                 point = cost_point(run, hw) | {"key": key}
                 write_json_atomic(path, point)
-            points.append(point)
+            points.append(point | {"label": run["label"]})
     return points
 
 

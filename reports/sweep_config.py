@@ -164,8 +164,16 @@ def _grid(value, where: str) -> list[dict]:
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-def _point_label(cfg, overrides: dict, bits_given: bool) -> str:
-    extra = [f"{k}={v}" for k, v in overrides.items() if k not in ("w_bits", "a_bits") or not bits_given]
+_SHORT = {"act_calibration": "act", "weight_calibration": "wcal", "percentile": "pct", "calib_images": "calib",
+          "residual_bits": "res", "edge_bits": "edge"}
+
+
+def _point_label(cfg) -> str:
+    """``<recipe>_w<W>a<A>`` plus every field that differs from the recipe defaults, abbreviated."""
+    default = type(cfg)()
+    extra = [f"{_SHORT.get(k, k)}={v}" for k, v in cfg.__dict__.items()
+             if k not in ("recipe", "w_bits", "a_bits", "params") and v != getattr(default, k)]
+    extra += [f"{k}={v}" for k, v in sorted(cfg.params.items())]
     return cfg.label + (" " + ",".join(extra) if extra else "")
 
 
@@ -191,7 +199,7 @@ def _recipe_points(entry, where: str, base: Path) -> list[tuple[str, dict]]:
             else:
                 fields[key] = val
         cfg = recipe_from_dict(fields, where=where)
-        points.append((_point_label(cfg, combo, bool(pair)), dict(cfg.__dict__)))
+        points.append((_point_label(cfg), dict(cfg.__dict__)))
     return points
 
 

@@ -29,7 +29,7 @@ def test_bits_and_grid_expand_to_the_cartesian_product(tmp_path):
     assert bits == {(8, 8), (6, 6), (4, 8)}
     assert all(r.recipe["calib_images"] == 32 and r.recipe["params"] == {"extra": 1} for r in spec.runs)
     labels = [r.label for r in spec.runs]
-    assert len(set(labels)) == 6 and "static_w6a6 act_calibration=percentile,params.extra=1" in labels
+    assert len(set(labels)) == 6 and "static_w6a6 act=percentile,calib=32,extra=1" in labels
     assert spec.accelerators == (str(CONFIG_DIR / "npu_int8.yaml"),)
 
 
