@@ -7,6 +7,7 @@ images), so the Dask run of quick.yaml must reproduce its points exactly.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -83,6 +84,20 @@ def test_rerun_hits_cache_resumes_and_adds_accelerators(capsys, tiny, tiny_point
     assert "(0 computed, 2 cached) x 3 accelerators" in text
     assert {a for _, a in _points(out)} == {"npu_int8", "mcu_int8", "npu_w4a8"}
     path.write_text(yaml.safe_dump(TINY))
+
+
+def _where(item, threads=None):
+    return item * item, threads, os.getpid()
+
+
+def test_process_engine_runs_items_in_other_processes_one_thread_each():
+    from reports.engines import run_processes
+
+    got = dict(run_processes(_where, [3, 1, 4, 1, 5], workers=2))
+    assert sorted(got) == [0, 1, 2, 3, 4]
+    assert [got[i][0] for i in range(5)] == [9, 1, 16, 1, 25]
+    assert {got[i][1] for i in range(5)} == {1}
+    assert os.getpid() not in {got[i][2] for i in range(5)}
 
 
 def test_quick_sweep_through_a_dask_local_cluster(capsys, tmp_path, tiny_points):
