@@ -235,8 +235,8 @@ SUBCOMMANDS: dict[str, str] = {
     "cost": "simulator.cost_command:cost_main",
     "export-vectors": "simulator.vectors:export_main",
     "verify-vectors": "simulator.vectors:verify_main",
+    "sweep": "reports.sweep:main",
 }
-
 
 def _subcommand(name: str):
     import importlib

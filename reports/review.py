@@ -1,0 +1,181 @@
+"""The design-review report: markdown tables + PNG figures from results.json.
+
+Reads only the result JSON written by ``simulate sweep`` (a dict with
+``sweep``, ``source``, ``breakdown`` and ``points``, one point per run x
+accelerator), so a report can be regenerated, or read, without running
+anything. Written files (in the output directory): ``report.md``,
+``accuracy_vs_bops.png``, ``accuracy_vs_latency.png``,
+``accuracy_vs_energy.png``, ``breakdown_cycles_<accel>.png``,
+``breakdown_dram_<accel>.png`` and, when a recipe's cost varies per image,
+``cycles_per_image.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from reports import figures
+from reports.pareto import pareto_front
+
+__all__ = ["write_report", "summary_lines", "unique_runs", "fronts", "MAX_BREAKDOWN"]
+
+MAX_BREAKDOWN = 4
+
+
+def unique_runs(points: list[dict]) -> list[dict]:
+    """One point per run (model x recipe): BOPs and accuracy do not depend on the accelerator."""
+    seen, out = set(), []
+    for p in points:
+        if p["run_key"] not in seen:
+            seen.add(p["run_key"])
+            out.append(p)
+    return out
+
+
+def _acc(p: dict) -> float:
+    return p["top1"]["simulator"]
+
+
+def fronts(points: list[dict]) -> dict[str, list[dict]]:
+    """Pareto-optimal points per trade-off: BOPs (per run), latency and energy (per point)."""
+    runs = unique_runs(points)
+    out = {"bops": [runs[i] for i in pareto_front([_acc(p) for p in runs], [p["bops_per_image"] for p in runs])]}
+    for metric in ("latency_ms", "energy_uj"):
+        idx = pareto_front([_acc(p) for p in points], [p["cost"][metric] for p in points])
+        out[metric] = [points[i] for i in idx]
+    return out
+
+
+def _chosen_for_breakdown(results: dict, front_bops: list[dict]) -> list[str]:
+    """The sweep's ``report.breakdown`` labels, else the BOPs front plus the costliest run (<= 4)."""
+    if results.get("breakdown"):
+        return list(results["breakdown"])
+    costliest = max(unique_runs(results["points"]), key=lambda p: p["bops_per_image"])
+    labels = list(dict.fromkeys([p["label"] for p in front_bops] + [costliest["label"]]))
+    if len(labels) <= MAX_BREAKDOWN:
+        return labels
+    step = (len(labels) - 1) / (MAX_BREAKDOWN - 1)
+    return [labels[round(i * step)] for i in range(MAX_BREAKDOWN)]
+
+
+def _make_figures(results: dict, out: Path, front: dict) -> dict[str, list[Path]]:
+    points, name = results["points"], results["sweep"]
+    figs = {"tradeoff": [], "breakdown": [], "histogram": []}
+    for metric, stem in (("bops", "accuracy_vs_bops"), ("latency_ms", "accuracy_vs_latency"),
+                         ("energy_uj", "accuracy_vs_energy")):
+        subset = unique_runs(points) if metric == "bops" else points
+        path, _ = figures.tradeoff_figure(subset, metric, out / f"{stem}.png",
+                                          title=f"{name}: accuracy vs {figures.METRICS[metric][0].split(' (')[0]}")
+        figs["tradeoff"].append(path)
+    chosen = _chosen_for_breakdown(results, front["bops"])
+    for accel in dict.fromkeys(p["accelerator"] for p in points):
+        sel = [p for label in chosen for p in points if p["label"] == label and p["accelerator"] == accel]
+        if sel:
+            figs["breakdown"].append(figures.breakdown_figure(sel, "cycles", out / f"breakdown_cycles_{accel}.png"))
+            figs["breakdown"].append(
+                figures.breakdown_figure(sel, "offchip_bytes", out / f"breakdown_dram_{accel}.png"))
+    hist = figures.cycle_histogram_figure(points, out / "cycles_per_image.png")
+    if hist is not None:
+        figs["histogram"].append(hist)
+    return figs
+
+
+def _bits(p: dict) -> str:
+    r = p["recipe"]
+    return f"W{r['w_bits']}A{r['a_bits']}"
+
+
+def _accuracy_table(runs: list[dict], on_front: set) -> list[str]:
+    rows = ["| point | model | bits | top-1 simulator % | top-1 fake-quant % | fp32 % | bit-exact | "
+            "MACs / image (M) | BOPs / image (G) | Pareto (BOPs) |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|:---:|"]
+    for p in runs:
+        rows.append(f"| {p['label']} | {p['model']['name']} | {_bits(p)} | {_acc(p):.2f} | "
+                    f"{p['top1']['fakequant_integer']:.2f} | {p['top1']['fp32']:.2f} | "
+                    f"{p['bit_exact_images']}/{p['images']} | {p['macs_per_image'] / 1e6:.3f} | "
+                    f"{p['bops_per_image'] / 1e9:.3f} | {'★' if p['run_key'] in on_front else ''} |")
+    return rows
+
+
+def _cost_table(points: list[dict], lat_front: set, energy_front: set) -> list[str]:
+    rows = ["| point | accelerator | top-1 % | cycles / image | latency (ms) | energy (µJ) | off-chip MB / image "
+            "| PE util. | Pareto latency | Pareto energy |",
+            "|---|---|---:|---:|---:|---:|---:|---:|:---:|:---:|"]
+    for p in points:
+        c = p["cost"]
+        rows.append(f"| {p['label']} | {p['accelerator']} | {_acc(p):.2f} | {c['cycles']:,.0f} | "
+                    f"{c['latency_ms']:.4f} | {c['energy_uj']:.2f} | {c['offchip_mb']:.3f} | "
+                    f"{c['pe_utilisation']:.1%} | {'★' if p['key'] in lat_front else ''} | "
+                    f"{'★' if p['key'] in energy_front else ''} |")
+    return rows
+
+
+def _front_names(front: dict) -> list[str]:
+    on = lambda pts: ", ".join(f"{p['label']} on {p['accelerator']}" for p in pts)  # noqa: E731
+    return [f"* accuracy vs BOPs: {', '.join(p['label'] for p in front['bops'])}",
+            f"* accuracy vs latency: {on(front['latency_ms'])}",
+            f"* accuracy vs energy: {on(front['energy_uj'])}"]
+
+
+def _markdown(results: dict, figs: dict, front: dict, out: Path) -> str:
+    points = results["points"]
+    runs = unique_runs(points)
+    images = sorted({p["images"] for p in runs})
+    rel = lambda path: os.path.relpath(path, out)  # noqa: E731
+    lines = [f"# Design review: {results['sweep']}", "",
+             f"Sweep file `{results['source']}`: {len(runs)} quantized models x "
+             f"{len({p['accelerator'] for p in points})} accelerators = {len(points)} points; "
+             f"{'/'.join(map(str, images))} evaluation images per point. Accuracy is the integer "
+             "simulator's top-1; *bit-exact* counts the images whose codes equal the fake-quant "
+             "executor's at every tensor boundary. Costs are means per image (batch 1) from the "
+             "hardware cost model; ★ marks Pareto-optimal points (max accuracy, min cost).", "",
+             "## Pareto-optimal points", "", *_front_names(front), "",
+             "## Accuracy and work per model", "", *_accuracy_table(runs, {p["run_key"] for p in front["bops"]}),
+             "", "## Cost per accelerator", "",
+             *_cost_table(points, {p["key"] for p in front["latency_ms"]}, {p["key"] for p in front["energy_uj"]}),
+             "", "## Trade-offs", ""]
+    lines += [f"![{Path(f).stem}]({rel(f)})" for f in figs["tradeoff"]]
+    lines += ["", "## Per-layer breakdown", "",
+              "Cycles and off-chip (DRAM) traffic per image of the chosen points, per block and operator group.",
+              ""]
+    lines += [f"![{Path(f).stem}]({rel(f)})" for f in figs["breakdown"]]
+    lines += ["", "## Per-image cycles", ""]
+    lines += ([f"![cycles per image]({rel(f)})" for f in figs["histogram"]] if figs["histogram"] else
+              ["Every point costs the same on every image (no dynamic recipe in this sweep): no histogram."])
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict, out: str | os.PathLike) -> Path:
+    """Write the figures and ``report.md`` into ``out``; returns the report path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    front = fronts(results["points"])
+    figs = _make_figures(results, out, front)
+    target = out / "report.md"
+    fd, tmp = tempfile.mkstemp(dir=out, suffix=".md.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(_markdown(results, figs, front, out))
+    os.replace(tmp, target)
+    return target
+
+
+def summary_lines(results: dict) -> list[str]:
+    """Plain-text summary: one row per run, cycles and energy per accelerator, the fronts."""
+    points = results["points"]
+    accels = list(dict.fromkeys(p["accelerator"] for p in points))
+    by = {(p["run_key"], p["accelerator"]): p for p in points}
+    w = max(len("point"), *(len(p["label"]) for p in points))
+    head = f"{'point':<{w}} {'top-1 %':>7} {'bit-exact':>10} {'BOPs G':>8}" + "".join(
+        f" {a + ' cycles':>18} {a + ' uJ':>14}" for a in accels)
+    lines = [head, "-" * len(head)]
+    for r in unique_runs(points):
+        row = f"{r['label']:<{w}} {_acc(r):7.2f} {str(r['bit_exact_images']) + '/' + str(r['images']):>10} " \
+              f"{r['bops_per_image'] / 1e9:8.3f}"
+        for a in accels:
+            c = by[(r["run_key"], a)]["cost"]
+            row += f" {c['cycles']:18,.0f} {c['energy_uj']:14.2f}"
+        lines.append(row)
+    lines += ["Pareto-optimal:"] + [s.replace("* ", "  ", 1) for s in _front_names(fronts(points))]
+    return lines

@@ -1,0 +1,233 @@
+"""``simulate sweep SWEEP.yaml``: run a design-review sweep and write its report.
+
+Steps: validate the sweep YAML (`reports.sweep_config`); hash every run
+(model x recipe config) and every point (run x accelerator)
+(`reports.runpoint`); compute only the runs missing from the cache, in
+parallel (`reports.engines`: processes, or Dask with ``--cluster``), caching
+each as it finishes; cost every run on every accelerator; write
+``results.json`` (every point of this sweep, the reports' only input) and the
+markdown report with its figures (`reports.review`).
+
+Output directory (``--out``, default ``out/sweeps/<name>``)::
+
+    results.json        the points of this sweep (one record per run x accelerator)
+    report.md, *.png    the design-review report
+    cache/runs/<key>.json, cache/points/<key>.json   content-addressed cache
+
+A re-run of an unchanged sweep reads everything from the cache; an
+interrupted one recomputes only the runs that had not finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from simulator.errors import InputError
+
+__all__ = ["main", "run_sweep", "write_json_atomic"]
+
+DEFAULT_OUT = Path("out") / "sweeps"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise InputError(f"sweep: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="simulate sweep", description="Run a design-review sweep and write its Pareto report.")
+    p.add_argument("sweep", help="sweep YAML (e.g. configs/sweeps/quick.yaml)")
+    p.add_argument("--out", default=None, help="output directory (default: out/sweeps/<sweep name>)")
+    p.add_argument("--cache", default=None, help="cache directory (default: <out>/cache); may be shared")
+    p.add_argument("--workers", type=int, default=1, help="parallel runs (processes, or Dask workers with "
+                   "--cluster local); 1 = in this process")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS|local",
+                   help="run on Dask distributed: a scheduler address (tcp://host:8786) or 'local'")
+    p.add_argument("--images", type=int, default=None, help="override every model's image count (smoke runs)")
+    p.add_argument("--json", action="store_true", help="print the points as JSON instead of the text summary")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    """Write JSON to a temp file beside ``path``, then rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_cached(path: Path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None      # missing or unreadable: recompute
+
+
+def _engine(args, todo, keys):
+    from reports import engines
+    from reports.runpoint import run_record
+
+    if args.cluster:
+        return engines.run_dask(run_record, todo, args.cluster, args.workers, keys)
+    if args.workers > 1 and len(todo) > 1:
+        return engines.run_processes(run_record, todo, args.workers)
+    return engines.run_serial(run_record, todo)
+
+
+def _compute_runs(spec, args, cache: Path) -> tuple[list[dict], int]:
+    """Run records for every run of ``spec``, from the cache or computed; returns (records, n computed)."""
+    from tqdm.auto import tqdm
+
+    from reports.runpoint import code_version, run_key
+
+    code = code_version()
+    keys = [run_key(r, code) for r in spec.runs]
+    records = [_read_cached(cache / "runs" / f"{k}.json") for k in keys]
+    for run, rec in zip(spec.runs, records):
+        if rec is not None:
+            rec["label"] = run.label          # a label is presentation, not part of the content hash
+    todo = [i for i, rec in enumerate(records) if rec is None]
+    bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=f"sweep {spec.name}", unit="point",
+               disable=True if args.no_progress else None)
+    try:
+        for j, rec in _engine(args, [spec.runs[i] for i in todo], [keys[i] for i in todo]):
+            i = todo[j]
+            rec["run_key"] = keys[i]
+            write_json_atomic(cache / "runs" / f"{keys[i]}.json", rec)
+            records[i] = rec
+            bar.set_postfix_str(spec.runs[i].label, refresh=False)
+            bar.update()
+    finally:
+        bar.close()
+    return records, len(todo)
+
+
+def _cost_points(spec, runs: list[dict], cache: Path) -> list[dict]:
+    from reports.runpoint import code_version, cost_point, point_key
+
+    code, points = code_version(), []
+    for run in runs:
+        for hw in spec.accelerators:
+            key = point_key(run["run_key"], hw, code)
+            path = cache / "points" / f"{key}.json"
+            point = _read_cached(path)
+            if point is None:
+                point = cost_point(run, hw) | {"key": key}
+                write_json_atomic(path, point)
+            points.append(point | {"label": run["label"]})
+    return points
+
+
+def run_sweep(spec, args) -> tuple[Path, dict]:
+    """Compute (or read) every point of ``spec`` and write results.json + the report."""
+    from reports.review import write_report
+
+    out = Path(args.out) if args.out else DEFAULT_OUT / spec.name
+    cache = Path(args.cache) if args.cache else out / "cache"
+    t0 = time.perf_counter()
+    runs, computed = _compute_runs(spec, args, cache)
+    results = {"sweep": spec.name, "source": spec.source, "breakdown": list(spec.breakdown),
+               "report_version": _report_version(), "points": _cost_points(spec, runs, cache)}
+    report = out / "report.md"
+    if not (report.is_file() and _read_cached(out / "results.json") == results):   # else: already drawn
+        write_json_atomic(out / "results.json", results)
+        report = write_report(results, out)
+    return report, {"runs": len(runs), "computed": computed, "seconds": time.perf_counter() - t0}
+
+
+def _report_version() -> str:
+    """Hash of the report-drawing modules: a changed figure redraws even when no point changed."""
+    import hashlib
+
+    here = Path(__file__).resolve().parent
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("figures.py", "review.py", "pareto.py"))
+                          ).hexdigest()
+
+
+def _apply_overrides(spec, args):
+    from dataclasses import replace
+
+    if args.images is None:
+        return spec
+    runs = tuple(replace(r, model=replace(r.model, images=args.images)) for r in spec.runs)
+    return replace(spec, runs=runs)
+
+
+def _plan_path(sweep: str) -> Path | None:
+    """Where the validated plan of this exact sweep file (and code) is kept, or None if unreadable."""
+    import hashlib
+
+    from reports.runpoint import code_version
+
+    try:
+        text = Path(sweep).read_bytes()
+    except OSError:
+        return None
+    ident = [str(Path(sweep).resolve()), os.getcwd(), code_version(),
+             (Path(__file__).parent / "sweep_config.py").read_text()]
+    key = hashlib.sha256(text + json.dumps(ident).encode()).hexdigest()
+    return DEFAULT_OUT / ".plans" / f"{key}.json"
+
+
+def _load_spec(sweep: str):
+    """Validate the sweep file, or reuse the plan validated from the same bytes with the same code.
+
+    Validation imports the recipe registry (torch); the plan cache keeps an
+    unchanged re-run free of it. Referenced files are re-checked on a hit.
+    """
+    from reports.sweep_config import ModelSpec, RunSpec, SweepSpec, load_sweep
+
+    plan = _plan_path(sweep)
+    cached = _read_cached(plan) if plan is not None else None
+    if cached is not None:
+        runs = tuple(RunSpec(r["label"], ModelSpec(**r["model"]), r["recipe"], r["batch_size"]) for r in cached["runs"])
+        spec = SweepSpec(cached["name"], cached["source"], runs, tuple(cached["accelerators"]),
+                         tuple(cached["breakdown"]))
+        files = list(spec.accelerators) + [r.model.checkpoint for r in runs if r.model.checkpoint]
+        if all(Path(f).is_file() for f in files):
+            return spec
+    spec = load_sweep(sweep)
+    if plan is not None:
+        write_json_atomic(plan, {"name": spec.name, "source": spec.source, "accelerators": list(spec.accelerators),
+                                 "breakdown": list(spec.breakdown),
+                                 "runs": [{"label": r.label, "model": r.model.__dict__, "recipe": r.recipe,
+                                           "batch_size": r.batch_size} for r in spec.runs]})
+    return spec
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``simulate sweep``; `InputError` propagates to `simulator.cli.main`."""
+    from reports.review import summary_lines
+
+    args = build_parser().parse_args(argv)
+    for flag in ("workers", "images"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise InputError(f"sweep: --{flag}: expected a positive integer, got {value}")
+    spec = _apply_overrides(_load_spec(args.sweep), args)
+    report, stats = run_sweep(spec, args)
+    results = json.loads((report.parent / "results.json").read_text())
+    if args.json:
+        slim = [{k: v for k, v in p.items() if k not in ("layers", "per_image_cycles")} for p in results["points"]]
+        json.dump(slim, sys.stdout, indent=1)
+        print()
+    else:
+        print("\n".join(summary_lines(results)))
+        print(f"{stats['runs']} runs ({stats['computed']} computed, {stats['runs'] - stats['computed']} cached) "
+              f"x {len(spec.accelerators)} accelerators in {stats['seconds']:.1f} s")
+        print(f"report: {report}")
+    return 0

@@ -1,0 +1,22 @@
+"""reports/ reads result files only: the figure, report and Pareto modules import
+no part of the pipeline (reference, simulator, hwmodels, torch, numba)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+READERS = ("pareto.py", "figures.py", "review.py")
+ALLOWED_ROOTS = {"__future__", "collections", "os", "re", "tempfile", "pathlib", "itertools", "matplotlib",
+                 "numpy", "reports"}
+
+
+def test_report_modules_read_json_only():
+    for name in READERS:
+        tree = ast.parse((ROOT / "reports" / name).read_text())
+        for node in ast.walk(tree):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for mod in mods:
+                assert mod.split(".")[0] in ALLOWED_ROOTS, f"reports/{name}: imports {mod}"
+                assert mod.split(".")[0] != "reports" or mod.split(".")[-1] in ("pareto", "figures", "review") \
+                    or mod == "reports", f"reports/{name}: imports {mod}"
