@@ -131,3 +131,15 @@ def test_apq_build_on_a_random_vit_is_bit_exact():
     if rep["certified"]:
         assert rep["chosen"]["upper_bound"] <= 0.5
     assert_exits_equivalent(q, random_images(SMALL, 5, seed=7))
+
+
+@pytest.mark.parametrize("name", ["apq.yaml", "apq_exits_w8a8.yaml", "apq_exits_w4a4.yaml"])
+def test_bundled_apq_recipes_load_and_validate(name):
+    from pathlib import Path
+
+    from reference.recipes.config import load_recipe
+
+    cfg = load_recipe(Path(__file__).resolve().parents[2] / "configs" / "recipes" / name)
+    p = parse_params(cfg.params, where=name)
+    assert cfg.recipe == "apq" and p.threshold == "search"
+    assert p.allocation == ("apq" if name == "apq.yaml" else "uniform")
