@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from reference.vit_float import patchify
 from simulator.fixedpoint import isqrt, requantize, round_half_up, saturate
+from simulator.exit_graph import ExitTracker, finish_trace
 from simulator.graph import static_layers
 from simulator.inputs import check_images
 from simulator.int_nonlinear import (GELU_FRAC_BITS, GELU_INPUT_LIMIT, SOFTMAX_RECIP_BITS, LN_RECIP_BITS,
@@ -102,6 +103,16 @@ class FakeQuantExecutor:
             return saturate(round_half_up(y / g.out_scale).long(), lo, hi)
         return saturate(requantize(gelu_q12(h), g.out_mult, g.out_shift), lo, hi)
 
+    def _exit(self, j: int, e, x: torch.Tensor, keep):
+        """Exit head ``j`` on the class token: logit codes and the leave decision."""
+        n = self._layernorm(e.norm, x[:, 0])
+        keep(f"exits.{j}.norm", n)
+        lg = self._linear(f"exits.{j}.head", e.head, n)
+        keep(f"exits.{j}.logits", lg)
+        conf = self._softmax(e.confidence, lg).amax(-1)
+        keep(f"exits.{j}.confidence", conf[:, None])
+        return lg, (conf >= e.threshold_q).numpy()
+
     # --- forward ------------------------------------------------------------
     def _forward(self, images: torch.Tensor, codes: dict[str, list]):
         if "igq" in self.q.extras:   # IGQ-ViT grouped activations
@@ -109,8 +120,10 @@ class FakeQuantExecutor:
             return igq_forward(self, images, codes)
         q = self.q
         m = q.meta
-        def keep(name, t):
+        tracker = ExitTracker(q, len(images))
+        def keep_all(name, t):
             codes.setdefault(name, []).append(t)
+        keep = tracker.wrap(keep_all)
         p = patchify(images.double(), m["patch_size"])
         x = saturate(round_half_up(p / q.in_scale).long(), *_srange(q.in_bits))
         keep("input", x)
@@ -144,17 +157,24 @@ class FakeQuantExecutor:
             keep(pre + "gelu", g)
             x = self._linear(pre + "mlp.fc2", b.fc2, g, res=x)
             keep(pre + "x_out", x)
+            for j, e in tracker.exits_after(i):
+                lg, leave = self._exit(j, e, x, keep)
+                x = tracker.leave(e, leave, lg, x, self.overflows)
         nf = self._layernorm(q.norm, x[:, 0])
         keep("norm", nf)
-        logits = self._linear("head", q.head, nf)
-        keep("logits", logits)
+        logits = tracker.output(self._linear("head", q.head, nf))
+        tracker.finish(self.overflows)
+        keep_all("logits", logits)
+        self._exit_depth.append(tracker.depth)
+        if q.exits:
+            keep_all("exit_depth", torch.as_tensor(tracker.depth[:, None]))
         return logits
 
     @torch.no_grad()
     def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
         """Execute on float images [B, C, H, W] (the model's preprocessing applied)."""
         images = torch.as_tensor(check_images(images, self.q.meta))
-        self.overflows = {}
+        self.overflows, self._exit_depth = {}, []
         codes: dict[str, list] = {}
         logits = []
         for s in range(0, len(images), batch_size):
@@ -166,5 +186,7 @@ class FakeQuantExecutor:
         lc = torch.cat(logits).numpy() if logits else np.zeros((0, self.q.meta["num_classes"]), np.int64)
         trace = Trace(model=self.q.meta["model"], recipe=self.q.meta["label"], layers=static_layers(self.q),
                       n_images=len(images), overflows=dict(self.overflows))
-        return RunResult(logits=lc * self.q.logit_scale, logit_codes=lc, trace=trace,
+        depth = np.concatenate(self._exit_depth) if self._exit_depth else np.zeros(0, np.int64)
+        scale = finish_trace(self.q, trace, depth)
+        return RunResult(logits=lc * scale[:, None], logit_codes=lc, trace=trace,
                          codes={k: np.concatenate(v) for k, v in codes.items()})

@@ -17,7 +17,16 @@ Outputs (written to temp files, then renamed, so nothing is half-written):
 The mean/std below are the source of the numbers in the JSON config; at run
 time `reference.data.load_digits` reads them from the JSON only.
 
+Second, separate phase (``--exits``): early-exit heads for the APQ/MAQEE
+recipe (`train_exit_heads`), written to ``<out>/vit_digits_exits.safetensors``
+(a few KB, config in its metadata). The backbone is loaded from
+``<out>/vit_digits.safetensors`` and kept FROZEN: one shared backbone
+checkpoint serves every recipe and every branch measures against it, so the
+heads are trained on its fixed class-token features (digits train labels,
+the seeded +-1 pixel shifts as augmentation), never the other way round.
+
 Usage: ``python scripts/train_default_model.py [--epochs 200] [--out DIR]``
+       ``python scripts/train_default_model.py --exits [--out DIR]``
 """
 
 from __future__ import annotations
@@ -125,6 +134,64 @@ def train_classifier(
             )
 
 
+@dataclass(frozen=True)
+class ExitSettings:
+    """The exit-head phase: heads after blocks 1 and 3 of 6 (every 2 blocks, 0-based)."""
+
+    after_blocks: tuple = (1, 3)
+    epochs: int = 400
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    shifted_copies: int = 4
+    seed: int = 0
+
+
+def train_exit_heads(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     settings: ExitSettings):
+    """Multi-exit training of the heads on the FROZEN backbone (summed cross-entropy).
+
+    Features: the class token after each exit's block for the images and
+    ``shifted_copies`` seeded random shifts of them. The backbone is frozen
+    because its checkpoint is shared by every recipe (see the module docstring).
+    """
+    from reference.exits import ExitHeads, class_tokens, fit_exit_heads
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(settings.seed)
+    views = [images] + [random_shift(images, 1, generator) for _ in range(settings.shifted_copies)]
+    feats = [class_tokens(model, v.numpy())[0] for v in views]
+    tokens = [torch.cat([f[a] for f in feats]) for a in settings.after_blocks]
+    target = labels.repeat(len(views))
+    heads = ExitHeads.like_final(model, settings.after_blocks)
+    return fit_exit_heads(heads, tokens, target, "ce", epochs=settings.epochs, lr=settings.lr,
+                          weight_decay=settings.weight_decay, seed=settings.seed)
+
+
+def exits_main(out_dir: Path) -> int:
+    """Load the stored backbone, train the exit heads, report their accuracy, write the file."""
+    from reference.exits import float_exit_outputs, save_exit_heads
+    from reference.models import load_model
+
+    settings = ExitSettings()
+    torch.set_num_threads(TrainSettings.torch_threads)
+    torch.use_deterministic_algorithms(True)
+    model = load_model(checkpoint=out_dir / f"{DEFAULT_MODEL}.safetensors")
+    train_pixels, train_labels = digits_pixels("train")
+    test_pixels, test_labels = digits_pixels("test")
+    heads = train_exit_heads(model, normalise(train_pixels), torch.from_numpy(train_labels), settings)
+    conf, pred, final = float_exit_outputs(model, heads, normalise(test_pixels).numpy())
+    acc = {f"exit_after_block_{a}": round(float((pred[:, j] == test_labels).mean()), 6)
+           for j, a in enumerate(settings.after_blocks)}
+    acc["final"] = round(float((final == test_labels).mean()), 6)
+    print(f"exit heads after blocks {settings.after_blocks}: test top-1 {acc}")
+    path = out_dir / f"{DEFAULT_MODEL}_exits.safetensors"
+    save_exit_heads(heads, path, {"training": asdict(settings), "test_accuracy": acc,
+                                  "backbone": f"{DEFAULT_MODEL}.safetensors (frozen)"})
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.1f} KB)")
+    return 0
+
+
 @torch.no_grad()
 def top1_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of images whose arg-max logit is the label (eval mode)."""
@@ -186,6 +253,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line flags: --epochs and --out."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=TrainSettings.epochs, help="training epochs")
+    parser.add_argument("--exits", action="store_true",
+                        help="only train the exit heads on the stored, frozen backbone")
     parser.add_argument(
         "--out", type=Path, default=REPO_ROOT / "reference" / "default_model",
         help="output directory for vit_digits.safetensors and vit_digits.json",
@@ -199,6 +268,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Train, evaluate with the stored (float16-rounded) weights, and write the outputs."""
     args = parse_args(argv)
+    if args.exits:
+        return exits_main(args.out)
     settings = TrainSettings(epochs=args.epochs)
     torch.set_num_threads(settings.torch_threads)
     torch.use_deterministic_algorithms(True)

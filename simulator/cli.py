@@ -165,6 +165,7 @@ def run_main(args) -> int:
     preds = {k: [] for k in ("fp32", "fq_int", "fq_float", "sim")}
     exact, mismatch, timings, trace, overflows = [], None, dict.fromkeys(("fp32", "fq_int", "fq_float", "sim"), 0.0), None, {}
     bs = args.batch_size
+    ran, depth = [], []
     for s in tqdm(range(0, len(images), bs), desc="simulating", unit="batch", disable=True if args.no_progress else None):
         x = images[s:s + bs]
         t = time.perf_counter()
@@ -183,7 +184,11 @@ def run_main(args) -> int:
         for name, n in results["sim"].trace.overflows.items():
             overflows[name] = overflows.get(name, 0) + n
         trace = results["sim"].trace
+        ran.append(trace.ran_mask())
+        depth.append(trace.extras.get("exit_depth"))
     trace.n_images, trace.overflows = len(images), overflows
+    if trace.layer_ran is not None:   # early exits: per-image facts of every batch
+        trace.layer_ran, trace.extras["exit_depth"] = np.concatenate(ran), np.concatenate(depth)
     exact = np.concatenate(exact)
     top1 = {k: float(np.mean(np.concatenate(v) == labels)) * 100 for k, v in preds.items()}
     wall = time.perf_counter() - t_start
@@ -194,7 +199,7 @@ def run_main(args) -> int:
                  "fakequant_float_nonlinear": top1["fq_float"], "simulator": top1["sim"]},
         "bit_exact_images": int(exact.sum()), "first_mismatch": mismatch,
         "accumulator_overflows": overflows,
-        "macs_per_image": int(trace.macs_per_image()[0]), "bops_per_image": int(trace.bops_per_image()[0]),
+        "macs_per_image": round(trace.macs_per_image().mean()), "bops_per_image": round(trace.bops_per_image().mean()),
         "wall_time_s": wall, "calibration_s": t_calib,
         "executor_s": {"fp32": timings["fp32"], "fakequant_integer": timings["fq_int"],
                        "fakequant_float_nonlinear": timings["fq_float"], "simulator": timings["sim"]},

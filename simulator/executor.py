@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.fixedpoint import round_half_up, saturate
+from simulator.exit_graph import ExitTracker, finish_trace
 from simulator.graph import static_layers
 from simulator.inputs import check_images
 from simulator.kernels.gemm import int_matmul, saturate_acc
@@ -82,11 +83,24 @@ class IntegerExecutor:
         lo, hi = _srange(ln.out_bits)
         return int_layernorm(x, ln.eps_q, ln.gamma_mult, ln.beta_q, ln.out_shift, lo, hi, code_dtype(ln.out_bits))
 
+    def _exit(self, j: int, e, x, keep):
+        """Exit head ``j`` on the class token: logit codes and the leave decision."""
+        n = self._layernorm(e.norm, np.ascontiguousarray(x[:, 0]))
+        keep(f"exits.{j}.norm", n)
+        lg = self._linear(f"exits.{j}.head", e.head, n)
+        keep(f"exits.{j}.logits", lg)
+        c = e.confidence
+        conf = int_softmax(lg, c.in_mult, c.in_shift, c.out_bits).max(axis=-1).astype(np.int64)
+        keep(f"exits.{j}.confidence", conf[:, None])
+        return lg, conf >= e.threshold_q
+
     def _forward(self, images: np.ndarray, keep):
         if "igq" in self.q.extras:   # IGQ-ViT grouped activations
             from simulator.igq_executor import igq_forward
             return igq_forward(self, images, keep)
         q, m = self.q, self.q.meta
+        tracker = ExitTracker(q, len(images))
+        keep_all, keep = keep, tracker.wrap(keep)
         p = patchify(images.astype(np.float64), m["patch_size"])
         x = saturate(round_half_up(p / q.in_scale).astype(np.int64), *_srange(q.in_bits)).astype(code_dtype(q.in_bits))
         keep("input", x)
@@ -126,16 +140,24 @@ class IntegerExecutor:
             keep(pre + "gelu", g)
             x = self._linear(pre + "mlp.fc2", b.fc2, g, res=x)
             keep(pre + "x_out", x)
+            for j, e in tracker.exits_after(i):
+                lg, leave = self._exit(j, e, x, keep)
+                x = tracker.leave(e, leave, lg, x, self.overflows)
+            bsz = x.shape[0]
         nf = self._layernorm(q.norm, np.ascontiguousarray(x[:, 0]))
         keep("norm", nf)
-        logits = self._linear("head", q.head, nf)
-        keep("logits", logits)
+        logits = tracker.output(self._linear("head", q.head, nf))
+        tracker.finish(self.overflows)
+        keep_all("logits", logits)
+        self._exit_depth.append(tracker.depth)
+        if q.exits:
+            keep_all("exit_depth", tracker.depth[:, None])
         return logits
 
     def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
         """Execute on float images [B, C, H, W] (the model's preprocessing applied)."""
         images = check_images(images, self.q.meta)
-        self.overflows = {}
+        self.overflows, self._exit_depth = {}, []
         codes: dict[str, list] = {}
 
         def keep(name, arr):
@@ -147,5 +169,7 @@ class IntegerExecutor:
               else np.zeros((0, self.q.meta["num_classes"]), np.int64))
         trace = Trace(model=self.q.meta["model"], recipe=self.q.meta["label"], layers=static_layers(self.q),
                       n_images=len(images), overflows=dict(self.overflows))
-        return RunResult(logits=lc * self.q.logit_scale, logit_codes=lc, trace=trace,
+        depth = np.concatenate(self._exit_depth) if self._exit_depth else np.zeros(0, np.int64)
+        scale = finish_trace(self.q, trace, depth)
+        return RunResult(logits=lc * scale[:, None], logit_codes=lc, trace=trace,
                          codes={k: np.concatenate(v) for k, v in codes.items()})

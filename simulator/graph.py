@@ -6,6 +6,7 @@ construction; shapes are per image (see `simulator.trace` for conventions).
 
 from __future__ import annotations
 
+from simulator.exit_graph import exit_records
 from simulator.qvit import QuantizedViT
 from simulator.trace import LayerRecord
 
@@ -59,6 +60,7 @@ def static_layers(q: QuantizedViT) -> list[LayerRecord]:
         recs.append(LayerRecord(name=p + "mlp.gelu", kind="gelu", elements=t * f, rows=t, in_bits=32,
                                 out_bits=b.gelu.out_bits))
         recs += _linear(p + "mlp.fc2", b.fc2, t, fused_add=p + "add2")
+        recs += exit_records(q, i)
     recs.append(_ln("norm", q.norm, 1, d))
     recs += _linear("head", q.head, 1)
     if "igq" in q.extras:   # IGQ-ViT group assignment and partial-sum combine records

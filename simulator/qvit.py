@@ -31,7 +31,7 @@ from simulator.igq import GroupQuantizer, IgqBlock
 
 __all__ = [
     "Linear", "LayerNormQ", "SoftmaxQ", "Requant", "GeluQ", "Block",
-    "QuantizedViT", "FORMAT_VERSION",
+    "QuantizedViT", "ExitHead", "FORMAT_VERSION",
 ]
 
 FORMAT_VERSION = 1
@@ -130,6 +130,24 @@ class Block:
 
 
 @dataclass(frozen=True)
+class ExitHead:
+    """An early exit after block ``after_block`` (see `simulator.exit_graph`).
+
+    ``norm`` + ``head`` on the class token give logit codes at ``logit_scale``;
+    ``confidence`` is the integer softmax of those codes, whose max code is
+    compared with ``threshold_q``: the image exits when ``max >= threshold_q``
+    (``threshold_q > 2**confidence.out_bits - 1`` never exits).
+    """
+
+    after_block: int
+    norm: LayerNormQ
+    head: Linear
+    confidence: SoftmaxQ
+    threshold_q: int
+    logit_scale: float
+
+
+@dataclass(frozen=True)
 class QuantizedViT:
     """The whole frozen model. ``meta`` holds architecture and recipe facts:
     model, num_classes, embed_dim, num_heads, depth, patch_size, in_chans,
@@ -148,6 +166,7 @@ class QuantizedViT:
     logit_scale: float
     residual_bits: int
     extras: dict = field(default_factory=dict)
+    exits: tuple = ()
 
     # --- persistence -----------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -192,7 +211,8 @@ class QuantizedViT:
         return q
 
 
-_CLASSES = {c.__name__: c for c in (Linear, LayerNormQ, SoftmaxQ, Requant, GeluQ, Block, QuantizedViT)}
+_CLASSES = {c.__name__: c for c in (Linear, LayerNormQ, SoftmaxQ, Requant, GeluQ, Block, QuantizedViT,
+                                          ExitHead)}
 _CLASSES.update({c.__name__: c for c in (GroupQuantizer, IgqBlock)})   # IGQ-ViT, in extras["igq"]
 
 
