@@ -169,7 +169,9 @@ class IntegerExecutor:
               else np.zeros((0, self.q.meta["num_classes"]), np.int64))
         trace = Trace(model=self.q.meta["model"], recipe=self.q.meta["label"], layers=static_layers(self.q),
                       n_images=len(images), overflows=dict(self.overflows))
-        depth = np.concatenate(self._exit_depth) if self._exit_depth else np.zeros(0, np.int64)
+        # forwards without exit tracking (e.g. IGQ's) ran every image to full depth
+        depth = (np.concatenate(self._exit_depth) if self._exit_depth
+                 else np.full(len(images), self.q.meta["depth"], dtype=np.int64))
         scale = finish_trace(self.q, trace, depth)
         return RunResult(logits=lc * scale[:, None], logit_codes=lc, trace=trace,
                          codes={k: np.concatenate(v) for k, v in codes.items()})
