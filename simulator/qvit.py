@@ -78,6 +78,8 @@ class LayerNormQ:
     gamma: np.ndarray
     beta: np.ndarray
     eps: float
+    channel_shift: np.ndarray | None = None   # O-2SF: channel c's codes are at out_scale * 2**shift_c
+                                              # (folded into gamma_mult/beta_q, gamma/beta)
 
 
 @dataclass(frozen=True)

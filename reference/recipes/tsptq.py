@@ -159,7 +159,8 @@ def search_outliers(x: np.ndarray, bits: int, thresholds, max_shift: int,
         s = float(calibrate(x[:, ~out], bits, method).scale)
         if out.any():
             need = math.ceil(math.log2(max(float(amax[out].max()) / (s * hi), 1.0)))
-            shifts_r = range(max(1, need - 1), min(max_shift, max(1, need)) + 1)
+            top = min(max_shift, max(1, need))               # capped: outliers beyond it saturate
+            shifts_r = range(min(max(1, need - 1), top), top + 1)
         else:
             shifts_r = [0]
         for r in shifts_r:
@@ -192,7 +193,7 @@ def _o2sf(ln, lin_w, lin_b, lnq, linq, x, cfg: RecipeConfig, params: TsptqParams
     gamma = ln.weight.detach().double() if ln.weight is not None else torch.ones(len(f), dtype=torch.float64)
     beta = ln.bias.detach().double() if ln.bias is not None else torch.zeros(len(f), dtype=torch.float64)
     scaled = types.SimpleNamespace(weight=gamma * f, bias=beta * f, eps=ln.eps, normalized_shape=ln.normalized_shape)
-    new_ln = freeze_layernorm(scaled, lnq.in_scale, lnq.in_bits, s, ab)
+    new_ln = dataclasses.replace(freeze_layernorm(scaled, lnq.in_scale, lnq.in_bits, s, ab), channel_shift=shifts)
     w = lin_w.detach().double() / f[None, :]
     new_lin = freeze_linear(w, lin_b, s, ab, linq.w_bits, linq.out_scale, out_bits, cfg.weight_calibration)
     info = {"outliers": int(np.count_nonzero(shifts)), "shift": int(shifts.max(initial=0)), "fine_scale": s}
