@@ -25,9 +25,14 @@ then three changes per block:
   where TSPTQ-ViT folds it; the other choices (``w_q << r_o``, or shifting
   the activation operand) would widen a GEMM operand past the array's modes.
 
-Calibration: every search minimises the mean squared error of the
-dequantized tensor on the calibration samples (``reference.calibration``),
-ranking candidates only; the chosen scales are frozen in float64 / dyadic.
+Calibration: the V-2SF searches minimise, by default (``objective:
+output``), the mean squared error of the *next GEMM's output* on the first
+``objective_images`` calibration images (attn·V for the softmax, fc2 for
+GELU: the few large probabilities that carry attention weigh in properly,
+which the tensor MSE, dominated by the many tiny ones, underrates);
+``objective: tensor`` uses the dequantized tensor's own MSE. O-2SF minimises
+the LayerNorm output's MSE. Searches only rank candidates; the chosen scales
+are frozen in float64 / dyadic.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class TsptqParams:
     max_ratio_shift: int = 8              # r in 1..max for V-2SF
     max_outlier_shift: int = 4            # r_o in 1..max for O-2SF
     outlier_thresholds: tuple = (16.0, 8.0, 4.0, 2.0)   # channel range / median range candidates
+    objective: str = "output"             # V-2SF search error: "output" (next GEMM's) or "tensor"
+    objective_images: int = 32            # calibration images whose tensors the "output" search uses
 
 
 def parse_params(d: dict, where: str = "recipe") -> TsptqParams:
@@ -81,6 +88,12 @@ def parse_params(d: dict, where: str = "recipe") -> TsptqParams:
         elif key in ("max_ratio_shift", "max_outlier_shift"):
             if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val <= 12:
                 raise InputError(f"{where}: params.{key}: expected an integer in [1, 12], got {val!r}")
+        elif key == "objective":
+            if val not in ("output", "tensor"):
+                raise InputError(f"{where}: params.objective: expected output or tensor, got {val!r}")
+        elif key == "objective_images":
+            if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val <= 4096:
+                raise InputError(f"{where}: params.objective_images: expected an integer in [1, 4096], got {val!r}")
         else:
             ok = isinstance(val, list) and val and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1 for v in val)
@@ -107,27 +120,37 @@ def _mse(v, q) -> float:
     return float(np.mean((v - q) ** 2))
 
 
-def search_softmax(p: np.ndarray, bits: int, max_ratio_shift: int) -> tuple[int, int, float]:
-    """``(fine_exp, ratio_shift, mse)`` for probabilities ``p``: fine 2**-f, coarse 2**-(f-r)."""
+def search_softmax(p: np.ndarray, bits: int, max_ratio_shift: int, v: np.ndarray | None = None
+                   ) -> tuple[int, int, float]:
+    """``(fine_exp, ratio_shift, mse)`` for probabilities ``p``: fine 2**-f, coarse 2**-(f-r).
+
+    With ``v`` (the values, ``p`` [..., T, T], ``v`` [..., T, d]) the error is that of
+    the attn·V output, ``mean(((p~ - p) @ v)**2)``, else of ``p`` itself.
+    """
     best = None
     for f in range(bits - 1, bits + 15):
         for r in range(1, min(f, max_ratio_shift) + 1):
-            err = _mse(p, v2sf_fake_quantize(p, 2.0 ** -f, r, bits, 0))
+            d = v2sf_fake_quantize(p, 2.0 ** -f, r, bits, 0) - p
+            err = float(np.mean((d @ v) ** 2)) if v is not None else float(np.mean(d ** 2))
             if best is None or err < best[2]:
                 best = (f, r, err)
     return best
 
 
-def search_gelu(g: np.ndarray, bits: int, max_ratio_shift: int, grid: int = 24) -> tuple[float, int, float]:
+def search_gelu(g: np.ndarray, bits: int, max_ratio_shift: int, grid: int = 24, w: np.ndarray | None = None,
+                amax: float | None = None) -> tuple[float, int, float]:
     """``(s_fine, ratio_shift, mse)``: the coarse top ``(2**(b-1)-1) * s * 2**r`` spans a
-    clipping ratio in (0.25, 1] of max(g)."""
-    amax = max(float(np.max(g)), 1e-8)
+    clipping ratio in (0.25, 1] of ``amax`` (default max(g)). With ``w`` (fc2's weight
+    [out, hidden], ``g`` [rows, hidden]) the error is fc2's output error
+    ``mean(((g~ - g) @ w.T)**2)``, else that of ``g`` itself."""
+    amax = max(float(np.max(g)) if amax is None else amax, 1e-8)
     top = (1 << (bits - 1)) - 1
     best = None
     for r in range(1, max_ratio_shift + 1):
         for clip in np.linspace(1.0, 0.25, grid):
             s = amax * clip / (top * 2.0 ** r)
-            err = _mse(g, v2sf_fake_quantize(g, s, r, bits, 1))
+            d = v2sf_fake_quantize(g, s, r, bits, 1) - g
+            err = float(np.mean((d @ w.T) ** 2)) if w is not None else float(np.mean(d ** 2))
             if best is None or err < best[2]:
                 best = (float(s), r, err)
     return best
@@ -173,14 +196,17 @@ def search_outliers(x: np.ndarray, bits: int, thresholds, max_shift: int,
 
 # --- freezing ---------------------------------------------------------------------------
 @torch.no_grad()
-def _ln_outputs(model, images: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """norm1 / norm2 outputs of every block as [rows, D] float arrays (per-channel stats)."""
+def _float_tensors(model, images: np.ndarray, suffixes: tuple, flatten: bool,
+                   batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Float boundary tensors whose names end with ``suffixes`` (float32; as
+    [rows, last dim] when ``flatten``), concatenated over ``images``."""
     out: dict[str, list] = {}
     for s in range(0, len(images), batch_size):
         x = torch.as_tensor(np.asarray(images[s:s + batch_size], dtype=np.float32))
         for name, t in float_boundaries(model, x).items():
-            if name.endswith((".norm1", ".norm2")):
-                out.setdefault(name, []).append(t.double().reshape(-1, t.shape[-1]).numpy())
+            if name.endswith(suffixes):
+                t = t.float().reshape(-1, t.shape[-1]) if flatten else t.float()
+                out.setdefault(name, []).append(t.numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -200,18 +226,26 @@ def _o2sf(ln, lin_w, lin_b, lnq, linq, x, cfg: RecipeConfig, params: TsptqParams
     return new_ln, new_lin, info
 
 
-def _two_scaled_block(blk, b, i: int, stats, ln_x, cfg: RecipeConfig, params: TsptqParams):
+def _two_scaled_block(blk, b, i: int, stats, fl, cfg: RecipeConfig, params: TsptqParams):
     p = f"blocks.{i}."
     ab, wb, wm, rb = b.a_bits, cfg.w_bits, cfg.weight_calibration, cfg.residual_bits
     ch, info = {}, {}
+    out_obj = params.objective == "output"
     if params.softmax:
-        f, r, _ = search_softmax(stats[p + "attn"].values(), ab, params.max_ratio_shift)
+        attn = fl[p + "attn"] if out_obj else stats[p + "attn"].values()
+        f, r, _ = search_softmax(attn, ab, params.max_ratio_shift, v=fl.get(p + "v"))
         ch["softmax"] = dataclasses.replace(b.softmax, fine_exp=f, ratio_shift=r)
         m, k = dyadic(2.0 ** -f * b.v_scale / b.av.out_scale)
         ch["av"] = dataclasses.replace(b.av, mult=int(m), shift=int(k))
         info["softmax"] = {"fine_exp": f, "ratio_shift": r}
     if params.gelu:
-        s_g, r, _ = search_gelu(stats[p + "gelu"].values(), ab, params.max_ratio_shift)
+        w2 = None
+        if out_obj:
+            w2 = blk.mlp.fc2.weight.detach().float()
+            g2 = _gamma(blk.ls2)
+            w2 = (w2 if g2 is None else w2 * g2.detach().float()[:, None]).numpy()
+        g = fl[p + "gelu"].reshape(-1, w2.shape[1]) if out_obj else stats[p + "gelu"].values()
+        s_g, r, _ = search_gelu(g, ab, params.max_ratio_shift, w=w2, amax=stats[p + "gelu"].amax)
         m, k = dyadic(2.0 ** -GELU_FRAC_BITS / s_g)
         if int(k) + r > 62:
             raise ValueError(f"{p}gelu: fine shift {int(k)} + ratio {r} exceeds 62")
@@ -222,9 +256,9 @@ def _two_scaled_block(blk, b, i: int, stats, ln_x, cfg: RecipeConfig, params: Ts
         info["gelu"] = {"fine_scale": s_g, "ratio_shift": r}
     if params.layernorm:
         ch["norm1"], ch["qkv"], info["norm1"] = _o2sf(blk.norm1, blk.attn.qkv.weight, blk.attn.qkv.bias, b.norm1,
-                                                      b.qkv, ln_x[p + "norm1"], cfg, params, ab)
+                                                      b.qkv, fl[p + "norm1"], cfg, params, ab)
         ch["norm2"], ch["fc1"], info["norm2"] = _o2sf(blk.norm2, blk.mlp.fc1.weight, blk.mlp.fc1.bias, b.norm2,
-                                                      b.fc1, ln_x[p + "norm2"], cfg, params, 0)
+                                                      b.fc1, fl[p + "norm2"], cfg, params, 0)
     return dataclasses.replace(b, **ch), info
 
 
@@ -237,10 +271,12 @@ def build(model: torch.nn.Module, calib_images: np.ndarray, cfg: RecipeConfig,
     calib = calib_images[: cfg.calib_images]
     stats = collect_boundaries(model, calib)
     base = freeze_static(model, stats, cfg, arch, model_name, len(calib))
-    ln_x = _ln_outputs(model, calib) if params.layernorm else {}
+    fl = _float_tensors(model, calib, (".norm1", ".norm2"), True) if params.layernorm else {}
+    if params.objective == "output":
+        fl.update(_float_tensors(model, calib[: params.objective_images], (".attn", ".v", ".gelu"), False))
     blocks, infos = [], []
     for i, b in enumerate(base.blocks):
-        nb, info = _two_scaled_block(model.blocks[i], b, i, stats, ln_x, cfg, params)
+        nb, info = _two_scaled_block(model.blocks[i], b, i, stats, fl, cfg, params)
         blocks.append(nb)
         infos.append(info)
     meta = {**base.meta, "tsptq": {"params": {k: (list(v) if isinstance(v, tuple) else v)

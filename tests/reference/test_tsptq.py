@@ -28,6 +28,8 @@ def test_recipe_files_load(bits):
     ({"max_ratio_shift": 0}, "params.max_ratio_shift: expected an integer in [1, 12]"),
     ({"outlier_thresholds": [4, 0.5]}, "params.outlier_thresholds"),
     ({"outlier_thresholds": "4"}, "params.outlier_thresholds"),
+    ({"objective": "loss"}, "params.objective: expected output or tensor"),
+    ({"objective_images": 0}, "params.objective_images"),
 ])
 def test_bad_params_name_file_and_field(tmp_path, params, needle):
     with pytest.raises(InputError) as e:
@@ -98,3 +100,17 @@ def test_freeze_and_save_round_trip(tmp_path):
     assert r.blocks[0].softmax == b0.softmax and r.blocks[0].gelu == b0.gelu
     assert np.array_equal(r.blocks[0].norm1.channel_shift, b0.norm1.channel_shift)
     assert r.meta == q.meta
+
+
+def test_output_objective_weighs_attention_output():
+    """The attn·V objective ranks by the output error: it never loses to the tensor-MSE choice there."""
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((64, 16, 16)) * 3.0
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    v = rng.standard_normal((64, 16, 8))
+    fo, ro, err_o = search_softmax(p, 4, 8, v=v)
+    ft, rt, _ = search_softmax(p, 4, 8)
+    err_t = np.mean(((v2sf_fake_quantize(p, 2.0 ** -ft, rt, 4, 0) - p) @ v) ** 2)
+    assert err_o <= err_t
+    assert err_o == pytest.approx(np.mean(((v2sf_fake_quantize(p, 2.0 ** -fo, ro, 4, 0) - p) @ v) ** 2))
