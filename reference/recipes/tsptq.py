@@ -116,6 +116,18 @@ def v2sf_fake_quantize(v: np.ndarray, s_fine: float, ratio_shift: int, bits: int
     return v2sf_decode(v2sf_encode(fine, coarse, bits, signed), bits, ratio_shift, signed) * s_fine
 
 
+def _v2sf_fast(v: np.ndarray, s_fine: float, ratio_shift: int, bits: int, signed: int) -> np.ndarray:
+    """`v2sf_fake_quantize` in float32 with np.clip/np.where, for ranking search
+    candidates only (the same words; a test checks the two agree)."""
+    mag = (1 << (bits - 1)) - 1
+    fhi = mag >> signed
+    flo = -(fhi + 1) * signed
+    s = np.float32(s_fine)
+    fine = np.floor(v / s + np.float32(0.5))
+    coarse = np.clip(np.floor(v / (s * np.float32(2.0 ** ratio_shift)) + np.float32(0.5)), 0, mag)
+    return np.where(fine > fhi, coarse * np.float32(2.0 ** ratio_shift), np.clip(fine, flo, fhi)) * s
+
+
 def _mse(v, q) -> float:
     return float(np.mean((v - q) ** 2))
 
@@ -127,10 +139,12 @@ def search_softmax(p: np.ndarray, bits: int, max_ratio_shift: int, v: np.ndarray
     With ``v`` (the values, ``p`` [..., T, T], ``v`` [..., T, d]) the error is that of
     the attn·V output, ``mean(((p~ - p) @ v)**2)``, else of ``p`` itself.
     """
+    p = np.asarray(p, dtype=np.float32)
+    v = None if v is None else np.asarray(v, dtype=np.float32)
     best = None
     for f in range(bits - 1, bits + 15):
         for r in range(1, min(f, max_ratio_shift) + 1):
-            d = v2sf_fake_quantize(p, 2.0 ** -f, r, bits, 0) - p
+            d = _v2sf_fast(p, 2.0 ** -f, r, bits, 0) - p
             err = float(np.mean((d @ v) ** 2)) if v is not None else float(np.mean(d ** 2))
             if best is None or err < best[2]:
                 best = (f, r, err)
@@ -144,12 +158,14 @@ def search_gelu(g: np.ndarray, bits: int, max_ratio_shift: int, grid: int = 24, 
     [out, hidden], ``g`` [rows, hidden]) the error is fc2's output error
     ``mean(((g~ - g) @ w.T)**2)``, else that of ``g`` itself."""
     amax = max(float(np.max(g)) if amax is None else amax, 1e-8)
+    g = np.asarray(g, dtype=np.float32)
+    w = None if w is None else np.asarray(w, dtype=np.float32)
     top = (1 << (bits - 1)) - 1
     best = None
     for r in range(1, max_ratio_shift + 1):
         for clip in np.linspace(1.0, 0.25, grid):
             s = amax * clip / (top * 2.0 ** r)
-            d = v2sf_fake_quantize(g, s, r, bits, 1) - g
+            d = _v2sf_fast(g, s, r, bits, 1) - g
             err = float(np.mean((d @ w.T) ** 2)) if w is not None else float(np.mean(d ** 2))
             if best is None or err < best[2]:
                 best = (float(s), r, err)
