@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reference import two_scaled_fq as v2sf
 from reference.vit_float import patchify
 from simulator.fixedpoint import isqrt, requantize, round_half_up, saturate
 from simulator.exit_graph import ExitTracker, finish_trace
@@ -88,6 +89,8 @@ class FakeQuantExecutor:
         return ln_affine(n, _t(ln.gamma_mult), _t(ln.beta_q), ln.out_shift, lo, hi)
 
     def _softmax(self, sm, acc: torch.Tensor) -> torch.Tensor:
+        if sm.ratio_shift:
+            return v2sf.softmax_words(sm, acc, self.nonlinear)
         if self.nonlinear == "float":
             p = torch.softmax(acc.double() * sm.in_scale, dim=-1)
             return saturate(round_half_up(p * (1 << sm.out_bits)).long(), 0, (1 << sm.out_bits) - 1)
@@ -97,6 +100,8 @@ class FakeQuantExecutor:
         return softmax_scale_codes(e, recip, sm.out_bits)
 
     def _gelu(self, g, fc1: Linear, h: torch.Tensor) -> torch.Tensor:
+        if g.ratio_shift:
+            return v2sf.gelu_words(g, h, self.nonlinear)
         lo, hi = _srange(g.out_bits)
         if self.nonlinear == "float":
             y = F.gelu(h.double() * 2.0 ** -GELU_FRAC_BITS)
@@ -144,7 +149,7 @@ class FakeQuantExecutor:
             keep(pre + "q", qh), keep(pre + "k", kh), keep(pre + "v", vh)
             attn = self._softmax(b.softmax, self._gemm(pre + "attn.qk", qh, kh.transpose(-2, -1)))
             keep(pre + "attn", attn)
-            o = requantize(self._gemm(pre + "attn.av", attn, vh), b.av.mult, b.av.shift)
+            o = requantize(self._gemm(pre + "attn.av", v2sf.softmax_operand(b.softmax, attn), vh), b.av.mult, b.av.shift)
             o = saturate(o, *_srange(b.av.out_bits)).transpose(1, 2).reshape(bsz, t, d)
             keep(pre + "attn_out", o)
             x = self._linear(pre + "attn.proj", b.proj, o, res=x)
@@ -155,7 +160,7 @@ class FakeQuantExecutor:
             keep(pre + "fc1", f1)
             g = self._gelu(b.gelu, b.fc1, f1)
             keep(pre + "gelu", g)
-            x = self._linear(pre + "mlp.fc2", b.fc2, g, res=x)
+            x = self._linear(pre + "mlp.fc2", b.fc2, v2sf.gelu_operand(b.gelu, g), res=x)
             keep(pre + "x_out", x)
             for j, e in tracker.exits_after(i):
                 lg, leave = self._exit(j, e, x, keep)

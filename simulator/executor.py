@@ -17,6 +17,7 @@ from simulator.graph import static_layers
 from simulator.inputs import check_images
 from simulator.kernels.gemm import int_matmul, saturate_acc
 from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
+from simulator.kernels.two_scaled import gelu_operand, gelu_stage, softmax_operand, softmax_stage
 from simulator.kernels.output_stage import code_dtype, linear_output, requant_output
 from simulator.qvit import Linear, QuantizedViT
 from simulator.results import RunResult
@@ -58,17 +59,19 @@ class IntegerExecutor:
         if n:
             self.overflows[name] = self.overflows.get(name, 0) + n
 
-    def _gemm(self, name, a, b, a_bits, b_bits, a_signed=True):
-        acc = int_matmul(a, b, _mag(a_bits, a_signed), _mag(b_bits), self.backend)
+    def _gemm(self, name, a, b, a_bits, b_bits, a_signed=True, a_max=None):
+        a_max = _mag(a_bits, a_signed) if a_max is None else a_max   # decoded two-scaled operands are wider
+        acc = int_matmul(a, b, a_max, _mag(b_bits), self.backend)
         acc, over = saturate_acc(acc)
         self._count(name, over)
         return acc
 
-    def _linear(self, name: str, lin: Linear, x: np.ndarray, res: np.ndarray | None = None):
+    def _linear(self, name: str, lin: Linear, x: np.ndarray, res: np.ndarray | None = None, a_max=None):
         if id(lin) not in self._wt:
             self._wt[id(lin)] = np.ascontiguousarray(lin.w_q.T)
         lead = x.shape[:-1]
-        acc = self._gemm(name, x.reshape(-1, x.shape[-1]), self._wt[id(lin)], lin.in_bits, lin.w_bits)
+        acc = self._gemm(name, x.reshape(-1, x.shape[-1]), self._wt[id(lin)], lin.in_bits, lin.w_bits,
+                         a_max=a_max)
         if lin.out_bits == 0:
             lo, hi, dt = -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT, np.int32
         else:
@@ -124,9 +127,10 @@ class IntegerExecutor:
             qh, kh, vh = qkv[0], qkv[1], qkv[2]
             keep(pre + "q", qh), keep(pre + "k", kh), keep(pre + "v", vh)
             s = self._gemm(pre + "attn.qk", qh, kh.transpose(0, 1, 3, 2), ab, ab)
-            attn = int_softmax(s, b.softmax.in_mult, b.softmax.in_shift, b.softmax.out_bits)
+            attn = softmax_stage(b.softmax, s)
             keep(pre + "attn", attn)
-            o = self._gemm(pre + "attn.av", attn, vh, b.softmax.out_bits, ab, a_signed=False)
+            a_op, a_max = softmax_operand(b.softmax, attn)
+            o = self._gemm(pre + "attn.av", a_op, vh, b.softmax.out_bits, ab, a_signed=False, a_max=a_max)
             o = requant_output(o, b.av.mult, b.av.shift, *_srange(b.av.out_bits), code_dtype(b.av.out_bits))
             o = np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(bsz, t, d)
             keep(pre + "attn_out", o)
@@ -136,9 +140,10 @@ class IntegerExecutor:
             keep(pre + "norm2", n2)
             f1 = self._linear(pre + "mlp.fc1", b.fc1, n2)
             keep(pre + "fc1", f1)
-            g = int_gelu(f1, b.gelu.out_mult, b.gelu.out_shift, *_srange(b.gelu.out_bits), code_dtype(b.gelu.out_bits))
+            g = gelu_stage(b.gelu, f1, *_srange(b.gelu.out_bits), code_dtype(b.gelu.out_bits))
             keep(pre + "gelu", g)
-            x = self._linear(pre + "mlp.fc2", b.fc2, g, res=x)
+            g_op, g_max = gelu_operand(b.gelu, g)
+            x = self._linear(pre + "mlp.fc2", b.fc2, g_op, res=x, a_max=g_max)
             keep(pre + "x_out", x)
             for j, e in tracker.exits_after(i):
                 lg, leave = self._exit(j, e, x, keep)

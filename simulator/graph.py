@@ -30,6 +30,13 @@ def _ln(name, ln, rows, d):
                        in_bits=ln.in_bits, out_bits=ln.out_bits)
 
 
+def _decode(name, elements, rows, bits):
+    """V-2SF decode (flag -> shift by r) of two-scaled words on the requant unit,
+    one element per stored word; see `simulator.two_scaled`."""
+    return LayerRecord(name=name, kind="requantize", elements=elements, rows=rows, in_bits=bits,
+                       out_bits=bits)
+
+
 def static_layers(q: QuantizedViT) -> list[LayerRecord]:
     """Every operator of the full-depth graph in execution order."""
     meta = q.meta
@@ -51,6 +58,8 @@ def static_layers(q: QuantizedViT) -> list[LayerRecord]:
                                 b_bits=ab, in_bits=ab, out_bits=32))
         recs.append(LayerRecord(name=p + "attn.softmax", kind="softmax", elements=h * t * t, rows=h * t,
                                 in_bits=32, out_bits=b.softmax.out_bits))
+        if b.softmax.ratio_shift:
+            recs.append(_decode(p + "attn.decode", h * t * t, h * t, b.softmax.out_bits))
         recs.append(LayerRecord(name=p + "attn.av", kind="matmul", m=t, k=t, n=hd, batch=h,
                                 a_bits=b.softmax.out_bits, b_bits=ab, in_bits=ab, out_bits=b.av.out_bits))
         recs += _linear(p + "attn.proj", b.proj, t, fused_add=p + "add1")
@@ -59,6 +68,8 @@ def static_layers(q: QuantizedViT) -> list[LayerRecord]:
         f = b.fc1.w_q.shape[0]
         recs.append(LayerRecord(name=p + "mlp.gelu", kind="gelu", elements=t * f, rows=t, in_bits=32,
                                 out_bits=b.gelu.out_bits))
+        if b.gelu.ratio_shift:
+            recs.append(_decode(p + "mlp.decode", t * f, t, b.gelu.out_bits))
         recs += _linear(p + "mlp.fc2", b.fc2, t, fused_add=p + "add2")
         recs += exit_records(q, i)
     recs.append(_ln("norm", q.norm, 1, d))

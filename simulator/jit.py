@@ -12,10 +12,11 @@ import types
 
 import numba
 
-from simulator import fixedpoint, int_nonlinear
+from simulator import fixedpoint, int_nonlinear, two_scaled
 
 __all__ = ["kernel", "parallel_kernel", "rounding_rshift", "saturate", "requantize", "isqrt",
-           "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine"]
+           "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine",
+           "v2sf_encode", "v2sf_decode", "softmax_v2sf_code", "gelu_v2sf_code"]
 
 kernel = numba.njit(cache=True, nogil=True)
 parallel_kernel = numba.njit(cache=True, nogil=True, parallel=True)
@@ -48,3 +49,7 @@ softmax_scale_codes = _compile(int_nonlinear.softmax_scale_codes)
 gelu_q12 = _compile(int_nonlinear.gelu_q12)
 ln_normalize = _compile(int_nonlinear.ln_normalize)
 ln_affine = _compile(int_nonlinear.ln_affine)
+v2sf_encode = _compile(two_scaled.v2sf_encode)
+v2sf_decode = _compile(two_scaled.v2sf_decode)
+softmax_v2sf_code = _compile(two_scaled.softmax_v2sf_code)
+gelu_v2sf_code = _compile(two_scaled.gelu_v2sf_code)

@@ -79,6 +79,8 @@ class LayerNormQ:
     gamma: np.ndarray
     beta: np.ndarray
     eps: float
+    channel_shift: np.ndarray | None = None   # O-2SF: channel c's codes are at out_scale * 2**shift_c
+                                              # (folded into gamma_mult/beta_q, gamma/beta)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class SoftmaxQ:
     in_shift: int
     in_scale: float
     out_bits: int
+    fine_exp: int = 0       # V-2SF (`simulator.two_scaled`) when ratio_shift > 0:
+    ratio_shift: int = 0    # fine scale 2**-fine_exp, coarse 2**-(fine_exp - ratio_shift)
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,16 @@ class Requant:
 
 @dataclass(frozen=True)
 class GeluQ:
-    """GELU on the Q12 output of fc1, then ``(out_mult, out_shift)`` to signed codes."""
+    """GELU on the Q12 output of fc1, then ``(out_mult, out_shift)`` to signed codes.
+
+    ``ratio_shift > 0``: two-scaled V-2SF words (`simulator.two_scaled`), the
+    multiplier and ``out_scale`` being the fine ones, coarse = fine * 2**ratio_shift."""
 
     out_mult: int
     out_shift: int
     out_bits: int
     out_scale: float
+    ratio_shift: int = 0
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,12 @@ import yaml
 
 from simulator.errors import InputError
 
-__all__ = ["RecipeConfig", "load_recipe", "recipe_from_dict", "RECIPE_NAMES"]
+__all__ = ["RecipeConfig", "load_recipe", "recipe_from_dict", "RECIPE_NAMES", "PARAM_CHECKS"]
 
-RECIPE_NAMES = ("static", "igq", "apq")
+RECIPE_NAMES = ("static", "tsptq", "igq", "apq")
+# recipe name -> check(params: dict, where: str) raising InputError("<where>: params.<field>: ...");
+# registered by the recipe modules (reference.recipes imports them all).
+PARAM_CHECKS: dict = {}
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,10 @@ def recipe_from_dict(d, where: str = "recipe") -> RecipeConfig:
             if not lo <= val <= hi:
                 raise InputError(f"{where}: {key}: expected a value in [{lo}, {hi}], got {val!r}")
         values[key] = val
-    return RecipeConfig(**values)
+    cfg = RecipeConfig(**values)
+    if cfg.recipe in PARAM_CHECKS:
+        PARAM_CHECKS[cfg.recipe](cfg.params, where)
+    return cfg
 
 
 def load_recipe(path: str | os.PathLike) -> RecipeConfig:

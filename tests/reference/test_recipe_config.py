@@ -50,9 +50,9 @@ def test_bundled_recipes_exist():
 @pytest.mark.parametrize("path", RECIPE_FILES, ids=os.path.basename)
 def test_bundled_recipe_loads(path):
     cfg = load_recipe(path)
-    recipe, bits = os.path.basename(path)[:-len(".yaml")].split("_w")
+    recipe = os.path.basename(path).rsplit("_w", 1)[0]           # <recipe>_w<W>a<A>.yaml
     assert isinstance(cfg, RecipeConfig) and cfg.recipe == recipe
-    w, a = bits.split("a")
+    w, a = os.path.basename(path)[len(recipe) + 2:-len(".yaml")].split("a")
     assert (cfg.w_bits, cfg.a_bits) == (int(w), int(a))
     assert cfg.label == f"{recipe}_w{w}a{a}"
 
