@@ -12,7 +12,7 @@ import types
 
 import numba
 
-from simulator import fixedpoint, int_nonlinear
+from simulator import fixedpoint, int_nonlinear, scale_predictor
 
 __all__ = ["kernel", "parallel_kernel", "rounding_rshift", "saturate", "requantize", "isqrt",
            "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine"]
@@ -48,3 +48,6 @@ softmax_scale_codes = _compile(int_nonlinear.softmax_scale_codes)
 gelu_q12 = _compile(int_nonlinear.gelu_q12)
 ln_normalize = _compile(int_nonlinear.ln_normalize)
 ln_affine = _compile(int_nonlinear.ln_affine)
+statistic_rank = _compile(scale_predictor.statistic_rank)
+normalise_statistic = _compile(scale_predictor.normalise_statistic)
+horner_log2 = _compile(scale_predictor.horner_log2)

@@ -30,7 +30,7 @@ from simulator.errors import InputError
 
 __all__ = [
     "Linear", "LayerNormQ", "SoftmaxQ", "Requant", "GeluQ", "Block",
-    "QuantizedViT", "FORMAT_VERSION",
+    "QuantizedViT", "FORMAT_VERSION", "ScalePredictorQ",
 ]
 
 FORMAT_VERSION = 1
@@ -109,6 +109,23 @@ class GeluQ:
     out_shift: int
     out_bits: int
     out_scale: float
+
+
+@dataclass(frozen=True)
+class ScalePredictorQ:
+    """ScalePredictor's frozen fixed-point predictor (`simulator.scale_predictor`).
+
+    Kept in ``QuantizedViT.extras["scale_predictor"]``. The statistic is the
+    ``permille``-th per-mille order statistic of ``|x0 codes|``; ``coeffs``
+    int64 [depth * 7, 4] holds Q15 ``c0..c3`` per predicted boundary (block
+    major, `PREDICTED_BOUNDARIES` order); ``degree`` 0 means all zero.
+    """
+
+    permille: int
+    center: int
+    norm_shift: int
+    degree: int
+    coeffs: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -192,6 +209,7 @@ class QuantizedViT:
 
 
 _CLASSES = {c.__name__: c for c in (Linear, LayerNormQ, SoftmaxQ, Requant, GeluQ, Block, QuantizedViT)}
+_CLASSES["ScalePredictorQ"] = ScalePredictorQ
 
 
 def _flatten(obj, prefix: str, arrays: dict):

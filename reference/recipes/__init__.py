@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 
-from reference.recipes import static
+from reference.recipes import scalepredictor, static
 from reference.recipes.config import RecipeConfig, load_recipe, recipe_from_dict
 from simulator.qvit import QuantizedViT
 
 __all__ = ["quantize", "RECIPES"]
 
-RECIPES = {"static": static.build}
+RECIPES = {"static": static.build, "scalepredictor": scalepredictor.build}
 
 
 def quantize(model, calib_images, recipe="configs/recipes/static_w8a8.yaml", model_name: str = "model") -> QuantizedViT:

@@ -27,7 +27,7 @@ from simulator.errors import InputError
 
 __all__ = ["RecipeConfig", "load_recipe", "recipe_from_dict", "RECIPE_NAMES"]
 
-RECIPE_NAMES = ("static",)
+RECIPE_NAMES = ("static", "scalepredictor")
 
 
 @dataclass(frozen=True)
