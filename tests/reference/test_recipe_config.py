@@ -50,10 +50,11 @@ def test_bundled_recipes_exist():
 @pytest.mark.parametrize("path", RECIPE_FILES, ids=os.path.basename)
 def test_bundled_recipe_loads(path):
     cfg = load_recipe(path)
-    assert isinstance(cfg, RecipeConfig) and cfg.recipe == "static"
-    w, a = os.path.basename(path)[len("static_w"):-len(".yaml")].split("a")
+    recipe, bits = os.path.basename(path)[:-len(".yaml")].rsplit("_w", 1)   # <recipe>_w<W>a<A>.yaml
+    assert isinstance(cfg, RecipeConfig) and cfg.recipe == recipe
+    w, a = bits.split("a")
     assert (cfg.w_bits, cfg.a_bits) == (int(w), int(a))
-    assert cfg.label == f"static_w{w}a{a}"
+    assert cfg.label == f"{recipe}_w{w}a{a}"
 
 
 def test_all_fields_parsed(tmp_path):

@@ -213,3 +213,11 @@ def test_default_model_w4a4_bit_exact():
                                         params={"degree": 2}))
     rf, _ = _equal(q, test)
     assert len(np.unique(predict_log2(rf.codes["x0"], q.extras["scale_predictor"])[1], axis=0)) > 1
+
+
+@pytest.mark.parametrize("name", ["scalepredictor_w4a4", "scalepredictor_w6a6"])
+def test_bundled_yaml_params_valid(name):
+    from reference.recipes.config import load_recipe
+    cfg = load_recipe(f"configs/recipes/{name}.yaml")
+    assert cfg.recipe == "scalepredictor"
+    assert parse_params(cfg.params, where=name) == parse_params({"degree": 2, "permille": 999})
