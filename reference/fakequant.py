@@ -138,6 +138,9 @@ class FakeQuantExecutor:
         cls = (_t(q.cls_q) + pos[0]).expand(pt.shape[0], 1, -1)
         x = saturate(torch.cat([cls, pt + pos[1:]], dim=1), *rb)
         keep("x0", x)
+        if "scale_predictor" in q.extras:   # ScalePredictor: per-image scales in every block
+            from reference.fakequant_predicted import predicted_blocks
+            return predicted_blocks(self, x, keep)
         h, hd = m["num_heads"], m["head_dim"]
         for i, b in enumerate(q.blocks):
             pre = f"blocks.{i}."

@@ -116,6 +116,9 @@ class IntegerExecutor:
         x[:, 1:] = pt + q.pos_q[1:]
         x = saturate(x, *rb).astype(rdt)
         keep("x0", x)
+        if "scale_predictor" in q.extras:   # ScalePredictor: per-image scales in every block
+            from simulator.predicted_forward import predicted_blocks
+            return predicted_blocks(self, x, keep)
         h, hd = m["num_heads"], m["head_dim"]
         for i, b in enumerate(q.blocks):
             pre = f"blocks.{i}."

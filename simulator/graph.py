@@ -49,6 +49,9 @@ def static_layers(q: QuantizedViT) -> list[LayerRecord]:
     recs += _linear("patch_embed", q.patch_embed, npatch)
     recs.append(LayerRecord(name="pos_embed", kind="add", elements=t * d, rows=t, in_bits=rb, out_bits=rb,
                             fused_into="patch_embed"))
+    if "scale_predictor" in q.extras:       # ScalePredictor: statistic + per-image multipliers
+        from simulator.predicted_scales import predictor_records
+        recs += predictor_records(q)
     for i, b in enumerate(q.blocks):
         p = f"blocks.{i}."
         ab = b.a_bits

@@ -12,7 +12,7 @@ import types
 
 import numba
 
-from simulator import fixedpoint, int_nonlinear, two_scaled
+from simulator import fixedpoint, int_nonlinear, scale_predictor, two_scaled
 
 __all__ = ["kernel", "parallel_kernel", "rounding_rshift", "saturate", "requantize", "isqrt",
            "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine",
@@ -53,3 +53,6 @@ v2sf_encode = _compile(two_scaled.v2sf_encode)
 v2sf_decode = _compile(two_scaled.v2sf_decode)
 softmax_v2sf_code = _compile(two_scaled.softmax_v2sf_code)
 gelu_v2sf_code = _compile(two_scaled.gelu_v2sf_code)
+statistic_rank = _compile(scale_predictor.statistic_rank)
+normalise_statistic = _compile(scale_predictor.normalise_statistic)
+horner_log2 = _compile(scale_predictor.horner_log2)

@@ -31,7 +31,7 @@ from simulator.igq import GroupQuantizer, IgqBlock
 
 __all__ = [
     "Linear", "LayerNormQ", "SoftmaxQ", "Requant", "GeluQ", "Block",
-    "QuantizedViT", "ExitHead", "FORMAT_VERSION",
+    "QuantizedViT", "ExitHead", "FORMAT_VERSION", "ScalePredictorQ",
 ]
 
 FORMAT_VERSION = 1
@@ -118,6 +118,23 @@ class GeluQ:
     out_bits: int
     out_scale: float
     ratio_shift: int = 0
+
+
+@dataclass(frozen=True)
+class ScalePredictorQ:
+    """ScalePredictor's frozen fixed-point predictor (`simulator.scale_predictor`).
+
+    Kept in ``QuantizedViT.extras["scale_predictor"]``. The statistic is the
+    ``permille``-th per-mille order statistic of ``|x0 codes|``; ``coeffs``
+    int64 [depth * 7, 4] holds Q15 ``c0..c3`` per predicted boundary (block
+    major, `PREDICTED_BOUNDARIES` order); ``degree`` 0 means all zero.
+    """
+
+    permille: int
+    center: int
+    norm_shift: int
+    degree: int
+    coeffs: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -222,6 +239,7 @@ class QuantizedViT:
 _CLASSES = {c.__name__: c for c in (Linear, LayerNormQ, SoftmaxQ, Requant, GeluQ, Block, QuantizedViT,
                                           ExitHead)}
 _CLASSES.update({c.__name__: c for c in (GroupQuantizer, IgqBlock)})   # IGQ-ViT, in extras["igq"]
+_CLASSES["ScalePredictorQ"] = ScalePredictorQ
 
 
 def _flatten(obj, prefix: str, arrays: dict):

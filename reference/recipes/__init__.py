@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 
-from reference.recipes import apq, igq, static, tsptq
+from reference.recipes import apq, igq, scalepredictor, static, tsptq
 from reference.recipes.config import RecipeConfig, load_recipe, recipe_from_dict
 from simulator.qvit import QuantizedViT
 
 __all__ = ["quantize", "RECIPES"]
 
-RECIPES = {"static": static.build, "tsptq": tsptq.build, "igq": igq.build, "apq": apq.build}
+RECIPES = {"static": static.build, "tsptq": tsptq.build, "igq": igq.build, "scalepredictor": scalepredictor.build,
+           "apq": apq.build}
 
 
 def quantize(model, calib_images, recipe="configs/recipes/static_w8a8.yaml", model_name: str = "model") -> QuantizedViT:

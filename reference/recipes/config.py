@@ -27,7 +27,7 @@ from simulator.errors import InputError
 
 __all__ = ["RecipeConfig", "load_recipe", "recipe_from_dict", "RECIPE_NAMES", "PARAM_CHECKS"]
 
-RECIPE_NAMES = ("static", "tsptq", "igq", "apq")
+RECIPE_NAMES = ("static", "tsptq", "igq", "scalepredictor", "apq")
 # recipe name -> check(params: dict, where: str) raising InputError("<where>: params.<field>: ...");
 # registered by the recipe modules (reference.recipes imports them all).
 PARAM_CHECKS: dict = {}

@@ -1,0 +1,141 @@
+"""`scalepredictor`: per-image activation scales predicted from a shallow range statistic.
+
+ScalePredictor (seeds/001, 000: "the range of shallow-layer activations of an
+image predicts the optimal scales of its deeper layers"). Our design, where
+the paper gives no details (ANCHORS.md: no public code):
+
+* Extraction point and statistic: the residual-stream codes ``x0`` (patch
+  embed + class token + position, before block 0), statistic = the
+  ``permille``-th per-mille order statistic of ``|code|`` (default 999, the
+  99.9th percentile; 1000 = max). Chosen from reports/scale_premise: x0 p99.9
+  had the best median held-out R² at A4 among the statistics available before
+  block 0 (all of them are weak on the digits model; see the report).
+* Target: log2(s_oracle / s_static) per predicted boundary (norm1, q, k, v,
+  attn_out, norm2, gelu of every block), where s_oracle is the image's own
+  MSE-optimal scale (``calibrate(x_image, a_bits, "mse")`` on the float
+  model's tensor) and s_static the static recipe's scale. Predicting log2 makes
+  the correction multiplicative and keeps it in the integer domain as a shift
+  plus a Q15 mantissa (`simulator.scale_predictor`).
+* Fit: least squares (``numpy.polynomial.polynomial.polyfit``) of that target
+  on the normalised statistic x in [-1, 1] over the calibration images, degree
+  ``degree`` (0..3; 0 = static: all coefficients 0, codes identical to the
+  static recipe). Coefficients frozen as Q15 integers of 24 bits.
+
+``params``: ``degree`` (int 0..3, default 2), ``permille`` (int 500..1000,
+default 999).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from reference.calibration import collect_boundaries
+from reference.recipes.config import RecipeConfig
+from reference.recipes.static import freeze_static
+from reference.vit_float import check_supported, vit_arch
+from simulator.errors import InputError
+from simulator.fixedpoint import round_half_up, rounding_rshift
+from simulator.qvit import LayerNormQ, QuantizedViT, ScalePredictorQ
+from simulator.scale_predictor import (COEF_LIMIT, LOG2_LIMIT, MAX_DEGREE, PRED_FRAC_BITS,
+                                       PREDICTED_BOUNDARIES, normalise_statistic, statistic_rank)
+
+__all__ = ["build", "ScalePredictorParams", "parse_params", "static_scales", "oracle_log2",
+           "x0_statistic"]
+
+BETA_LIMIT_BITS = 46        # |B_c| < 2**46 so B_c * mantissa (<= 2**15) stays below 2**61
+
+
+@dataclass(frozen=True)
+class ScalePredictorParams:
+    degree: int = 2
+    permille: int = 999
+
+
+def parse_params(params: dict, where: str = "recipe") -> ScalePredictorParams:
+    """Validate ``params`` into `ScalePredictorParams`; one-line `InputError` per problem."""
+    known = {f.name for f in dataclasses.fields(ScalePredictorParams)}
+    for key in params:
+        if key not in known:
+            raise InputError(f"{where}: params.{key}: unknown parameter (expected one of {', '.join(sorted(known))})")
+    out = {}
+    for key, (lo, hi) in (("degree", (0, MAX_DEGREE)), ("permille", (500, 1000))):
+        if key in params:
+            v = params[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise InputError(f"{where}: params.{key}: expected an integer in [{lo}, {hi}], got {v!r}")
+            out[key] = v
+    return ScalePredictorParams(**out)
+
+
+def static_scales(q: QuantizedViT) -> np.ndarray:
+    """Static scale of every predicted boundary, [depth * 7] in `PREDICTED_BOUNDARIES` order."""
+    return np.array([s for b in q.blocks for s in (b.norm1.out_scale, b.q_scale, b.k_scale, b.v_scale,
+                                                   b.av.out_scale, b.norm2.out_scale, b.gelu.out_scale)])
+
+
+def oracle_log2(model, images: np.ndarray, q: QuantizedViT) -> np.ndarray:
+    """Per-image oracle log2(s_oracle / s_static) in Q15, clamped to +-LOG2_LIMIT: int64 [N, depth*7]."""
+    from reference.scale_premise import oracle_scales
+
+    o = oracle_scales(model, images, q.meta["a_bits"], len(q.blocks))
+    y = round_half_up(np.log2(o / static_scales(q)) * (1 << PRED_FRAC_BITS)).astype(np.int64)
+    return np.clip(y, -LOG2_LIMIT, LOG2_LIMIT)
+
+
+def x0_statistic(x0_codes: np.ndarray, permille: int) -> np.ndarray:
+    """The integer statistic of each image's x0 codes [N, T, D] (sorted |code| at the rank)."""
+    a = np.sort(np.abs(x0_codes.reshape(len(x0_codes), -1).astype(np.int64)), axis=1)
+    return a[:, statistic_rank(a.shape[1], permille)]
+
+
+def _bound_beta(ln: LayerNormQ) -> LayerNormQ:
+    """Drop low bits of G, B and out_shift until ``|B_c| < 2**BETA_LIMIT_BITS`` (gain headroom)."""
+    top = int(np.abs(ln.beta_q).max(initial=0))
+    extra = max(0, top.bit_length() - BETA_LIMIT_BITS)
+    extra = min(extra, ln.out_shift)
+    if extra == 0:
+        return ln
+    return dataclasses.replace(ln, gamma_mult=rounding_rshift(ln.gamma_mult, extra),
+                               beta_q=rounding_rshift(ln.beta_q, extra), out_shift=ln.out_shift - extra)
+
+
+def _fit(stats: np.ndarray, target: np.ndarray, degree: int) -> tuple[int, int, np.ndarray]:
+    """(center, norm_shift, Q15 coefficients [nb, 4]) of the least-squares fit."""
+    center = int(np.median(stats))
+    spread = int(np.abs(stats - center).max(initial=0))
+    norm_shift = (max(spread, 1) - 1).bit_length()          # ceil(log2(spread)): |x| <= 1 on calib
+    x = normalise_statistic(stats.astype(np.int64), center, norm_shift) / float(1 << PRED_FRAC_BITS)
+    coeffs = np.zeros((target.shape[1], MAX_DEGREE + 1), dtype=np.int64)
+    if degree > 0 and len(np.unique(x)) > degree:
+        c = np.polynomial.polynomial.polyfit(x, target / float(1 << PRED_FRAC_BITS), degree)  # [deg+1, nb]
+        cq = round_half_up(c.T * (1 << PRED_FRAC_BITS)).astype(np.int64)
+        coeffs[:, :degree + 1] = np.clip(cq, -COEF_LIMIT, COEF_LIMIT)
+    return center, norm_shift, coeffs
+
+
+def build(model, calib_images: np.ndarray, cfg: RecipeConfig, model_name: str = "model") -> QuantizedViT:
+    """Static calibration, then the per-boundary polynomial fitted on the calibration images."""
+    from reference.fakequant import FakeQuantExecutor
+
+    params = parse_params(cfg.params)
+    check_supported(model)
+    arch = vit_arch(model)
+    calib = calib_images[: cfg.calib_images]
+    q = freeze_static(model, collect_boundaries(model, calib), cfg, arch, model_name, len(calib))
+    blocks = tuple(dataclasses.replace(b, norm1=_bound_beta(b.norm1), norm2=_bound_beta(b.norm2))
+                   for b in q.blocks)
+    q = dataclasses.replace(q, blocks=blocks)
+    x0 = FakeQuantExecutor(q).run(calib).codes["x0"]
+    stats = x0_statistic(x0, params.permille)
+    target = oracle_log2(model, calib, q) if params.degree > 0 else np.zeros((len(calib), 7 * len(blocks)))
+    center, norm_shift, coeffs = _fit(stats, target, params.degree)
+    sp = ScalePredictorQ(permille=params.permille, center=center, norm_shift=norm_shift,
+                         degree=params.degree, coeffs=coeffs)
+    meta = {**q.meta, "scale_predictor": {"point": "x0", "statistic": f"|code| order statistic "
+                                          f"{params.permille}/1000", "degree": params.degree,
+                                          "target": "log2(s_oracle / s_static)"}}
+    return dataclasses.replace(q, meta=meta, extras={**q.extras, "scale_predictor": sp})
