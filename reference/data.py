@@ -162,7 +162,9 @@ def load_dataset(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load images and labels for `model`: spec None/"digits" -> a digits split, else an ImageFolder path.
 
-    ``split`` applies to digits only (an ImageFolder is used as a whole);
+    ``split`` applies to digits only (an ImageFolder is used as a whole); a
+    "calib" request for more than the calib split's 128 images is served from
+    the whole train split (labels unused), e.g. the apq recipe's risk control;
     ``limit`` keeps the first N of a seed-0 shuffle for either source.
     """
     if spec is None or spec == "digits":
@@ -172,6 +174,8 @@ def load_dataset(
                 f"dataset 'digits' has 1x8x8 grayscale images but the model expects input_size "
                 f"{input_size}; use the default model 'vit_digits' or pass an ImageFolder path"
             )
+        if split == "calib" and limit is not None and limit > CALIB_SIZE:
+            split = "train"   # more calibration images than the calib split holds: the whole train split
         images, labels = load_digits(split)
         keep = _limited_indices(len(labels), limit)
         return images[keep], labels[keep]

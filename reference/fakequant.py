@@ -19,11 +19,11 @@ import torch.nn.functional as F
 
 from reference import two_scaled_fq as v2sf
 from reference.vit_float import patchify
-from simulator.fixedpoint import isqrt, requantize, round_half_up, saturate
+from reference.tensor_primitives import isqrt, requantize, round_half_up, saturate
 from simulator.exit_graph import ExitTracker, finish_trace
 from simulator.graph import static_layers
 from simulator.inputs import check_images
-from simulator.int_nonlinear import (GELU_FRAC_BITS, GELU_INPUT_LIMIT, SOFTMAX_RECIP_BITS, LN_RECIP_BITS,
+from reference.tensor_primitives import (GELU_FRAC_BITS, GELU_INPUT_LIMIT, SOFTMAX_RECIP_BITS, LN_RECIP_BITS,
                                      exp2_neg, gelu_q12, ln_affine, ln_normalize, softmax_scale_codes)
 from simulator.qvit import LayerNormQ, Linear, QuantizedViT
 from simulator.results import RunResult

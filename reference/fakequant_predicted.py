@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simulator.fixedpoint import isqrt, requantize, round_half_up, saturate
-from simulator.int_nonlinear import (GELU_FRAC_BITS, GELU_INPUT_LIMIT, LN_RECIP_BITS, SOFTMAX_RECIP_BITS,
+from reference.tensor_primitives import isqrt, requantize, round_half_up, saturate
+from reference.tensor_primitives import (GELU_FRAC_BITS, GELU_INPUT_LIMIT, LN_RECIP_BITS, SOFTMAX_RECIP_BITS,
                                      exp2_neg, gelu_q12, ln_affine, ln_normalize, softmax_scale_codes)
 from simulator.predicted_scales import N_PER_BLOCK, block_params
-from simulator.scale_predictor import (gain_mantissa, gain_shift, horner_log2, normalise_statistic,
+from reference.tensor_primitives import (gain_mantissa, gain_shift, horner_log2, normalise_statistic,
                                        statistic_rank)
 
 __all__ = ["predict_log2", "predicted_blocks"]

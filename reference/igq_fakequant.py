@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from reference.vit_float import patchify
-from simulator.fixedpoint import isqrt, requantize, round_half_up, saturate
-from simulator.igq import assign_group, group_code
-from simulator.int_nonlinear import (GELU_FRAC_BITS, GELU_INPUT_LIMIT, LN_RECIP_BITS, SOFTMAX_RECIP_BITS,
+from reference.tensor_primitives import isqrt, requantize, round_half_up, saturate
+from reference.tensor_primitives import assign_group, group_code
+from reference.tensor_primitives import (GELU_FRAC_BITS, GELU_INPUT_LIMIT, LN_RECIP_BITS, SOFTMAX_RECIP_BITS,
                                      exp2_neg, gelu_q12, ln_normalize)
 
 __all__ = ["igq_forward"]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from simulator.fixedpoint import requantize, round_half_up, saturate
-from simulator.int_nonlinear import GELU_FRAC_BITS, GELU_INPUT_LIMIT, SOFTMAX_RECIP_BITS, exp2_neg, gelu_q12
-from simulator.two_scaled import gelu_v2sf_code, softmax_v2sf_code, v2sf_decode, v2sf_encode
+from reference.tensor_primitives import requantize, round_half_up, saturate
+from reference.tensor_primitives import GELU_FRAC_BITS, GELU_INPUT_LIMIT, SOFTMAX_RECIP_BITS, exp2_neg, gelu_q12
+from reference.tensor_primitives import gelu_v2sf_code, softmax_v2sf_code, v2sf_decode, v2sf_encode
 
 __all__ = ["softmax_words", "gelu_words", "softmax_operand", "gelu_operand"]
 

@@ -1,0 +1,75 @@
+"""The fixed-point primitives and integer formulas, vectorised for torch tensors.
+
+Same source, one faster primitive: every function here is the very function
+of `simulator.fixedpoint`, `simulator.int_nonlinear`, `simulator.two_scaled`,
+`simulator.igq` or `simulator.scale_predictor`, rebuilt from its own code
+with `saturate` rebound to `saturate` below — the same clamp rule evaluated
+in one pass (``Tensor.clip``) instead of four elementwise operator passes,
+which dominated the fake-quant executor's time on large tensors. This is the
+mechanism `simulator.jit` uses to compile the same sources with numba.
+`tests/reference/test_tensor_primitives.py` checks both agree.
+"""
+
+from __future__ import annotations
+
+import types
+
+from simulator import fixedpoint, int_nonlinear
+
+__all__ = ["saturate", "vectorised"]
+
+_PROJECT_MODULES = ("simulator.",)
+_cache: dict = {}
+
+
+def saturate(x, lo, hi):
+    """Clamp to ``[lo, hi]`` (`simulator.fixedpoint.saturate`) in one pass."""
+    if hasattr(x, "clip"):
+        return x.clip(lo, hi)
+    return fixedpoint.saturate(x, lo, hi)
+
+
+def _global_names(code) -> set[str]:
+    """Names a code object (and its nested code objects) may load as globals."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _global_names(c)
+    return names
+
+
+def vectorised(f):
+    """``f`` with `fixedpoint.saturate` (and every project function it calls)
+    rebound to the one-pass versions; results are identical."""
+    if f is fixedpoint.saturate:
+        return saturate
+    if f in _cache:
+        return _cache[f]
+    g = dict(f.__globals__)
+    for name in _global_names(f.__code__):
+        v = f.__globals__.get(name)
+        if v is fixedpoint.saturate:
+            g[name] = saturate
+        elif (isinstance(v, types.FunctionType) and v is not f
+              and (v.__module__ or "").startswith(_PROJECT_MODULES)):
+            g[name] = vectorised(v)
+    fn = types.FunctionType(f.__code__, g, f.__name__, f.__defaults__, f.__closure__)
+    fn.__module__, fn.__qualname__, fn.__doc__ = f.__module__, f.__qualname__, f.__doc__
+    _cache[f] = fn
+    return fn
+
+
+def __getattr__(name):
+    """``from reference.tensor_primitives import exp2_neg`` etc.: any public
+    function of the project's integer-formula modules, vectorised."""
+    import importlib
+
+    for mod in ("simulator.fixedpoint", "simulator.int_nonlinear", "simulator.two_scaled", "simulator.igq",
+                "simulator.scale_predictor"):
+        m = importlib.import_module(mod)
+        v = getattr(m, name, None)
+        if isinstance(v, types.FunctionType):
+            return vectorised(v)
+        if v is not None:
+            return v
+    raise AttributeError(name)
