@@ -15,7 +15,6 @@ import json
 import os
 import tempfile
 
-import numpy as np
 
 __all__ = ["evaluate", "main"]
 

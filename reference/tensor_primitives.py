@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import types
 
-from simulator import fixedpoint, int_nonlinear
+from simulator import fixedpoint
 
 __all__ = ["saturate", "vectorised"]
 

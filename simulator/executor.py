@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.fixedpoint import round_half_up, saturate
+from simulator.fixedpoint import saturate
 from simulator.exit_graph import ExitTracker, finish_trace
 from simulator.graph import static_layers
 from simulator.inputs import check_images
 from simulator.kernels.gemm import int_matmul, saturate_acc
-from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
+from simulator.kernels.nonlinear import int_layernorm, int_softmax
 from simulator.kernels.two_scaled import gelu_operand, gelu_stage, softmax_operand, softmax_stage
-from simulator.kernels.output_stage import code_dtype, linear_output, requant_output
+from simulator.kernels.output_stage import code_dtype, linear_output, quantize_patches, requant_output
 from simulator.qvit import Linear, QuantizedViT
 from simulator.results import RunResult
 from simulator.trace import Trace
@@ -104,8 +104,7 @@ class IntegerExecutor:
         q, m = self.q, self.q.meta
         tracker = ExitTracker(q, len(images))
         keep_all, keep = keep, tracker.wrap(keep)
-        p = patchify(images.astype(np.float64), m["patch_size"])
-        x = saturate(round_half_up(p / q.in_scale).astype(np.int64), *_srange(q.in_bits)).astype(code_dtype(q.in_bits))
+        x = quantize_patches(images, m["patch_size"], q.in_scale, q.in_bits)
         keep("input", x)
         rb = _srange(q.residual_bits)
         rdt = code_dtype(q.residual_bits)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.fixedpoint import round_half_up, saturate
+from simulator.fixedpoint import saturate
 from simulator.kernels.gemm import int_matmul, saturate_acc
 from simulator.kernels.grouped import gelu_wide, group_quantize, layernorm_wide, requant_rows, softmax_wide
-from simulator.kernels.output_stage import code_dtype, linear_output
+from simulator.kernels.output_stage import code_dtype, linear_output, quantize_patches
 
 __all__ = ["igq_forward", "grouped_linear"]
 
@@ -85,11 +85,9 @@ def _block(ex, i, b, gb, x, keep):
 
 def igq_forward(ex, images: np.ndarray, keep):
     """The whole forward of an igq `QuantizedViT` on one batch (see `IntegerExecutor._forward`)."""
-    from simulator.executor import patchify
 
     q, m = ex.q, ex.q.meta
-    p = patchify(images.astype(np.float64), m["patch_size"])
-    x = saturate(round_half_up(p / q.in_scale).astype(np.int64), *_srange(q.in_bits)).astype(code_dtype(q.in_bits))
+    x = quantize_patches(images, m["patch_size"], q.in_scale, q.in_bits)
     keep("input", x)
     pt = ex._linear("patch_embed", q.patch_embed, x).astype(np.int64)
     bsz = pt.shape[0]

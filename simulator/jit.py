@@ -15,7 +15,7 @@ import numba
 from simulator import fixedpoint, int_nonlinear, scale_predictor, two_scaled
 
 __all__ = ["kernel", "parallel_kernel", "rounding_rshift", "saturate", "requantize", "isqrt",
-           "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine",
+           "round_half_up", "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine",
            "v2sf_encode", "v2sf_decode", "softmax_v2sf_code", "gelu_v2sf_code"]
 
 kernel = numba.njit(cache=True, nogil=True)
@@ -44,6 +44,7 @@ rounding_rshift = _compile(fixedpoint.rounding_rshift)
 saturate = _compile(fixedpoint.saturate)
 requantize = _compile(fixedpoint.requantize)
 isqrt = _compile(fixedpoint.isqrt)
+round_half_up = _compile(fixedpoint.round_half_up)
 exp2_neg = _compile(int_nonlinear.exp2_neg)
 softmax_scale_codes = _compile(int_nonlinear.softmax_scale_codes)
 gelu_q12 = _compile(int_nonlinear.gelu_q12)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from reference.recipes import apq, igq, scalepredictor, static, tsptq
-from reference.recipes.config import RecipeConfig, load_recipe, recipe_from_dict
+from reference.recipes.config import load_recipe, recipe_from_dict
 from simulator.qvit import QuantizedViT
 
 __all__ = ["quantize", "RECIPES"]

@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -28,7 +28,6 @@ default 999).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +40,7 @@ from simulator.errors import InputError
 from simulator.fixedpoint import round_half_up, rounding_rshift
 from simulator.qvit import LayerNormQ, QuantizedViT, ScalePredictorQ
 from simulator.scale_predictor import (COEF_LIMIT, LOG2_LIMIT, MAX_DEGREE, PRED_FRAC_BITS,
-                                       PREDICTED_BOUNDARIES, normalise_statistic, statistic_rank)
+                                       normalise_statistic, statistic_rank)
 
 __all__ = ["build", "ScalePredictorParams", "parse_params", "static_scales", "oracle_log2",
            "x0_statistic"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from simulator.jit import parallel_kernel, requantize, saturate
+from simulator.jit import parallel_kernel, requantize, round_half_up, saturate
 
-__all__ = ["linear_output", "requant_output", "code_dtype"]
+__all__ = ["linear_output", "requant_output", "code_dtype", "quantize_patches"]
 
 ACC_LO, ACC_HI = -(1 << 31), (1 << 31) - 1
 
@@ -63,3 +63,33 @@ def requant_output(acc, mult: int, shift: int, lo: int, hi: int, out_dtype):
     out = np.empty(a2.shape, dtype=out_dtype)
     _requant_output(a2, np.int64(mult), np.int64(shift), np.int64(lo), np.int64(hi), out)
     return out.reshape(acc.shape)
+
+
+@parallel_kernel
+def _quantize_patches(images, ph, pw, in_scale, lo, hi, out):
+    b, c, h, w = images.shape
+    gw = w // pw
+    npatch = (h // ph) * gw
+    for i in prange(b * npatch):
+        n, p = i // npatch, i % npatch
+        r0, c0 = (p // gw) * ph, (p % gw) * pw
+        j = 0
+        for ch in range(c):
+            for y in range(ph):
+                for x in range(pw):
+                    v = np.float64(images[n, ch, r0 + y, c0 + x]) / in_scale
+                    out[n, p, j] = saturate(np.int64(round_half_up(v)), lo, hi)
+                    j += 1
+
+
+def quantize_patches(images: np.ndarray, patch_size, in_scale: float, bits: int) -> np.ndarray:
+    """Host-side input quantization fused with patchify:
+    ``codes[n, p, (c, y, x)] = saturate(round_half_up(float64(pixel) / in_scale))``,
+    the conv weight's flattening order; the same IEEE float64 operations the
+    fake-quant executor performs, so the codes agree bit for bit."""
+    b, c, h, w = images.shape
+    ph, pw = patch_size
+    out = np.empty((b, (h // ph) * (w // pw), c * ph * pw), dtype=code_dtype(bits))
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    _quantize_patches(np.ascontiguousarray(images), ph, pw, np.float64(in_scale), np.int64(lo), np.int64(hi), out)
+    return out

@@ -13,7 +13,6 @@ onto ``DIR`` at the end, so an interrupted or failed export leaves nothing.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
