@@ -109,7 +109,7 @@ def test_quick_sweep_through_a_dask_local_cluster(capsys, tmp_path, tiny_points)
                       "--cluster", cluster.scheduler_address)
     assert "(6 computed, 0 cached)" in text
     points = _points(tmp_path)
-    assert len(points) == 12 and all(p["bit_exact_images"] == IMAGES for p in points.values())
+    assert len(points) == 18 and all(p["bit_exact_images"] == IMAGES for p in points.values())
     for key, expected in tiny_points.items():          # same runs, same numbers as the in-process engine
         got = points[key]
         assert got["top1"] == expected["top1"] and got["cost"] == expected["cost"]
