@@ -42,7 +42,7 @@ def test_star_expands_to_every_registered_recipe(tmp_path):
 
 def test_shipped_sweeps_are_valid():
     quick = load_sweep(CONFIG_DIR / "sweeps" / "quick.yaml")
-    assert len(quick.runs) == 6 and len(quick.accelerators) == 2
+    assert len(quick.runs) == 6 and len(quick.accelerators) == 3
     review = load_sweep(CONFIG_DIR / "sweeps" / "design_review.yaml")
     assert len(review.accelerators) == 3
     assert {(r.recipe["w_bits"], r.recipe["a_bits"]) for r in review.runs} >= {(8, 8), (6, 6), (4, 4)}
