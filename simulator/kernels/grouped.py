@@ -13,9 +13,9 @@ import numpy as np
 from numba import prange
 
 from simulator import igq
-from simulator.int_nonlinear import GELU_INPUT_LIMIT, LN_RECIP_BITS, SOFTMAX_RECIP_BITS
-from simulator.jit import (_compile, exp2_neg, gelu_q12, isqrt, ln_normalize, parallel_kernel, requantize,
-                           saturate)
+from simulator.int_nonlinear import GELU_INPUT_LIMIT
+from simulator.jit import _compile, gelu_q12, ln_normalize, parallel_kernel, requantize, saturate
+from simulator.kernels.nonlinear import layernorm_row_stats, softmax_row_exp
 
 __all__ = ["group_quantize", "layernorm_wide", "softmax_wide", "gelu_wide", "requant_rows"]
 
@@ -67,14 +67,7 @@ def group_quantize(u: np.ndarray, gq, out_dtype, rows: bool = False):
 def _layernorm_wide(x, eps_q, gmul, bq, out):
     t, d = x.shape
     for i in prange(t):
-        s1 = np.int64(0)
-        s2 = np.int64(0)
-        for c in range(d):
-            v = np.int64(x[i, c])
-            s1 += v
-            s2 += v * v
-        std = max(isqrt(d * s2 - s1 * s1 + eps_q), np.int64(1))
-        recip = (np.int64(1) << LN_RECIP_BITS) // std
+        s1, recip = layernorm_row_stats(x, i, eps_q)
         for c in range(d):
             out[i, c] = ln_normalize(d * np.int64(x[i, c]) - s1, recip) * gmul[c] + bq[c]
 
@@ -91,14 +84,7 @@ def layernorm_wide(x: np.ndarray, ln) -> np.ndarray:
 def _softmax_wide(acc, in_mult, in_shift, out):
     r, n = acc.shape
     for i in prange(r):
-        m = np.int64(acc[i, 0])
-        for j in range(1, n):
-            m = max(m, np.int64(acc[i, j]))
-        s = np.int64(0)
-        for j in range(n):
-            out[i, j] = exp2_neg(-requantize(np.int64(acc[i, j]) - m, in_mult, in_shift))
-            s += out[i, j]
-        recip = (np.int64(1) << SOFTMAX_RECIP_BITS) // s
+        recip = softmax_row_exp(acc, i, in_mult, in_shift, out[i])
         for j in range(n):
             out[i, j] = out[i, j] * recip
 

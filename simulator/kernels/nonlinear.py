@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -10,22 +11,46 @@ from simulator.int_nonlinear import GELU_INPUT_LIMIT, LN_RECIP_BITS, SOFTMAX_REC
 from simulator.jit import (exp2_neg, gelu_q12, isqrt, ln_affine, ln_normalize, parallel_kernel, requantize,
                            saturate, softmax_scale_codes)
 
-__all__ = ["int_softmax", "int_gelu", "int_layernorm"]
+__all__ = ["int_softmax", "int_gelu", "int_layernorm", "softmax_row_exp", "layernorm_row_stats"]
+
+row_helper = numba.njit(cache=True, nogil=True, inline="always")   # inlined into the row kernels
+
+
+@row_helper
+def softmax_row_exp(acc, i, in_mult, in_shift, e):
+    """Row ``i``: ``e[j] = 2**-u_j`` (Q30) of the max-subtracted logits; returns
+    ``floor(2**62 / sum(e))``. Shared by every softmax output encoding."""
+    n = acc.shape[1]
+    m = np.int64(acc[i, 0])
+    for j in range(1, n):
+        m = max(m, np.int64(acc[i, j]))
+    s = np.int64(0)
+    for j in range(n):
+        e[j] = exp2_neg(-requantize(np.int64(acc[i, j]) - m, in_mult, in_shift))
+        s += e[j]
+    return (np.int64(1) << SOFTMAX_RECIP_BITS) // s
+
+
+@row_helper
+def layernorm_row_stats(x, i, eps_q):
+    """Row ``i``: ``(S1, floor(2**48 / max(isqrt(D*sum x**2 - S1**2 + eps_q), 1)))``."""
+    d = x.shape[1]
+    s1 = np.int64(0)
+    s2 = np.int64(0)
+    for c in range(d):
+        v = np.int64(x[i, c])
+        s1 += v
+        s2 += v * v
+    std = max(isqrt(d * s2 - s1 * s1 + eps_q), np.int64(1))
+    return s1, (np.int64(1) << LN_RECIP_BITS) // std
 
 
 @parallel_kernel
 def _softmax_rows(acc, in_mult, in_shift, out_bits, out):
     r, n = acc.shape
     for i in prange(r):
-        m = np.int64(acc[i, 0])
-        for j in range(1, n):
-            m = max(m, np.int64(acc[i, j]))
         e = np.empty(n, dtype=np.int64)
-        s = np.int64(0)
-        for j in range(n):
-            e[j] = exp2_neg(-requantize(np.int64(acc[i, j]) - m, in_mult, in_shift))
-            s += e[j]
-        recip = (np.int64(1) << SOFTMAX_RECIP_BITS) // s
+        recip = softmax_row_exp(acc, i, in_mult, in_shift, e)
         for j in range(n):
             out[i, j] = softmax_scale_codes(e[j], recip, out_bits)
 
@@ -58,15 +83,7 @@ def int_gelu(h: np.ndarray, out_mult: int, out_shift: int, lo: int, hi: int, out
 def _layernorm(x, eps_q, gmul, bq, out_shift, lo, hi, out):
     t, d = x.shape
     for i in prange(t):
-        s1 = np.int64(0)
-        s2 = np.int64(0)
-        for c in range(d):
-            v = np.int64(x[i, c])
-            s1 += v
-            s2 += v * v
-        var = d * s2 - s1 * s1
-        std = max(isqrt(var + eps_q), np.int64(1))
-        recip = (np.int64(1) << LN_RECIP_BITS) // std
+        s1, recip = layernorm_row_stats(x, i, eps_q)
         for c in range(d):
             n = ln_normalize(d * np.int64(x[i, c]) - s1, recip)
             out[i, c] = ln_affine(n, gmul[c], bq[c], out_shift, lo, hi)

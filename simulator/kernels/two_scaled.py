@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from simulator.int_nonlinear import GELU_INPUT_LIMIT, SOFTMAX_RECIP_BITS
-from simulator.jit import (exp2_neg, gelu_q12, gelu_v2sf_code, parallel_kernel, requantize, saturate,
-                           softmax_v2sf_code, v2sf_decode)
-from simulator.kernels.nonlinear import int_gelu, int_softmax
+from simulator.int_nonlinear import GELU_INPUT_LIMIT
+from simulator.jit import gelu_q12, gelu_v2sf_code, parallel_kernel, saturate, softmax_v2sf_code, v2sf_decode
+from simulator.kernels.nonlinear import int_gelu, int_softmax, softmax_row_exp
 from simulator.two_scaled import operand_max
 
 __all__ = ["softmax_stage", "gelu_stage", "softmax_operand", "gelu_operand"]
@@ -25,15 +24,8 @@ __all__ = ["softmax_stage", "gelu_stage", "softmax_operand", "gelu_operand"]
 def _softmax_v2sf_rows(acc, in_mult, in_shift, bits, fine_exp, ratio_shift, out):
     r, n = acc.shape
     for i in prange(r):
-        m = np.int64(acc[i, 0])
-        for j in range(1, n):
-            m = max(m, np.int64(acc[i, j]))
         e = np.empty(n, dtype=np.int64)
-        s = np.int64(0)
-        for j in range(n):
-            e[j] = exp2_neg(-requantize(np.int64(acc[i, j]) - m, in_mult, in_shift))
-            s += e[j]
-        recip = (np.int64(1) << SOFTMAX_RECIP_BITS) // s
+        recip = softmax_row_exp(acc, i, in_mult, in_shift, e)
         for j in range(n):
             out[i, j] = softmax_v2sf_code(e[j], recip, bits, fine_exp, ratio_shift)
 
