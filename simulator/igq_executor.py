@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.fixedpoint import saturate
-from simulator.kernels.gemm import int_matmul, saturate_acc
 from simulator.kernels.grouped import gelu_wide, group_quantize, layernorm_wide, requant_rows, softmax_wide
-from simulator.kernels.output_stage import code_dtype, linear_output, quantize_patches
+from simulator.kernels.output_stage import code_dtype, quantize_patches
 
 __all__ = ["igq_forward", "grouped_linear"]
 
@@ -30,23 +29,8 @@ def grouped_linear(ex, name, lin, codes, gidx, gq, res=None):
     exps = np.asarray(gq.exps, dtype=np.int64)
     sh = (exps[0] - exps)[gidx]                                  # [B, C]
     x = codes.astype(np.int64) << sh[:, None, :]
-    if id(lin) not in ex._wt:
-        ex._wt[id(lin)] = np.ascontiguousarray(lin.w_q.T)
-    lead = x.shape[:-1]
-    a_max = (1 << (lin.in_bits - 1)) << int(exps[0])
-    acc = int_matmul(x.reshape(-1, x.shape[-1]), ex._wt[id(lin)], a_max, 1 << (lin.w_bits - 1), ex.backend)
-    acc, over = saturate_acc(acc)
-    ex._count(name, over)
-    if lin.out_bits == 0:
-        from simulator.int_nonlinear import GELU_INPUT_LIMIT
-        lo, hi, dt = -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT, np.int32
-    else:
-        (lo, hi), dt = _srange(lin.out_bits), code_dtype(lin.out_bits)
-    r = None if res is None else res.reshape(-1, res.shape[-1])
-    out, over = linear_output(acc, lin.bias_q, lin.out_mult, lin.out_shift, lo, hi, dt,
-                              res=r, res_mult=lin.res_mult, res_shift=lin.res_shift)
-    ex._count(name, over)
-    return out.reshape(*lead, -1)
+    a_max = (1 << (lin.in_bits - 1)) << int(exps[0])            # shifted operands are wider
+    return ex._linear(name, lin, x, res=res, a_max=a_max)
 
 
 def _block(ex, i, b, gb, x, keep):
