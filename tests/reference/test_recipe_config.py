@@ -165,3 +165,12 @@ def test_with_bits():
     cfg = RecipeConfig().with_bits(4, 6)
     assert (cfg.w_bits, cfg.a_bits, cfg.label) == (4, 6, "static_w4a6")
     assert RecipeConfig(w_bits=6).with_bits(a_bits=4).w_bits == 6
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "recipes", "*.yaml"))),
+                         ids=os.path.basename)
+def test_every_bundled_recipe_yaml_loads(path):
+    from reference.recipes import RECIPES
+
+    cfg = load_recipe(path)
+    assert cfg.recipe in RECIPES and os.path.basename(path).startswith(cfg.recipe)
