@@ -5,6 +5,7 @@ the same images. Random weights are fine for timing (``pretrained=False``).
 
     python benchmarks/throughput.py                      # deit_small, batch 16, W8A8
     python benchmarks/throughput.py --model deit_tiny_patch16_224 --batch 64 --fakequant
+    python benchmarks/throughput.py --fakequant --compile     # fake-quant with fused integer stages
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch/numba threads (default: all cores)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--fakequant", action="store_true", help="also time the fake-quant executor")
+    p.add_argument("--compile", action="store_true",
+                   help="fake-quant with compile=True (TorchInductor-fused integer stages; compile time not timed)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -75,9 +78,10 @@ def main(argv=None) -> int:
              "simulator": _best_rate(lambda: sim.run(x, batch_size=args.batch, keep_codes=False),
                                      args.batch, args.repeats)}
     if args.fakequant:
-        fq = FakeQuantExecutor(qvit)
-        rates["fakequant"] = _best_rate(lambda: fq.run(x, batch_size=args.batch, keep_codes=False),
-                                        args.batch, args.repeats)
+        fq = FakeQuantExecutor(qvit, compile=args.compile)
+        key = "fakequant_compiled" if args.compile else "fakequant"
+        rates[key] = _best_rate(lambda: fq.run(x, batch_size=args.batch, keep_codes=False),
+                                args.batch, args.repeats)
     print(f"{args.model}  batch {args.batch}  W{args.wbits}A{args.abits}  backend {args.backend}  "
           f"threads {torch.get_num_threads()}")
     print(f"  calibration + freeze {t_quant:.1f} s; simulator first call (JIT load) {t_first:.2f} s")

@@ -70,14 +70,66 @@ def _srange(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
-class FakeQuantExecutor:
-    """``FakeQuantExecutor(qvit).run(images)`` -> `RunResult`."""
+def linear_output_stage(acc, bias, mult, shift, res, res_mult, res_shift, lo, hi):
+    """Bias (int32-saturated, overflows counted), dyadic requantization, fused
+    residual, saturation; returns (codes, number of saturated accumulators)."""
+    acc = acc + bias
+    over = ((acc < ACC_LO) | (acc > ACC_HI)).sum()
+    y = requantize(saturate(acc, ACC_LO, ACC_HI), mult, shift)
+    if res is not None:
+        y = y + requantize(res, res_mult, res_shift)
+    return saturate(y, lo, hi), over
 
-    def __init__(self, qvit: QuantizedViT, nonlinear: Literal["integer", "float"] = "integer"):
+
+def layernorm_stage(x, eps_q, gamma_mult, beta_q, out_shift, lo, hi):
+    """Integer LayerNorm over the last axis (`simulator.int_nonlinear`)."""
+    d = x.shape[-1]
+    s1 = x.sum(-1, keepdim=True)
+    v = d * (x * x).sum(-1, keepdim=True) - s1 * s1
+    std = isqrt(v + eps_q)
+    std = std + (std < 1)
+    recip = (1 << LN_RECIP_BITS) // std
+    return ln_affine(ln_normalize(d * x - s1, recip), gamma_mult, beta_q, out_shift, lo, hi)
+
+
+def softmax_stage(acc, in_mult, in_shift, out_bits):
+    """Integer softmax of each row (`simulator.int_nonlinear`)."""
+    t = requantize(acc - acc.amax(-1, keepdim=True), in_mult, in_shift)
+    e = exp2_neg(-t)
+    recip = (1 << SOFTMAX_RECIP_BITS) // e.sum(-1, keepdim=True)
+    return softmax_scale_codes(e, recip, out_bits)
+
+
+def gelu_stage(h, out_mult, out_shift, lo, hi):
+    """Integer GELU of Q12 values, requantized to codes."""
+    return saturate(requantize(gelu_q12(h), out_mult, out_shift), lo, hi)
+
+
+_STAGES = ("linear_output_stage", "layernorm_stage", "softmax_stage", "gelu_stage")
+
+
+class FakeQuantExecutor:
+    """``FakeQuantExecutor(qvit).run(images)`` -> `RunResult`.
+
+    ``compile=True`` runs the integer stages (GEMM output stage, LayerNorm,
+    softmax, GELU: the module-level ``*_stage`` functions) through
+    ``torch.compile`` (TorchInductor fuses each int64 chain into one loop;
+    integer ops, so results are identical — tested). About 2.4x faster on
+    DeiT-S; the first call compiles for ~1-2 minutes (cached on disk after).
+    """
+
+    def __init__(self, qvit: QuantizedViT, nonlinear: Literal["integer", "float"] = "integer",
+                 compile: bool = False):
         if nonlinear not in ("integer", "float"):
             raise ValueError(f"nonlinear must be 'integer' or 'float', got {nonlinear!r}")
         self.q, self.nonlinear = qvit, nonlinear
         self.overflows: dict[str, int] = {}
+        self.compiled = compile
+        # the integer stages, eager or fused by TorchInductor (same source, exact integer ops;
+        # scalars are passed as 0-d tensors then, so one graph serves every layer)
+        fns = {n: globals()[n] for n in _STAGES}
+        self._stage = {n: torch.compile(f, dynamic=True) for n, f in fns.items()} if compile else fns
+        self._s = (lambda v: torch.tensor(v, dtype=torch.int64)) if compile else (lambda v: v)
 
     # --- operators ----------------------------------------------------------
     def _gemm(self, name: str, a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
@@ -91,15 +143,13 @@ class FakeQuantExecutor:
             self.overflows[name] = self.overflows.get(name, 0) + n
 
     def _linear(self, name: str, lin: Linear, x: torch.Tensor, res: torch.Tensor | None = None):
-        acc = self._gemm(name, x, _t(lin.w_q).T) + _t(lin.bias_q)
-        self._count(name, int(((acc < ACC_LO) | (acc > ACC_HI)).sum()))
-        acc = saturate(acc, ACC_LO, ACC_HI)
-        y = requantize(acc, _t(lin.out_mult), _t(lin.out_shift))
-        if res is not None:
-            y = y + requantize(res, lin.res_mult, lin.res_shift)
-        if lin.out_bits == 0:
-            return saturate(y, -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
-        return saturate(y, *_srange(lin.out_bits))
+        acc = self._gemm(name, x, _t(lin.w_q).T)
+        lo, hi = (-GELU_INPUT_LIMIT, GELU_INPUT_LIMIT) if lin.out_bits == 0 else _srange(lin.out_bits)
+        s = self._s
+        y, over = self._stage["linear_output_stage"](acc, _t(lin.bias_q), _t(lin.out_mult), _t(lin.out_shift), res,
+                                                      s(lin.res_mult), s(lin.res_shift), s(lo), s(hi))
+        self._count(name, int(over))
+        return y
 
     def _layernorm(self, ln: LayerNormQ, x: torch.Tensor) -> torch.Tensor:
         lo, hi = _srange(ln.out_bits)
@@ -107,14 +157,9 @@ class FakeQuantExecutor:
             y = F.layer_norm(x.double() * ln.in_scale, (x.shape[-1],), torch.as_tensor(ln.gamma),
                              torch.as_tensor(ln.beta), ln.eps)
             return saturate(round_half_up(y / ln.out_scale).long(), lo, hi)
-        d = x.shape[-1]
-        s1 = x.sum(-1, keepdim=True)
-        v = d * (x * x).sum(-1, keepdim=True) - s1 * s1
-        std = isqrt(v + ln.eps_q)
-        std = std + (std < 1)
-        recip = (1 << LN_RECIP_BITS) // std
-        n = ln_normalize(d * x - s1, recip)
-        return ln_affine(n, _t(ln.gamma_mult), _t(ln.beta_q), ln.out_shift, lo, hi)
+        s = self._s
+        return self._stage["layernorm_stage"](x, s(ln.eps_q), _t(ln.gamma_mult), _t(ln.beta_q), s(ln.out_shift),
+                                              s(lo), s(hi))
 
     def _softmax(self, sm, acc: torch.Tensor) -> torch.Tensor:
         if sm.ratio_shift:
@@ -122,10 +167,8 @@ class FakeQuantExecutor:
         if self.nonlinear == "float":
             p = torch.softmax(acc.double() * sm.in_scale, dim=-1)
             return saturate(round_half_up(p * (1 << sm.out_bits)).long(), 0, (1 << sm.out_bits) - 1)
-        t = requantize(acc - acc.amax(-1, keepdim=True), sm.in_mult, sm.in_shift)
-        e = exp2_neg(-t)
-        recip = (1 << SOFTMAX_RECIP_BITS) // e.sum(-1, keepdim=True)
-        return softmax_scale_codes(e, recip, sm.out_bits)
+        s = self._s
+        return self._stage["softmax_stage"](acc, s(sm.in_mult), s(sm.in_shift), s(sm.out_bits))
 
     def _gelu(self, g, fc1: Linear, h: torch.Tensor) -> torch.Tensor:
         if g.ratio_shift:
@@ -134,7 +177,8 @@ class FakeQuantExecutor:
         if self.nonlinear == "float":
             y = F.gelu(h.double() * 2.0 ** -GELU_FRAC_BITS)
             return saturate(round_half_up(y / g.out_scale).long(), lo, hi)
-        return saturate(requantize(gelu_q12(h), g.out_mult, g.out_shift), lo, hi)
+        s = self._s
+        return self._stage["gelu_stage"](h, s(g.out_mult), s(g.out_shift), s(lo), s(hi))
 
     def _exit(self, j: int, e, x: torch.Tensor, keep):
         """Exit head ``j`` on the class token: logit codes and the leave decision."""
