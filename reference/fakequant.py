@@ -35,7 +35,7 @@ ACC_LO, ACC_HI = -(1 << 31), (1 << 31) - 1
 
 
 def exact_int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` of integer-valued tensors, exactly, as int64.
+    """``a @ b`` of integer-valued tensors, exactly (int64, or int32 from int_mm).
 
     The cheapest exact engine for the operands' actual magnitudes (measured,
     one pass each): oneDNN int8 ``torch._int_mm`` for 2-D products of int8-range
@@ -53,10 +53,11 @@ def exact_int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         m = a2.shape[0]
         if m <= 16:
             a2 = torch.nn.functional.pad(a2, (0, 0, 0, 17 - m))
-        return torch._int_mm(a2, b.to(torch.int8).contiguous())[:m].long().reshape(*lead, b.shape[1])
+        b8 = b if b.dtype == torch.int8 and b.is_contiguous() else b.to(torch.int8).contiguous()
+        return torch._int_mm(a2, b8)[:m].reshape(*lead, b.shape[1])   # int32: exact, promotes on use
     bound = k * max(amax, 1) * max(bmax, 1)
     if bound < (1 << 24):
-        return (a.float() @ b.float()).long()
+        return (a.float() @ b.float()).int()          # |sums| < 2**24: exact, and inside int32
     if bound < (1 << 53):
         return (a.double() @ b.double()).long()
     return a.long() @ b.long()
@@ -125,6 +126,7 @@ class FakeQuantExecutor:
         self.q, self.nonlinear = qvit, nonlinear
         self.overflows: dict[str, int] = {}
         self.compiled = compile
+        self._params: dict = {}
         # the integer stages, eager or fused by TorchInductor (same source, exact integer ops;
         # scalars are passed as 0-d tensors then, so one graph serves every layer)
         fns = {n: globals()[n] for n in _STAGES}
@@ -135,6 +137,8 @@ class FakeQuantExecutor:
     def _gemm(self, name: str, a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
         """Exact int accumulator of ``a @ b_t`` saturated to int32 (counted)."""
         acc = exact_int_matmul(a, b_t)
+        if acc.dtype == torch.int32:      # int_mm / bounded float32: inside int32 by construction;
+            return acc.long()             # widened, as every later multiply needs 64 bits
         self._count(name, int(((acc < ACC_LO) | (acc > ACC_HI)).sum()))
         return saturate(acc, ACC_LO, ACC_HI)
 
@@ -143,10 +147,14 @@ class FakeQuantExecutor:
             self.overflows[name] = self.overflows.get(name, 0) + n
 
     def _linear(self, name: str, lin: Linear, x: torch.Tensor, res: torch.Tensor | None = None):
-        acc = self._gemm(name, x, _t(lin.w_q).T)
+        if id(lin) not in self._params:   # int8 [k, n] weights and int64 output-stage vectors, once
+            self._params[id(lin)] = (torch.from_numpy(np.ascontiguousarray(lin.w_q.T, dtype=np.int8)),
+                                     _t(lin.bias_q), _t(lin.out_mult), _t(lin.out_shift))
+        w8, bias, mult, shift = self._params[id(lin)]
+        acc = self._gemm(name, x, w8)
         lo, hi = (-GELU_INPUT_LIMIT, GELU_INPUT_LIMIT) if lin.out_bits == 0 else _srange(lin.out_bits)
         s = self._s
-        y, over = self._stage["linear_output_stage"](acc, _t(lin.bias_q), _t(lin.out_mult), _t(lin.out_shift), res,
+        y, over = self._stage["linear_output_stage"](acc, bias, mult, shift, res,
                                                       s(lin.res_mult), s(lin.res_shift), s(lo), s(hi))
         self._count(name, int(over))
         return y
