@@ -39,7 +39,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from simulator.errors import InputError
 
@@ -259,14 +258,6 @@ def _breakdown(report, where: str, labels: list[str]) -> tuple[str, ...]:
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
     """Read and validate a sweep YAML file."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such sweep file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read ({e.__class__.__name__})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise InputError(f"{path}: invalid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
-    return parse_sweep(data, path)
+    from reference.recipes.config import read_yaml
+
+    return parse_sweep(read_yaml(path, "sweep"), path)

@@ -107,18 +107,24 @@ def recipe_from_dict(d, where: str = "recipe") -> RecipeConfig:
     return cfg
 
 
-def load_recipe(path: str | os.PathLike) -> RecipeConfig:
-    """Read and validate a recipe YAML file."""
-    path = os.fspath(path)
+def read_yaml(path: str, what: str):
+    """Parse a YAML file; missing, unreadable or malformed files are one-line
+    `InputError`s naming the file (``what``: "recipe", "sweep", ...)."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such recipe file") from None
+        raise InputError(f"{path}: no such {what} file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read ({e.__class__.__name__})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise InputError(f"{path}: invalid YAML{at}") from None
+
+
+def load_recipe(path: str | os.PathLike) -> RecipeConfig:
+    """Read and validate a recipe YAML file."""
+    path = os.fspath(path)
+    data = read_yaml(path, "recipe")
     return recipe_from_dict(data, where=path)

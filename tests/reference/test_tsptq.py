@@ -9,7 +9,7 @@ from reference.recipes import quantize
 from reference.recipes.config import load_recipe, recipe_from_dict
 from reference.recipes.tsptq import (TsptqParams, parse_params, search_gelu, search_outliers, search_softmax,
                                      v2sf_fake_quantize)
-from reference.quantizers import QParams, calibrate, fake_quantize
+from reference.quantizers import calibrate, fake_quantize
 from simulator.errors import InputError
 from simulator.qvit import QuantizedViT
 from strategies import build_vit, random_images

@@ -19,7 +19,7 @@ from reference.recipes import quantize
 from reference.recipes.config import RecipeConfig
 from simulator.executor import IntegerExecutor
 from simulator.kernels.gemm import BACKENDS
-from simulator.results import bit_exact_images, first_mismatch
+from equivalence_support import assert_equivalent
 from strategies import BIT_WIDTHS, bit_widths, build_vit, random_images, vit_configs
 
 ACC_LO, ACC_HI = -(1 << 31), (1 << 31) - 1
@@ -31,21 +31,6 @@ def _quantized(cfg, seed, w_bits, a_bits, act_calibration="minmax", n_calib=6):
     return quantize(build_vit(cfg, seed=seed), random_images(cfg, n_calib, seed=seed), rc, model_name="rand")
 
 
-def assert_equivalent(q, images, backend):
-    """Run both executors; assert codes, logits, trace and overflows identical. Returns the results."""
-    rf = FakeQuantExecutor(q, nonlinear="integer").run(images)
-    ri = IntegerExecutor(q, gemm_backend=backend).run(images)
-    assert rf.codes.keys() == ri.codes.keys()
-    ok = bit_exact_images(rf.codes, ri.codes)
-    assert ok.all(), f"[{backend}] images {np.flatnonzero(~ok).tolist()} differ: {first_mismatch(rf.codes, ri.codes)}"
-    assert np.array_equal(rf.logit_codes, ri.logit_codes)
-    assert np.array_equal(rf.logits, ri.logits)
-    assert np.array_equal(rf.predictions, ri.predictions)
-    assert rf.trace.layers == ri.trace.layers
-    assert (rf.trace.n_images, rf.trace.model, rf.trace.recipe) == (ri.trace.n_images, ri.trace.model,
-                                                                     ri.trace.recipe)
-    assert rf.trace.overflows == ri.trace.overflows, f"[{backend}] {rf.trace.overflows} vs {ri.trace.overflows}"
-    return rf, ri
 
 
 @settings(max_examples=100)

@@ -25,7 +25,7 @@ from simulator.igq_executor import grouped_linear
 from simulator.kernels.gemm import BACKENDS
 from simulator.kernels.grouped import group_quantize
 from simulator.qvit import Linear, QuantizedViT
-from simulator.results import bit_exact_images, first_mismatch
+from equivalence_support import assert_equivalent
 from strategies import build_vit, random_images, vit_configs
 
 ACC_LO, ACC_HI = -(1 << 31), (1 << 31) - 1
@@ -157,15 +157,6 @@ def _igq(cfg, seed, bits, params, n_calib=6):
     return quantize(build_vit(cfg, seed=seed), random_images(cfg, n_calib, seed=seed), rc, model_name="rand")
 
 
-def assert_equivalent(q, images, backend):
-    rf = FakeQuantExecutor(q, nonlinear="integer").run(images)
-    ri = IntegerExecutor(q, gemm_backend=backend).run(images)
-    assert rf.codes.keys() == ri.codes.keys()
-    ok = bit_exact_images(rf.codes, ri.codes)
-    assert ok.all(), f"[{backend}] images {np.flatnonzero(~ok).tolist()}: {first_mismatch(rf.codes, ri.codes)}"
-    assert np.array_equal(rf.logit_codes, ri.logit_codes)
-    assert rf.trace.layers == ri.trace.layers and rf.trace.overflows == ri.trace.overflows
-    return rf, ri
 
 
 @settings(max_examples=12)

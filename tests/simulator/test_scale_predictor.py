@@ -4,7 +4,6 @@ scalepredictor recipe bit-exact between both executors end to end."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest

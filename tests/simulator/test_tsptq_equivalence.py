@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 import hwmodels
 from reference.fakequant import FakeQuantExecutor
 from reference.recipes import quantize
-from simulator.executor import IntegerExecutor
 from simulator.kernels.gemm import BACKENDS
-from simulator.results import bit_exact_images, first_mismatch
+from equivalence_support import assert_equivalent
 from strategies import build_vit, random_images, vit_configs
 
 
@@ -32,16 +31,6 @@ def _tsptq(cfg, seed, bits, outlier_gain=8.0, n_calib=6):
     return quantize(model, random_images(cfg, n_calib, seed=seed), rc, model_name="rand")
 
 
-def assert_equivalent(q, images, backend):
-    rf = FakeQuantExecutor(q, nonlinear="integer").run(images)
-    ri = IntegerExecutor(q, gemm_backend=backend).run(images)
-    assert rf.codes.keys() == ri.codes.keys()
-    ok = bit_exact_images(rf.codes, ri.codes)
-    assert ok.all(), f"[{backend}] {first_mismatch(rf.codes, ri.codes)}"
-    assert np.array_equal(rf.logit_codes, ri.logit_codes)
-    assert rf.trace.layers == ri.trace.layers
-    assert rf.trace.overflows == ri.trace.overflows
-    return rf, ri
 
 
 @settings(max_examples=25)
