@@ -20,6 +20,12 @@ from simulator.trace import Trace
 def test_macs_equal_flop_counter(name):
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
+    # timm's fused path calls F.scaled_dot_product_attention, whose CPU kernel
+    # FlopCounterMode does not count in every torch release; the explicit path
+    # (q @ k^T, softmax, attn @ v) is the same arithmetic and is always counted.
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.zeros(1, 3, 224, 224))
