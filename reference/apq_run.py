@@ -47,8 +47,7 @@ def _kl(p, q) -> float:
 
 
 class _Searcher:
-    def __init__(self, model, calib, variants, exits, p):
-        from reference.recipes.apq import assemble, threshold_code
+    def __init__(self, model, calib, variants, exits, p, assemble, threshold_code):
         self.assemble, self.code = assemble, threshold_code
         self.variants, self.exits, self.p = variants, exits, p
         self.keys, self.calib = list(variants), calib
@@ -100,9 +99,15 @@ class _Searcher:
         return choice
 
 
-def search(model, calib, variants, exits, p):
-    """Joint threshold x bit-width search with fixed-sequence risk control; returns (choice, taus, report)."""
-    s = _Searcher(model, calib, variants, exits, p)
+def search(model, calib, variants, exits, p, assemble, threshold_code):
+    """Joint threshold x bit-width search with fixed-sequence risk control; returns (choice, taus, report).
+
+    ``assemble(variants, choice, exits[, taus])`` builds a candidate QuantizedViT
+    and ``threshold_code`` maps a confidence threshold to its integer code; the
+    recipe (`reference.recipes.apq`) passes its own, so this driver never
+    imports the recipe that calls it (no import cycle).
+    """
+    s = _Searcher(model, calib, variants, exits, p, assemble, threshold_code)
     sens = s.sensitivity() if len(s.keys) > 1 else np.zeros(s.cost.shape)
     delta = (1.0 - p.confidence) / len(p.bop_budgets)
     n_h, points = len(s.hold), []

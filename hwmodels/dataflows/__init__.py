@@ -48,31 +48,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
+from . import input_stationary, output_stationary, weight_stationary
+from .gemm_traffic import ArrayTraffic, GemmShape, psum_bytes
+
 __all__ = ["GemmShape", "FoldTiming", "ArrayTraffic", "systolic_cycles", "get", "fold_timing",
            "psum_bytes"]
-
-
-@dataclass(frozen=True)
-class GemmShape:
-    """One GEMM layer as the array sees it (per image)."""
-
-    m: int
-    k: int
-    n: int
-    batch: int = 1
-    a_bits: int = 8
-    b_bits: int = 8
-    out_bits: int = 8
-    acc_bits: int = 32
-    pack: int = 1  # MACs per PE per cycle of the precision mode
-
-    @property
-    def k_packed(self) -> int:
-        return -(-self.k // self.pack)
-
-    @property
-    def macs(self) -> int:
-        return self.batch * self.m * self.k * self.n
 
 
 @dataclass(frozen=True)
@@ -85,25 +65,6 @@ class FoldTiming:
     col_folds: int
     folds: int
     cycles: int
-
-
-@dataclass(frozen=True)
-class ArrayTraffic:
-    """Bytes between the global buffer and the array for one layer (all batches)."""
-
-    a_read: float
-    b_read: float
-    psum_read: float
-    psum_write: float
-    out_write: float
-
-    @property
-    def read(self) -> float:
-        return self.a_read + self.b_read + self.psum_read
-
-    @property
-    def write(self) -> float:
-        return self.psum_write + self.out_write
 
 
 def systolic_cycles(sr: int, sc: int, t: int, rows: int, cols: int, batch: int,
@@ -126,8 +87,6 @@ def systolic_cycles(sr: int, sc: int, t: int, rows: int, cols: int, batch: int,
 
 def get(dataflow: str) -> ModuleType:
     """The module implementing ``dataflow`` (mapping + array traffic)."""
-    from . import input_stationary, output_stationary, weight_stationary
-
     table = {m.NAME: m for m in (weight_stationary, output_stationary, input_stationary)}
     return table[dataflow]
 
@@ -138,17 +97,3 @@ def fold_timing(g: GemmShape, rows: int, cols: int, dataflow: str, overlap: str)
     preload = rows if mod.PRELOADS else 0
     rf, cf, folds, cycles = systolic_cycles(sr, sc, t, rows, cols, g.batch, preload, overlap)
     return FoldTiming(sr, sc, t, preload, rf, cf, folds, cycles)
-
-
-def psum_bytes(g: GemmShape, row_folds: int) -> tuple[float, float]:
-    """Partial sums spilled to the global buffer when the reduction is folded.
-
-    All but the last reduction fold write their ``m x n`` partial sums at
-    ``acc_bits`` and the next fold reads them back (SCALE-Sim counts the
-    writes of every fold as ofmap writes; we also count the read-back). The
-    last fold's output stage adds, requantizes and writes ``out_bits``.
-    Returns (read_bytes, write_bytes).
-    """
-    spills = g.batch * g.m * g.n * (row_folds - 1) * g.acc_bits / 8
-    return spills, spills
-

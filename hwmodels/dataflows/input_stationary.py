@@ -23,7 +23,7 @@ second operand once per block; the other order is taken only if cheaper.
 
 from __future__ import annotations
 
-from . import ArrayTraffic, GemmShape, psum_bytes
+from .gemm_traffic import ArrayTraffic, GemmShape, psum_bytes
 
 NAME = "input_stationary"
 PRELOADS = True

@@ -24,7 +24,7 @@ taken only if cheaper.
 
 from __future__ import annotations
 
-from . import ArrayTraffic, GemmShape
+from .gemm_traffic import ArrayTraffic, GemmShape
 
 NAME = "output_stationary"
 PRELOADS = False

@@ -24,7 +24,7 @@ the inputs once per block; the other order is taken only if cheaper.
 
 from __future__ import annotations
 
-from . import ArrayTraffic, GemmShape, psum_bytes
+from .gemm_traffic import ArrayTraffic, GemmShape, psum_bytes
 
 NAME = "weight_stationary"
 PRELOADS = True

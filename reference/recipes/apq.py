@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from reference.apq_run import search   # the search driver (simulator runs)
 from reference.calibration import collect_boundaries
 from reference.exits import (DEFAULT_EXITS_PATH, ExitHeads, class_tokens, default_exits_after,
                              fit_exit_heads, load_exit_heads)
@@ -180,8 +181,7 @@ def build(model: torch.nn.Module, calib_images: np.ndarray, cfg: RecipeConfig,
         taus = [float(p.threshold)] * len(exits)
         q = assemble(variants, [0] * depth, exits, taus)
     else:
-        from reference.apq_run import search   # the search driver (simulator runs)
-        choice, taus, report = search(model, calib, variants, exits, p)
+        choice, taus, report = search(model, calib, variants, exits, p, assemble, threshold_code)
         q = assemble(variants, choice, exits, taus)
         q = replace(q, meta={**q.meta, "apq": report})
     meta = {**q.meta, "recipe": "apq", "exit_after_blocks": list(heads.after), "exit_thresholds": list(taus),

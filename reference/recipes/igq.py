@@ -49,11 +49,11 @@ import torch
 
 from reference.calibration import collect_boundaries
 from reference.recipes.config import RecipeConfig
+from reference.recipes.igq_allocation import allocate, total_bops
 from reference.recipes.static import _gamma, freeze_linear, freeze_static
 from reference.vit_float import check_supported, float_boundaries, vit_arch
 from simulator.errors import InputError
-from simulator.graph import static_layers
-from simulator.igq import SITES, GroupQuantizer, IgqBlock, overhead_bops
+from simulator.igq import SITES, GroupQuantizer, IgqBlock
 from simulator.int_nonlinear import SOFTMAX_RECIP_BITS
 from simulator.qvit import QuantizedViT
 
@@ -230,12 +230,6 @@ class _Builder:
                                    extras={**self.q.extras, "igq": tuple(igq)})
 
 
-def total_bops(q: QuantizedViT) -> int:
-    """BOPs per image of the full graph: GEMM BOPs + grouping overhead (`simulator.igq.overhead_bops`)."""
-    layers = static_layers(q)
-    return int(sum(r.bops for r in layers)) + int(overhead_bops(layers))
-
-
 def with_groups(builder: _Builder, groups: int) -> QuantizedViT:
     return builder.build({(i, s): groups for i in range(len(builder.q.blocks)) for s in SITES})
 
@@ -251,5 +245,4 @@ def build(model: torch.nn.Module, calib_images: np.ndarray, cfg: RecipeConfig,
     builder = _Builder(model, q_static, _instance_maxima(model, calib, arch["depth"]), cfg, params)
     if params.groups is not None:
         return with_groups(builder, params.groups)
-    from reference.recipes.igq_allocation import allocate
     return allocate(builder, calib[: params.allocation_images], cfg)

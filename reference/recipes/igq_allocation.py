@@ -29,10 +29,17 @@ import torch
 from reference.fakequant import FakeQuantExecutor
 from reference.recipes.config import RecipeConfig
 from simulator.errors import InputError
-from simulator.igq import SITES
+from simulator.graph import static_layers
+from simulator.igq import SITES, overhead_bops
 from simulator.qvit import QuantizedViT
 
-__all__ = ["allocate", "logit_kl"]
+__all__ = ["allocate", "logit_kl", "total_bops"]
+
+
+def total_bops(q: QuantizedViT) -> int:
+    """BOPs per image of the full graph: GEMM BOPs + grouping overhead (`simulator.igq.overhead_bops`)."""
+    layers = static_layers(q)
+    return int(sum(r.bops for r in layers)) + int(overhead_bops(layers))
 
 
 def logit_kl(ref_logits: np.ndarray, q_logits: np.ndarray) -> float:
@@ -44,7 +51,6 @@ def logit_kl(ref_logits: np.ndarray, q_logits: np.ndarray) -> float:
 
 def allocate(builder, images: np.ndarray, cfg: RecipeConfig) -> QuantizedViT:
     """Per-site group counts for ``cfg.params.bop_budget``; returns the frozen model."""
-    from reference.recipes.igq import total_bops
 
     params = builder.params
     sites = [(i, s) for i in range(len(builder.q.blocks)) for s in SITES]
