@@ -23,7 +23,7 @@ class FloatOps:
 
     def __init__(self, graph: ir.Graph, dtype: torch.dtype = torch.float64):
         self.dtype = dtype
-        self.params = {op: {k: torch.as_tensor(v).to(dtype) for k, v in ps.items()}
+        self.params = {op: {k: torch.tensor(v, dtype=dtype) for k, v in ps.items()}
                        for op, ps in graph.params.items()}
 
     def patchify(self, op: ir.Patchify, images):

@@ -203,5 +203,8 @@ class Builder:
         return out
 
     def graph(self, input: str, outputs: tuple[str, ...], image_size, in_chans: int) -> ir.Graph:
+        for ps in self.params.values():
+            for arr in ps.values():
+                arr.flags.writeable = False       # the graph is frozen, its params too
         return ir.Graph(ops=tuple(self.ops), input=input, outputs=outputs, params=self.params,
                         image_size=tuple(int(v) for v in image_size), in_chans=int(in_chans))

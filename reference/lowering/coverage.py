@@ -43,6 +43,7 @@ def _configurations() -> tuple[Configuration, ...]:
         C("DeiT, token pooling", "deit_tiny_patch16_224"),
         C("avg pooling + fc_norm", vit, dict(global_pool="avg")),
         C("avg pooling, no fc_norm", vit, dict(global_pool="avg", fc_norm=False)),
+        C("avg pooling over prefix tokens too", vit, dict(global_pool="avg", reg_tokens=2, pool_include_prefix=True)),
         C("class_token=False (avg)", vit, dict(class_token=False, global_pool="avg")),
         C("register tokens (reg_tokens=4)", vit, dict(reg_tokens=4)),
         C("registers, no class token", vit, dict(reg_tokens=4, class_token=False, global_pool="avg")),
