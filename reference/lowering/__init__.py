@@ -51,6 +51,10 @@ def lower(model: nn.Module, image_size=None) -> ir.Graph:
     ``image_size`` (H, W) -- default: the model's own size. Raises
     `LoweringError` (an `InputError`) naming the module path and the
     construct for anything the graph cannot express."""
+    from timm.models.vision_transformer import VisionTransformer
+    if not isinstance(model, VisionTransformer):
+        raise LoweringError(f"model: {type(model).__module__}.{type(model).__qualname__} is not a timm "
+                            f"VisionTransformer")
     _check_eval(model)
     (h, w), _ = resolve_image_size(model, image_size)
     ctx = Builder()

@@ -97,6 +97,11 @@ def test_float32_walk_is_close_to_timm_float32():
     torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_only_vision_transformers_are_lowered():
+    with pytest.raises(LoweringError, match=r"^model: torch.nn.modules.linear.Linear is not a timm VisionTransformer$"):
+        lower(nn.Linear(2, 2).eval())
+
+
 def test_training_mode_is_refused():
     model = _small().train()
     with pytest.raises(LoweringError, match=r"^model: in training mode .*call model.eval\(\) first$"):
