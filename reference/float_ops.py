@@ -100,8 +100,10 @@ class FloatOps:
 @torch.no_grad()
 def float_forward(graph: ir.Graph, images, dtype: torch.dtype = torch.float64, keep=None):
     """The graph's float function on ``images`` [B, C, H, W] (a tensor or a
-    numpy array); returns the output tensor (a tuple when there are several)."""
+    numpy array) of the size the graph was lowered for; returns the output
+    tensor (a tuple when there are several)."""
     x = torch.as_tensor(images)
+    ir.check_images(graph, x.shape)
     out = walk(graph, FloatOps(graph, dtype), x, keep=keep)
     values = tuple(out[name] for name in graph.outputs)
     return values[0] if len(values) == 1 else values

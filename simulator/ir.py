@@ -48,7 +48,7 @@ from simulator.errors import InputError
 
 __all__ = ["Op", "Patchify", "Linear", "Head", "LayerNorm", "TokenConcat", "AddConst", "Split", "SplitHeads",
            "MergeHeads", "MatMul", "Softmax", "Activation", "Add", "Pool", "Mean", "Graph", "GraphError",
-           "ACTIVATIONS", "tensor_shapes"]
+           "ACTIVATIONS", "tensor_shapes", "op_shapes", "check_images"]
 
 ACTIVATIONS = ("gelu_erf", "gelu_tanh", "quick_gelu")
 
@@ -342,3 +342,22 @@ def tensor_shapes(graph: Graph, image_size: tuple[int, int] | None = None, batch
             raise GraphError(f"{o.name}: produces {len(outs)} tensors, names {len(o.outputs)}")
         shapes.update(zip(o.outputs, (tuple(int(v) for v in s) for s in outs)))
     return shapes
+
+
+def op_shapes(graph: Graph, image_size: tuple[int, int] | None = None,
+              batch: int = 1) -> list[tuple[Op, tuple[Shape, ...], tuple[Shape, ...]]]:
+    """``(op, input shapes, output shapes)`` for every op, in execution order."""
+    s = tensor_shapes(graph, image_size, batch)
+    return [(o, tuple(s[t] for t in o.inputs), tuple(s[t] for t in o.outputs)) for o in graph.ops]
+
+
+def check_images(graph: Graph, shape: tuple[int, ...]) -> None:
+    """Raise `InputError` unless ``shape`` is ``[B, in_chans, H, W]`` at the
+    image size the graph was lowered for."""
+    shape = tuple(int(v) for v in shape)
+    want_h, want_w = graph.image_size
+    if len(shape) != 4 or shape[1] != graph.in_chans:
+        raise InputError(f"images: expected shape [B, {graph.in_chans}, {want_h}, {want_w}], got {list(shape)}")
+    if shape[2:] != (want_h, want_w):
+        raise InputError(f"images: the graph was lowered for {want_h}x{want_w} images, got {shape[2]}x{shape[3]}; "
+                         f"lower the model again with image_size=({shape[2]}, {shape[3]})")

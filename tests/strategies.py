@@ -183,6 +183,7 @@ def lowering_configs(draw):
         scale_attn_norm=not plain_norms and draw(st.booleans()),
         scale_mlp_norm=not plain_norms and draw(st.booleans()),
         dynamic_img_size=dynamic, dynamic_img_pad=dynamic and pad, block_fn=block,
+        pool_include_prefix=draw(st.booleans()), embed_norm_layer=draw(st.sampled_from([None, "layernorm"])),
     )
     if distilled and kw["pos_embed"] == "none":
         kw["pos_embed"] = "learn"                   # timm's DeiT always builds a position embedding

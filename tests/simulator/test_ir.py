@@ -109,6 +109,23 @@ def test_a_position_embedding_of_another_size_is_an_input_error():
         ir.tensor_shapes(_graph(), image_size=(6, 6))
 
 
+def test_op_shapes_list_inputs_and_outputs_per_op():
+    rows = ir.op_shapes(_graph(), batch=2)
+    assert [r[0].name for r in rows] == [o.name for o in _graph().ops]
+    op, ins, outs = rows[6]
+    assert op.name == "qk" and ins == ((2, H, 5, D // H),) * 2 and outs == ((2, H, 5, 5),)
+    assert rows[10][1] == ((2, 5, D), (2, 5, D))       # proj: input and fused residual
+
+
+def test_images_must_have_the_lowered_shape():
+    ir.check_images(_graph(), (7, 1, 4, 4))
+    with pytest.raises(InputError, match=r"^images: expected shape \[B, 1, 4, 4\], got \[2, 3, 4, 4\]$"):
+        ir.check_images(_graph(), (2, 3, 4, 4))
+    with pytest.raises(InputError, match=r"^images: the graph was lowered for 4x4 images, got 6x4; lower the "
+                                         r"model again with image_size=\(6, 4\)$"):
+        ir.check_images(_graph(), (2, 1, 6, 4))
+
+
 def test_walk_dispatches_keeps_in_order_and_releases():
     g = _graph()
     x = np.random.default_rng(1).standard_normal((2, 1, 4, 4))
