@@ -138,7 +138,7 @@ def _pool_and_head(ctx: Builder, s: Scope, x: str) -> str:
         ctx.lower(s, "attn_pool", x)          # refused with its construct
     if m.global_pool not in ("token", "avg"):
         raise s.error(f"global_pool={m.global_pool!r} is not supported (only 'token' and 'avg')")
-    if m.global_pool == "token":
+    if m.global_pool == "token":    # the norm rules (LayerNorm, Identity) are row-wise: pool first
         x = ctx.emit(ir.Pool("pool", (x,), ("pool",), mode="token", index=0))
         x = ctx.lower(s, "norm", x)
     else:
