@@ -4,7 +4,7 @@ inert modules, LayerScale, Attention and Mlp.
 Tensor names: a module's output is named by its module path unless it is
 one of the integer graph's boundaries, which are named by the block they
 live in (``blocks.3.q``, ``blocks.3.attn``, ``blocks.3.fc1``, ...; see
-``docs/graph.md``). ``_boundary(path, name)`` derives the block prefix from
+``docs/graph.md``). ``boundary(path, name)`` derives the block prefix from
 the module path: ``blocks.3.attn`` -> ``blocks.3.<name>``.
 """
 

@@ -82,9 +82,11 @@ def test_layer_scale_folds_into_the_preceding_linear():
                                                        "SplitHeads", "MatMul", "Softmax", "MergeHeads",
                                                        "Activation", "Pool", "Head"}
     blk = model.blocks[0]
+    before = blk.mlp.fc2.weight.detach().clone()
     w = graph.params["blocks.0.mlp.fc2"]["weight"]
     want = (blk.ls2.gamma[:, None] * blk.mlp.fc2.weight).detach().numpy()
     np.testing.assert_allclose(w, want, rtol=1e-15)
+    assert torch.equal(blk.mlp.fc2.weight, before) and not w.flags.writeable    # the model is not touched
     assert graph.op("blocks.0.mlp.fc2").inputs == ("blocks.0.gelu", "blocks.0.x_mid")
 
 
