@@ -7,6 +7,8 @@ Public API (documented in README, kept stable)::
     qvit = reference.quantize(model, calib_images, "configs/recipes/static_w8a8.yaml")
     qvit.save("model.qvit.npz"); QuantizedViT.load("model.qvit.npz")
     reference.FakeQuantExecutor(qvit).run(images)   # -> RunResult
+    graph = reference.lower(model)                  # the typed float graph (simulator.ir.Graph)
+    reference.float_forward(graph, images, torch.float64)   # its float function, == timm's forward
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from reference.recipes import quantize
 from reference.recipes.config import RecipeConfig, load_recipe
 
 __all__ = ["load_model", "quantize", "FakeQuantExecutor", "RecipeConfig", "load_recipe", "load_dataset",
-           "load_digits"]
+           "load_digits", "lower", "float_forward"]
 
 
 def __getattr__(name):
@@ -27,4 +29,10 @@ def __getattr__(name):
     if name in ("load_dataset", "load_digits"):
         import reference.data as data
         return getattr(data, name)
+    if name == "lower":                 # lowering rules import timm's model modules
+        from reference.lowering import lower
+        return lower
+    if name == "float_forward":
+        from reference.float_ops import float_forward
+        return float_forward
     raise AttributeError(name)

@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 __all__ = [
     "code_bounds", "extremes", "pow2_neighbours", "codes", "shapes", "int_arrays",
     "dyadic_multipliers", "requantize_args", "bit_widths", "BIT_WIDTHS", "vit_configs",
-    "build_vit", "random_images",
+    "build_vit", "random_images", "lowering_configs",
 ]
 
 BIT_WIDTHS = ((8, 8), (6, 6), (4, 8), (4, 4))     # W8A8, W6A6, W4A8, W4A4
@@ -139,3 +139,58 @@ def random_images(cfg: dict, n: int, seed: int = 0, scale: float = 1.0) -> np.nd
     rng = np.random.default_rng(seed)
     shape = (n, cfg["in_chans"], cfg["img_size"], cfg["img_size"])
     return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+@st.composite
+def _image_size(draw, patch: int, img: int, dynamic: bool, pad: bool) -> tuple[int, int]:
+    """The model's size, or (``dynamic_img_size``) another one: whole patches,
+    or any size when timm pads (``dynamic_img_pad``)."""
+    if not dynamic:
+        return img, img
+    side = st.integers(patch, 4 * patch) if pad else st.integers(1, 4).map(lambda k: k * patch)
+    return draw(side), draw(side)
+
+
+@st.composite
+def lowering_configs(draw):
+    """(model class, kwargs, image size, seed): a small timm VisionTransformer
+    (or DeiT-distilled) with a random combination of the features the lowering
+    covers -- pooling, class/register tokens, position embedding placement,
+    norms, LayerScale, qk_norm, activations, block types, image sizes."""
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import Block, ParallelScalingBlock, ParallelThingsBlock, ResPostBlock
+
+    patch = draw(st.sampled_from([4, 8]))
+    heads = draw(st.integers(1, 3))
+    distilled = draw(st.booleans())
+    block = draw(st.sampled_from([Block, Block, ResPostBlock, ParallelScalingBlock, ParallelThingsBlock]))
+    cls_token = distilled or draw(st.booleans())
+    pool = "token" if distilled else draw(st.sampled_from(["token", "avg"] if cls_token else ["avg"]))
+    dynamic, pad = draw(st.booleans()), draw(st.booleans())
+    img = patch * draw(st.integers(1, 3)) + (0 if dynamic else draw(st.sampled_from([0, 0, 3])))
+    plain_norms = block is ParallelScalingBlock      # it asserts no scale norms
+    kw = dict(
+        img_size=img, patch_size=patch, in_chans=draw(st.integers(1, 3)), embed_dim=heads * draw(st.integers(2, 8)),
+        depth=draw(st.integers(1, 2)), num_heads=heads, mlp_ratio=draw(st.sampled_from([1.0, 2.0, 4.0])),
+        num_classes=draw(st.sampled_from([0, 3, 7])), global_pool=pool, class_token=cls_token,
+        reg_tokens=0 if distilled else draw(st.integers(0, 2)),
+        no_embed_class=False if distilled else draw(st.booleans()),
+        pos_embed=draw(st.sampled_from(["learn", "learn", "none"])),
+        fc_norm=draw(st.sampled_from([None, False, True])), final_norm=draw(st.booleans()),
+        pre_norm=draw(st.booleans()), qk_norm=draw(st.booleans()), qkv_bias=draw(st.booleans()),
+        init_values=draw(st.sampled_from([None, 1e-5, 0.5])),
+        act_layer=draw(st.sampled_from([None, "gelu", "gelu_tanh", "quick_gelu"])),
+        scale_attn_norm=not plain_norms and draw(st.booleans()),
+        scale_mlp_norm=not plain_norms and draw(st.booleans()),
+        dynamic_img_size=dynamic, dynamic_img_pad=dynamic and pad, block_fn=block,
+        pool_include_prefix=draw(st.booleans()), embed_norm_layer=draw(st.sampled_from([None, "layernorm"])),
+    )
+    if distilled and kw["pos_embed"] == "none":
+        kw["pos_embed"] = "learn"                   # timm's DeiT always builds a position embedding
+    cls = VisionTransformerDistilled if distilled else _vit_class()
+    return cls, kw, draw(_image_size(patch, img, dynamic, pad)), draw(st.integers(0, 2 ** 16))
+
+
+def _vit_class():
+    from timm.models.vision_transformer import VisionTransformer
+    return VisionTransformer
