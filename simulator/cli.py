@@ -13,10 +13,7 @@ User errors print ``simulate: error: <one line>`` and exit 2.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -73,20 +70,11 @@ def resolve_recipe(spec: str | None, wbits: int | None, abits: int | None):
     return cfg
 
 
-def write_json_atomic(path: str, payload: dict) -> None:
-    """Write JSON to a temp file in the target directory, then rename."""
-    target = Path(path)
-    if not target.parent.exists():
-        raise InputError(f"--json {path}: directory {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, default=_json_default)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_json_atomic(path: str, payload: dict, flag: str = "--json") -> None:
+    """Strict JSON, atomically (`simulator.atomic_files`); errors name ``flag`` and the path."""
+    from simulator.atomic_files import write_json
+
+    write_json(path, payload, f"{flag} {path}", default=_json_default)
 
 
 def _json_default(o):
@@ -105,9 +93,11 @@ def _check_positive(args) -> None:
     for path in [args.checkpoint, *(args.hw or [])]:
         if path is not None and not Path(path).is_file():
             raise InputError(f"{path}: no such file")
+    from simulator.atomic_files import check_writable
+
     for flag, path in (("--json", args.json), ("--save-qvit", args.save_qvit)):
-        if path is not None and not Path(path).resolve().parent.is_dir():
-            raise InputError(f"{flag} {path}: directory {Path(path).parent} does not exist")
+        if path is not None:
+            check_writable(path, f"{flag} {path}")   # before the run: a read-only folder fails fast
 
 
 def quantize_from_args(args, limit: int | None):
@@ -157,8 +147,6 @@ def run_main(args) -> int:
     t0 = time.perf_counter()
     qvit = quantize(model, calib, cfg, model_name=model_name)
     t_calib = time.perf_counter() - t0
-    if args.save_qvit:
-        qvit.save(args.save_qvit)
 
     fq_int, fq_float = FakeQuantExecutor(qvit, "integer"), FakeQuantExecutor(qvit, "float")
     sim = IntegerExecutor(qvit, gemm_backend=args.backend)
@@ -211,9 +199,20 @@ def run_main(args) -> int:
         reports = [hwmodels.estimate(trace, npu) for npu in hw]
         print(format_report(reports[0]) if len(reports) == 1 else format_comparison(reports))
         summary["hardware"] = [r.to_dict() for r in reports]
-    if args.json:
-        write_json_atomic(args.json, summary)
+    _write_outputs(args, qvit, summary)
     return 0
+
+
+def _write_outputs(args, qvit, summary: dict) -> None:
+    """--save-qvit and --json together: both files renamed into place, or neither."""
+    from simulator.atomic_files import Batch, dumps_json
+
+    with Batch() as batch:
+        if args.save_qvit:
+            batch.add(args.save_qvit, qvit.npz_writer(), f"--save-qvit {args.save_qvit}")
+        if args.json:
+            batch.add(args.json, dumps_json(summary, f"--json {args.json}", default=_json_default),
+                      f"--json {args.json}")
 
 
 def _print_summary(s: dict, label: str) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields, replace
 import yaml
 
 from simulator.errors import InputError
+from simulator.safe_yaml import StrictLoader, read_capped
 
 __all__ = ["RecipeConfig", "load_recipe", "recipe_from_dict", "RECIPE_NAMES", "PARAM_CHECKS"]
 
@@ -112,15 +113,18 @@ def read_yaml(path: str, what: str):
     `InputError`s naming the file (``what``: "recipe", "sweep", ...)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return yaml.load(read_capped(f, path), Loader=StrictLoader)
     except FileNotFoundError:
         raise InputError(f"{path}: no such {what} file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected a {what} YAML file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read ({e.__class__.__name__})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise InputError(f"{path}: invalid YAML{at}") from None
+        problem = getattr(e, "problem", None)
+        raise InputError(f"{path}: invalid YAML{at}" + (f": {problem}" if problem else "")) from None
 
 
 def load_recipe(path: str | os.PathLike) -> RecipeConfig:
