@@ -50,7 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-qvit", default=None, metavar="PATH", help="write the frozen QuantizedViT (.npz)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_image_limit_flag(p)
     return p
+
+
+def add_image_limit_flag(p: argparse.ArgumentParser) -> None:
+    """--max-image-pixels (issue 18): ImageFolder images larger than this are refused before decoding."""
+    p.add_argument("--max-image-pixels", type=int, default=89_478_485, metavar="N",
+                   help="refuse ImageFolder images with more pixels than N (default 89478485, PIL's limit)")
+
+
+def _max_pixels(args) -> int:
+    n = getattr(args, "max_image_pixels", 89_478_485)
+    if n <= 0:
+        raise InputError(f"--max-image-pixels: expected a positive integer, got {n}")
+    return n
 
 
 def resolve_recipe(spec: str | None, wbits: int | None, abits: int | None):
@@ -86,6 +100,7 @@ def _json_default(o):
 
 
 def _check_positive(args) -> None:
+    _max_pixels(args)
     for name in ("images", "batch_size"):
         v = getattr(args, name)
         if v is not None and v <= 0:
@@ -110,11 +125,11 @@ def quantize_from_args(args, limit: int | None):
         raise InputError(f"{args.checkpoint}: no such file")
     cfg = resolve_recipe(args.recipe, args.wbits, args.abits)
     model = load_model(args.model, args.checkpoint)
-    images, _ = load_dataset(args.data, model, split="test", limit=limit)
+    images, _ = load_dataset(args.data, model, split="test", limit=limit, max_pixels=_max_pixels(args))
     if len(images) == 0:
         raise InputError(f"--data {args.data or 'digits'}: no images")
     calib, _ = load_dataset(args.calib if args.calib is not None else args.data, model, split="calib",
-                            limit=cfg.calib_images)
+                            limit=cfg.calib_images, max_pixels=_max_pixels(args))
     return quantize(model, calib, cfg, model_name=args.model or DEFAULT_MODEL), images
 
 
@@ -139,11 +154,11 @@ def run_main(args) -> int:
         hw = [hwmodels.load(p) for p in args.hw]
     model_name = args.model or DEFAULT_MODEL
     model = load_model(args.model, args.checkpoint)
-    images, labels = load_dataset(args.data, model, split="test", limit=args.images)
+    images, labels = load_dataset(args.data, model, split="test", limit=args.images, max_pixels=_max_pixels(args))
     if len(images) == 0:
         raise InputError(f"--data {args.data or 'digits'}: no images to evaluate")
     calib_spec = args.calib if args.calib is not None else args.data
-    calib, _ = load_dataset(calib_spec, model, split="calib", limit=cfg.calib_images)
+    calib, _ = load_dataset(calib_spec, model, split="calib", limit=cfg.calib_images, max_pixels=_max_pixels(args))
     t0 = time.perf_counter()
     qvit = quantize(model, calib, cfg, model_name=model_name)
     t_calib = time.perf_counter() - t0

@@ -225,10 +225,13 @@ class QuantizedViT:
             raise InputError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
         try:
             q = _unflatten(header["tree"], arrays)
-        except (KeyError, TypeError, AttributeError) as e:
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise InputError(f"{path}: incomplete QuantizedViT ({type(e).__name__}: {e})") from None
         if not isinstance(q, QuantizedViT):
             raise InputError(f"{path}: holds a {type(q).__name__}, not a QuantizedViT")
+        from simulator.qvit_check import check_qvit
+
+        check_qvit(q, path)   # shapes, dtypes and ranges before any kernel runs
         return q
 
 

@@ -119,7 +119,7 @@ def write_vector_set(out: Path, manifest: dict, files: dict[str, bytes]) -> None
 
 
 def _parser():
-    from simulator.cli import _Parser
+    from simulator.cli import _Parser, add_image_limit_flag
 
     p = _Parser(prog="simulate export-vectors",
                 description="Write every layer's integer tensors (npz + $readmemh hex + manifest) for RTL testbenches.")
@@ -132,6 +132,7 @@ def _parser():
     p.add_argument("--recipe", default=None)
     p.add_argument("--wbits", type=int, default=None)
     p.add_argument("--abits", type=int, default=None)
+    add_image_limit_flag(p)
     return p
 
 
