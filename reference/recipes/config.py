@@ -116,8 +116,6 @@ def read_yaml(path: str, what: str):
             return yaml.load(read_capped(f, path), Loader=StrictLoader)
     except FileNotFoundError:
         raise InputError(f"{path}: no such {what} file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, expected a {what} YAML file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read ({e.__class__.__name__})") from None
     except yaml.YAMLError as e:
