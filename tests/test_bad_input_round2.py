@@ -134,6 +134,15 @@ def test_export_vectors_full_disk_leaves_nothing(tmp_path, capsys, monkeypatch):
     assert _tree(tmp_path) == ["fast.yaml"]
 
 
+def test_umask_is_read_without_changing_it():
+    old = os.umask(0o037)
+    try:
+        assert af.umask() == 0o037 and af.file_mode() == 0o640 and af.dir_mode() == 0o740
+        assert os.umask(0o037) == 0o037
+    finally:
+        os.umask(old)
+
+
 def test_outputs_get_the_users_umask(tmp_path):
     old = os.umask(0o027)
     try:
@@ -446,6 +455,19 @@ def test_pixel_limit_flag_lets_a_large_image_in(tmp_path):
     with pytest.raises(InputError, match="90000 pixels, over the limit of 89999"):
         _read_image(p, "L", max_pixels=89_999)
     assert np.asarray(_read_image(p, "L", max_pixels=90_000)).max() == 7
+
+
+def test_pils_own_bomb_check_is_replaced_by_ours(tmp_path, monkeypatch):
+    """No DecompressionBombWarning/Error from PIL: the one limit is --max-image-pixels."""
+    from reference.data import _read_image
+
+    p = tmp_path / "big.png"
+    Image.new("L", (300, 300), 9).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)   # PIL would warn above 1000, raise above 2000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.asarray(_read_image(p, "L", max_pixels=90_000)).max() == 9
+    assert Image.MAX_IMAGE_PIXELS == 1000   # restored
 
 
 def test_max_image_pixels_must_be_positive(capsys):
