@@ -30,6 +30,7 @@ from typing import Any, Callable
 import yaml
 
 from simulator.errors import InputError
+from simulator.safe_yaml import StrictLoader, read_capped
 
 from .spec import (
     DATAFLOWS,
@@ -316,32 +317,13 @@ def parse(data: Any, source: str = "<dict>") -> NPUSpec:
     )
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys instead of keeping the last."""
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            dup = key in seen
-            seen.add(key)
-        except TypeError:  # unhashable key: let the constructor report it
-            continue
-        if dup:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_UniqueKeyLoader = StrictLoader   # duplicate keys, alias expansion and size: `simulator.safe_yaml`
 
 
 def _read_yaml(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = read_capped(f, path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such accelerator file") from None
     except IsADirectoryError:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from reference.degenerate import check_boundary_ranges
 from reference.vit_float import float_boundaries
 
 __all__ = ["BoundaryStats", "collect_boundaries"]
@@ -28,7 +29,8 @@ class BoundaryStats:
 
     def add(self, t: torch.Tensor) -> None:
         v = t.detach().double().reshape(-1).numpy()
-        self.amax = max(self.amax, float(np.abs(v).max(initial=0.0)))
+        m = float(np.abs(v).max(initial=0.0))
+        self.amax = max(self.amax, m if np.isfinite(m) else np.inf)   # NaN kept as inf, not lost by max()
         self.seen += v.size
         take = min(v.size, self.max_samples)
         self.chunks.append(v if take == v.size else self.rng.choice(v, size=take, replace=False))
@@ -53,4 +55,5 @@ def collect_boundaries(model, images: np.ndarray, batch_size: int = 64,
         x = torch.as_tensor(np.asarray(images[start:start + batch_size], dtype=np.float32))
         for name, t in float_boundaries(model, x).items():
             stats.setdefault(name, BoundaryStats(max_samples, rng)).add(t)
+    check_boundary_ranges(stats, len(images))   # overflowing / all-zero layers: one line naming the layer
     return stats

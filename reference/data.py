@@ -10,7 +10,10 @@ without torch:
   ``(pixel / 16 - mean) / std`` takes mean/std from the default model's JSON
   config, the one place those numbers live at run time.
 * an ImageFolder directory (one sub-directory per class), preprocessed with the
-  model's own timm eval transform.
+  model's own timm eval transform. Images over ``max_pixels`` (header size,
+  ``--max-image-pixels``) are refused before decoding; 16-bit and float images
+  are scaled to 8 bits (`_to_8bit`), palette and CMYK images converted through
+  RGB; symlinks are followed only inside the folder.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ CALIB_SIZE = 128
 CALIB_SEED = 0
 LIMIT_SEED = 0
 PROGRESS_BAR_MIN_IMAGES = 200
+MAX_IMAGE_PIXELS = 89_478_485   # default of --max-image-pixels: PIL's own warning threshold (~0.25 GB RGB)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -98,6 +102,9 @@ def _find_class_images(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     if not root.is_dir():
         raise InputError(f"{root}: expected a directory with one sub-directory per class")
     try:
+        inside = root.resolve()
+        for entry in root.iterdir():
+            _check_link(entry, inside)
         class_names = sorted(
             entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")
         )
@@ -106,6 +113,7 @@ def _find_class_images(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
         samples = []
         for class_index, class_name in enumerate(class_names):
             for image_path in sorted((root / class_name).rglob("*")):
+                _check_link(image_path, inside)
                 if image_path.is_file() and image_path.suffix.lower() in IMAGE_EXTENSIONS:
                     samples.append((image_path, class_index))
     except OSError as error:
@@ -118,18 +126,79 @@ def _find_class_images(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     return samples, class_names
 
 
-def _read_image(image_path: Path, pil_mode: str) -> Image.Image:
-    """Open and fully decode one image in the model's colour mode, naming the file if it is bad."""
+def _to_8bit(image: Image.Image, image_path: Path) -> Image.Image:
+    """High-bit-depth and float images as 8-bit "L", scaled (not saturated) to the full range.
+
+    16-bit samples (modes I;16*, and I from PNG/TIFF): ``round(v * 255 / 65535)``;
+    32-bit integer images must hold 16-bit values. Float images (mode F, e.g. a
+    float TIFF) must be finite and in [0, 1]: ``round(v * 255)``. Anything
+    else is refused naming the file rather than clipped.
+    """
+    if image.mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise InputError(f"{image_path}: float image with non-finite pixels (NaN or inf); expected values in [0, 1]")
+        if arr.size and (arr.min() < 0 or arr.max() > 1):
+            raise InputError(f"{image_path}: float image with values in [{arr.min():.6g}, {arr.max():.6g}]; "
+                             "expected values in [0, 1]")
+        return Image.fromarray(np.floor(arr * 255 + 0.5).astype(np.uint8), "L")
+    arr = np.asarray(image).astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise InputError(f"{image_path}: {image.mode} image with values in [{arr.min()}, {arr.max()}]; "
+                         "expected 16-bit samples in [0, 65535]")
+    return Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
+def _convert(image: Image.Image, pil_mode: str, image_path: Path) -> Image.Image:
+    """The model's colour mode: 16-bit/float scaled to 8 bits, palette and CMYK through RGB(A), alpha dropped."""
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8bit(image, image_path)
+    elif image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    return image.convert(pil_mode)
+
+
+def _check_link(path: Path, inside: Path) -> None:
+    """Symlinks are followed only within the image folder; a dangling one is an error, not a skip."""
+    if not path.is_symlink():
+        return
+    target = path.resolve()
+    if not target.exists():
+        raise InputError(f"{path}: dangling symlink (its target does not exist)")
+    if not target.is_relative_to(inside):
+        raise InputError(f"{path}: symlink to {target}, outside the image folder {inside}; "
+                         "copy the file into the folder or point --data at a folder that holds it")
+
+
+def _read_image(image_path: Path, pil_mode: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open and fully decode one image in the model's colour mode, naming the file if it is bad.
+
+    The size is checked against ``max_pixels`` from the header, before any
+    pixel is decoded (PIL's own decompression-bomb check is replaced by this
+    one, so its warning and its traceback never appear).
+    """
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(image_path) as image:
+            w, h = image.size
+            if w * h > max_pixels:
+                raise InputError(f"{image_path}: {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
+                                 "(raise it with --max-image-pixels)")
             image.load()
-            return image.convert(pil_mode)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        raise InputError(f"{image_path}: cannot read image ({error})") from None
+            return _convert(image, pil_mode, image_path)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"{image_path}: cannot read image ({reason})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
 
 
 def load_image_folder(
-    path: str | os.PathLike, model: torch.nn.Module, limit: int | None = None
+    path: str | os.PathLike, model: torch.nn.Module, limit: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Load an ImageFolder tree with the model's timm eval transform.
 
@@ -152,13 +221,14 @@ def load_image_folder(
         disable=None if len(samples) > PROGRESS_BAR_MIN_IMAGES else True,
     )
     for row, (image_path, _) in enumerate(progress):
-        images[row] = transform(_read_image(image_path, pil_modes[channels])).numpy()
+        images[row] = transform(_read_image(image_path, pil_modes[channels], max_pixels)).numpy()
     labels = np.array([class_index for _, class_index in samples], dtype=np.int64)
     return images, labels, class_names
 
 
 def load_dataset(
-    spec: str | None, model: torch.nn.Module, split: str = "test", limit: int | None = None
+    spec: str | None, model: torch.nn.Module, split: str = "test", limit: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load images and labels for `model`: spec None/"digits" -> a digits split, else an ImageFolder path.
 
@@ -179,5 +249,5 @@ def load_dataset(
         images, labels = load_digits(split)
         keep = _limited_indices(len(labels), limit)
         return images[keep], labels[keep]
-    images, labels, _ = load_image_folder(spec, model, limit=limit)
+    images, labels, _ = load_image_folder(spec, model, limit=limit, max_pixels=max_pixels)
     return images, labels

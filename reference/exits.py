@@ -22,7 +22,6 @@ max softmax probability reaches that exit's threshold.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -118,13 +117,11 @@ def save_exit_heads(heads: ExitHeads, path, info: dict | None = None) -> None:
     """Write heads (float32) + ``after`` and ``info`` as safetensors metadata, atomically."""
     import safetensors.torch
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    from simulator.atomic_files import write_bytes
+
     state = {k: v.detach().float().contiguous() for k, v in heads.state_dict().items()}
     meta = {"after_blocks": json.dumps(list(heads.after)), "info": json.dumps(info or {}, sort_keys=True)}
-    safetensors.torch.save_file(state, str(tmp), metadata=meta)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_bytes(path, safetensors.torch.save(state, metadata=meta))
 
 
 def load_exit_heads(path, model: nn.Module) -> ExitHeads:
@@ -142,6 +139,9 @@ def load_exit_heads(path, model: nn.Module) -> ExitHeads:
     except Exception as e:  # corrupt file or missing metadata
         raise InputError(f"{path}: not an exit-head file ({type(e).__name__})") from None
     depth = len(model.blocks)
+    if not isinstance(after, list) or not all(isinstance(a, int) and not isinstance(a, bool) for a in after):
+        raise InputError(f"{path}: metadata after_blocks: expected a JSON list of integers, "
+                         f"got {type(after).__name__}")
     if not after or any(not 0 <= a < depth - 1 for a in after) or list(after) != sorted(set(after)):
         raise InputError(f"{path}: after_blocks {after}: expected increasing blocks in [0, {depth - 2}]")
     heads = ExitHeads(after, model.head.in_features, model.head.out_features, eps=model.norm.eps)
@@ -149,6 +149,9 @@ def load_exit_heads(path, model: nn.Module) -> ExitHeads:
         heads.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise InputError(f"{path}: heads do not fit the model ({str(e).splitlines()[0]})") from None
+    for key, value in heads.state_dict().items():
+        if not bool(torch.isfinite(value).all()):
+            raise InputError(f"{path}: tensor {key!r}: expected finite weights")
     return heads.eval()
 
 

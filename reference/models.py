@@ -29,6 +29,7 @@ import torch
 from timm.data import resolve_data_config
 from timm.models.vision_transformer import VisionTransformer
 
+from reference.degenerate import check_finite_state_dict
 from simulator.errors import InputError
 
 __all__ = [
@@ -163,6 +164,7 @@ def _load_checkpoint_into(model: torch.nn.Module, checkpoint: str | os.PathLike)
     path = Path(checkpoint)
     state_dict = load_state_dict_file(path)
     _check_state_dict_matches(model, state_dict, path)
+    check_finite_state_dict(state_dict, model.state_dict().keys(), path)
     state_dict = {
         key: value.float() if value.is_floating_point() else value
         for key, value in state_dict.items()

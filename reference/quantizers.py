@@ -151,6 +151,10 @@ def weight_scales(w: np.ndarray, bits: int, method: str = "minmax", grid: int = 
     return best_s
 
 
+class DyadicRangeError(ValueError):
+    """A real multiplier that no ``(mult, shift)`` pair holds: a degenerate scale."""
+
+
 def dyadic(real, mult_bits: int = MULT_BITS) -> tuple[np.ndarray, np.ndarray]:
     """Freeze real multipliers as ``(mult, shift)``: ``real ~= mult * 2**-shift``.
 
@@ -162,9 +166,11 @@ def dyadic(real, mult_bits: int = MULT_BITS) -> tuple[np.ndarray, np.ndarray]:
     """
     r = np.asarray(real, dtype=np.float64)
     if np.any(r < 0) or not np.all(np.isfinite(r)):
-        raise ValueError(f"dyadic(): multipliers must be finite and >= 0, got {r}")
+        raise DyadicRangeError(f"a rescale factor is {r.reshape(-1)[np.argmax(~(np.isfinite(r) & (r >= 0)))]}, "
+                               "expected finite and >= 0")
     if np.any(r >= 2.0 ** (mult_bits - 1)):
-        raise ValueError(f"dyadic(): multiplier {r.max()} too large for {mult_bits} bits")
+        raise DyadicRangeError(f"a rescale factor of {r.max():.6g} does not fit a {mult_bits}-bit dyadic multiplier "
+                               f"(at most {2.0 ** (mult_bits - 1):.6g})")
     safe = np.where(r > 0, r, 1.0)
     e = np.floor(np.log2(safe)).astype(np.int64)          # r = f * 2**e, f in [1, 2)
     shift = np.clip(mult_bits - 1 - e, 0, MAX_SHIFT)

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -123,15 +121,9 @@ def premise_table(stats_c, stats_t, oracle_c, oracle_t, names) -> dict:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from simulator.atomic_files import write_bytes
+
+    write_bytes(path, data)
 
 
 def _markdown(result: dict) -> str:
@@ -213,15 +205,12 @@ def _plot(result: dict, stats_t: dict, oracle_t: dict, path: Path) -> None:
     ax.set_title(f"A{b}: oracle scale vs shallow statistic, per test image")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
+    from simulator.atomic_files import write_bytes
+
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        write_bytes(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def run_premise(model, calib, test, bits_list=(4, 6), model_name="vit_digits") -> tuple[dict, dict, dict]:

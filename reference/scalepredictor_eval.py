@@ -11,9 +11,6 @@ through the same integer datapath (both executors, ``log2_override``).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 
 
 __all__ = ["evaluate", "main"]
@@ -79,11 +76,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="reports/scale_premise/eval.json")
     args = ap.parse_args(argv)
     rows = evaluate()
-    d = os.path.dirname(os.path.abspath(args.out))
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(rows, f, indent=1)
-    os.replace(tmp, args.out)
+    from simulator.atomic_files import write_json
+
+    write_json(args.out, rows, f"--out {args.out}", indent=1)
     print(table(rows))
     return 0
 

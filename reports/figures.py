@@ -16,9 +16,7 @@ Headless: the Agg backend, PNG files written to a temp name then renamed.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -28,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reports.pareto import pareto_front  # noqa: E402
+from simulator.atomic_files import write_bytes  # noqa: E402
 
 __all__ = ["tradeoff_figure", "breakdown_figure", "cycle_histogram_figure", "place_labels",
            "METRICS", "layer_group", "MAX_LABELLED"]
@@ -48,16 +47,12 @@ _GROUP_COLORS = dict(zip(_GROUPS, plt.get_cmap("tab10").colors))
 
 
 def _save(fig, path: Path) -> Path:
+    """PNG, written atomically with the user's umask (`simulator.atomic_files`)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
+        write_bytes(path, lambda f: fig.savefig(f, dpi=130, bbox_inches="tight", format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -13,11 +13,11 @@ anything. Written files (in the output directory): ``report.md``,
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from reports import figures
 from reports.pareto import pareto_front
+from simulator.atomic_files import ensure_dir, write_bytes
 
 __all__ = ["write_report", "summary_lines", "unique_runs", "fronts", "MAX_BREAKDOWN"]
 
@@ -149,15 +149,11 @@ def _markdown(results: dict, figs: dict, front: dict, out: Path) -> str:
 
 def write_report(results: dict, out: str | os.PathLike) -> Path:
     """Write the figures and ``report.md`` into ``out``; returns the report path."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out, f"--out {out}")
     front = fronts(results["points"])
     figs = _make_figures(results, out, front)
     target = out / "report.md"
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".md.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(_markdown(results, figs, front, out))
-    os.replace(tmp, target)
+    write_bytes(target, _markdown(results, figs, front, out).encode("utf-8"))
     return target
 
 

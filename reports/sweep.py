@@ -13,6 +13,10 @@ Output directory (``--out``, default ``out/sweeps/<name>``)::
     results.json        the points of this sweep (one record per run x accelerator)
     report.md, *.png    the design-review report
     cache/runs/<key>.json, cache/points/<key>.json   content-addressed cache
+    .plans/<key>.json   validated sweep files (without --out: out/sweeps/.plans)
+
+A damaged cache entry (not a record of its key) is recomputed and rewritten.
+Every file is written atomically with the user's umask (`simulator.atomic_files`).
 
 A re-run of an unchanged sweep reads everything from the cache; an
 interrupted one recomputes only the runs that had not finished.
@@ -24,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,26 +58,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_json_atomic(path: Path, payload) -> None:
-    """Write JSON to a temp file beside ``path``, then rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_json_atomic(path: Path, payload, label: str | None = None) -> None:
+    """Strict JSON to a temp file beside ``path``, then renamed (`simulator.atomic_files`)."""
+    from simulator.atomic_files import ensure_dir, write_json
+
+    ensure_dir(Path(path).parent, label)
+    write_json(path, payload, label, indent=1)
 
 
 def _read_cached(path: Path):
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None      # missing or unreadable: recompute
+
+
+_NUMBER = (int, float)
+_RUN_FIELDS = {"label": str, "model": dict, "recipe": dict, "images": int, "top1": dict,
+               "bit_exact_images": int, "accumulator_overflows": int, "macs_per_image": _NUMBER,
+               "bops_per_image": _NUMBER, "run_key": str}
+_POINT_FIELDS = {"key": str, "accelerator": str, "accelerator_file": str, "offchip_level": str,
+                 "clock_mhz": _NUMBER, "cost": dict, "distribution": dict, "layers": list}
+
+
+def _has_fields(rec, fields: dict) -> bool:
+    return isinstance(rec, dict) and all(
+        isinstance(rec.get(k), t) and not isinstance(rec.get(k), bool) for k, t in fields.items())
+
+
+def _valid_run(rec, key: str) -> bool:
+    """A cache entry is used only if it is a run record of this key; anything else is recomputed
+    (a damaged entry -- a list, ``{}``, a truncated file -- is a cache miss, not an error)."""
+    from simulator.trace import Trace
+
+    if not (_has_fields(rec, _RUN_FIELDS | {"trace": dict}) and rec["run_key"] == key):
+        return False
+    try:
+        Trace.from_dict(rec["trace"])
+    except Exception:   # any malformed trace: recompute   # noqa: BLE001
+        return False
+    return True
+
+
+def _valid_point(point, key: str) -> bool:
+    return _has_fields(point, _RUN_FIELDS | _POINT_FIELDS) and point["key"] == key
 
 
 def _engine(args, todo, keys):
@@ -97,6 +125,7 @@ def _compute_runs(spec, args, cache: Path) -> tuple[list[dict], int]:
     code = code_version()
     keys = [run_key(r, code) for r in spec.runs]
     records = [_read_cached(cache / "runs" / f"{k}.json") for k in keys]
+    records = [rec if _valid_run(rec, k) else None for rec, k in zip(records, keys)]
     for run, rec in zip(spec.runs, records):
         if rec is not None:
             rec["label"] = run.label          # a label is presentation, not part of the content hash
@@ -125,7 +154,7 @@ def _cost_points(spec, runs: list[dict], cache: Path) -> list[dict]:
             key = point_key(run["run_key"], hw, code)
             path = cache / "points" / f"{key}.json"
             point = _read_cached(path)
-            if point is None:
+            if not _valid_point(point, key):
                 point = cost_point(run, hw) | {"key": key}
                 write_json_atomic(path, point)
             points.append(point | {"label": run["label"]})
@@ -136,8 +165,10 @@ def run_sweep(spec, args) -> tuple[Path, dict]:
     """Compute (or read) every point of ``spec`` and write results.json + the report."""
     from reports.review import write_report
 
-    out = Path(args.out) if args.out else DEFAULT_OUT / spec.name
-    cache = Path(args.cache) if args.cache else out / "cache"
+    from simulator.atomic_files import ensure_dir
+
+    out = ensure_dir(Path(args.out) if args.out else DEFAULT_OUT / spec.name, "--out")
+    cache = ensure_dir(Path(args.cache) if args.cache else out / "cache", "--cache")
     t0 = time.perf_counter()
     runs, computed = _compute_runs(spec, args, cache)
     results = {"sweep": spec.name, "source": spec.source, "breakdown": list(spec.breakdown),
@@ -167,8 +198,9 @@ def _apply_overrides(spec, args):
     return replace(spec, runs=runs)
 
 
-def _plan_path(sweep: str) -> Path | None:
-    """Where the validated plan of this exact sweep file (and code) is kept, or None if unreadable."""
+def _plan_path(sweep: str, out: str | None) -> Path | None:
+    """Where the validated plan of this exact sweep file (and code) is kept, or None if unreadable:
+    ``<--out>/.plans/`` (``out/sweeps/.plans`` without ``--out``), never elsewhere."""
     import hashlib
 
     from reports.runpoint import code_version
@@ -180,26 +212,36 @@ def _plan_path(sweep: str) -> Path | None:
     ident = [str(Path(sweep).resolve()), os.getcwd(), code_version(),
              (Path(__file__).parent / "sweep_config.py").read_text()]
     key = hashlib.sha256(text + json.dumps(ident).encode()).hexdigest()
-    return DEFAULT_OUT / ".plans" / f"{key}.json"
+    return (Path(out) if out else DEFAULT_OUT) / ".plans" / f"{key}.json"
 
 
-def _load_spec(sweep: str):
+def _spec_from_plan(cached):
+    """The SweepSpec of a cached plan, or None if the plan is damaged (then it is rebuilt)."""
+    from reports.sweep_config import ModelSpec, RunSpec, SweepSpec
+
+    try:
+        runs = tuple(RunSpec(r["label"], ModelSpec(**r["model"]), r["recipe"], r["batch_size"]) for r in cached["runs"])
+        spec = SweepSpec(cached["name"], cached["source"], runs, tuple(cached["accelerators"]),
+                         tuple(cached["breakdown"]))
+        files = list(spec.accelerators) + [r.model.checkpoint for r in runs if r.model.checkpoint]
+        return spec if all(isinstance(f, str) and Path(f).is_file() for f in files) else None
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return None
+
+
+def _load_spec(sweep: str, out: str | None = None):
     """Validate the sweep file, or reuse the plan validated from the same bytes with the same code.
 
     Validation imports the recipe registry (torch); the plan cache keeps an
     unchanged re-run free of it. Referenced files are re-checked on a hit.
     """
-    from reports.sweep_config import ModelSpec, RunSpec, SweepSpec, load_sweep
+    from reports.sweep_config import load_sweep
 
-    plan = _plan_path(sweep)
+    plan = _plan_path(sweep, out)
     cached = _read_cached(plan) if plan is not None else None
-    if cached is not None:
-        runs = tuple(RunSpec(r["label"], ModelSpec(**r["model"]), r["recipe"], r["batch_size"]) for r in cached["runs"])
-        spec = SweepSpec(cached["name"], cached["source"], runs, tuple(cached["accelerators"]),
-                         tuple(cached["breakdown"]))
-        files = list(spec.accelerators) + [r.model.checkpoint for r in runs if r.model.checkpoint]
-        if all(Path(f).is_file() for f in files):
-            return spec
+    spec = _spec_from_plan(cached) if cached is not None else None
+    if spec is not None:
+        return spec
     spec = load_sweep(sweep)
     if plan is not None:
         write_json_atomic(plan, {"name": spec.name, "source": spec.source, "accelerators": list(spec.accelerators),
@@ -218,7 +260,11 @@ def main(argv: list[str]) -> int:
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise InputError(f"sweep: --{flag}: expected a positive integer, got {value}")
-    spec = _apply_overrides(_load_spec(args.sweep), args)
+    for flag in ("out", "cache"):
+        value = getattr(args, flag)
+        if value is not None and Path(value).exists() and not Path(value).is_dir():
+            raise InputError(f"sweep: --{flag} {value}: is a file, expected a directory")
+    spec = _apply_overrides(_load_spec(args.sweep, args.out), args)
     report, stats = run_sweep(spec, args)
     results = json.loads((report.parent / "results.json").read_text())
     if args.json:

@@ -13,10 +13,7 @@ User errors print ``simulate: error: <one line>`` and exit 2.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-qvit", default=None, metavar="PATH", help="write the frozen QuantizedViT (.npz)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_image_limit_flag(p)
     return p
+
+
+def add_image_limit_flag(p: argparse.ArgumentParser) -> None:
+    """--max-image-pixels (issue 18): ImageFolder images larger than this are refused before decoding."""
+    p.add_argument("--max-image-pixels", type=int, default=89_478_485, metavar="N",
+                   help="refuse ImageFolder images with more pixels than N (default 89478485, PIL's limit)")
+
+
+def _max_pixels(args) -> int:
+    n = getattr(args, "max_image_pixels", 89_478_485)
+    if n <= 0:
+        raise InputError(f"--max-image-pixels: expected a positive integer, got {n}")
+    return n
 
 
 def resolve_recipe(spec: str | None, wbits: int | None, abits: int | None):
@@ -73,20 +84,11 @@ def resolve_recipe(spec: str | None, wbits: int | None, abits: int | None):
     return cfg
 
 
-def write_json_atomic(path: str, payload: dict) -> None:
-    """Write JSON to a temp file in the target directory, then rename."""
-    target = Path(path)
-    if not target.parent.exists():
-        raise InputError(f"--json {path}: directory {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, default=_json_default)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_json_atomic(path: str, payload: dict, flag: str = "--json") -> None:
+    """Strict JSON, atomically (`simulator.atomic_files`); errors name ``flag`` and the path."""
+    from simulator.atomic_files import write_json
+
+    write_json(path, payload, f"{flag} {path}", default=_json_default)
 
 
 def _json_default(o):
@@ -98,6 +100,7 @@ def _json_default(o):
 
 
 def _check_positive(args) -> None:
+    _max_pixels(args)
     for name in ("images", "batch_size"):
         v = getattr(args, name)
         if v is not None and v <= 0:
@@ -105,9 +108,11 @@ def _check_positive(args) -> None:
     for path in [args.checkpoint, *(args.hw or [])]:
         if path is not None and not Path(path).is_file():
             raise InputError(f"{path}: no such file")
+    from simulator.atomic_files import check_writable
+
     for flag, path in (("--json", args.json), ("--save-qvit", args.save_qvit)):
-        if path is not None and not Path(path).resolve().parent.is_dir():
-            raise InputError(f"{flag} {path}: directory {Path(path).parent} does not exist")
+        if path is not None:
+            check_writable(path, f"{flag} {path}")   # before the run: a read-only folder fails fast
 
 
 def quantize_from_args(args, limit: int | None):
@@ -120,11 +125,11 @@ def quantize_from_args(args, limit: int | None):
         raise InputError(f"{args.checkpoint}: no such file")
     cfg = resolve_recipe(args.recipe, args.wbits, args.abits)
     model = load_model(args.model, args.checkpoint)
-    images, _ = load_dataset(args.data, model, split="test", limit=limit)
+    images, _ = load_dataset(args.data, model, split="test", limit=limit, max_pixels=_max_pixels(args))
     if len(images) == 0:
         raise InputError(f"--data {args.data or 'digits'}: no images")
     calib, _ = load_dataset(args.calib if args.calib is not None else args.data, model, split="calib",
-                            limit=cfg.calib_images)
+                            limit=cfg.calib_images, max_pixels=_max_pixels(args))
     return quantize(model, calib, cfg, model_name=args.model or DEFAULT_MODEL), images
 
 
@@ -149,16 +154,14 @@ def run_main(args) -> int:
         hw = [hwmodels.load(p) for p in args.hw]
     model_name = args.model or DEFAULT_MODEL
     model = load_model(args.model, args.checkpoint)
-    images, labels = load_dataset(args.data, model, split="test", limit=args.images)
+    images, labels = load_dataset(args.data, model, split="test", limit=args.images, max_pixels=_max_pixels(args))
     if len(images) == 0:
         raise InputError(f"--data {args.data or 'digits'}: no images to evaluate")
     calib_spec = args.calib if args.calib is not None else args.data
-    calib, _ = load_dataset(calib_spec, model, split="calib", limit=cfg.calib_images)
+    calib, _ = load_dataset(calib_spec, model, split="calib", limit=cfg.calib_images, max_pixels=_max_pixels(args))
     t0 = time.perf_counter()
     qvit = quantize(model, calib, cfg, model_name=model_name)
     t_calib = time.perf_counter() - t0
-    if args.save_qvit:
-        qvit.save(args.save_qvit)
 
     fq_int, fq_float = FakeQuantExecutor(qvit, "integer"), FakeQuantExecutor(qvit, "float")
     sim = IntegerExecutor(qvit, gemm_backend=args.backend)
@@ -211,9 +214,20 @@ def run_main(args) -> int:
         reports = [hwmodels.estimate(trace, npu) for npu in hw]
         print(format_report(reports[0]) if len(reports) == 1 else format_comparison(reports))
         summary["hardware"] = [r.to_dict() for r in reports]
-    if args.json:
-        write_json_atomic(args.json, summary)
+    _write_outputs(args, qvit, summary)
     return 0
+
+
+def _write_outputs(args, qvit, summary: dict) -> None:
+    """--save-qvit and --json together: both files renamed into place, or neither."""
+    from simulator.atomic_files import Batch, dumps_json
+
+    with Batch() as batch:
+        if args.save_qvit:
+            batch.add(args.save_qvit, qvit.npz_writer(), f"--save-qvit {args.save_qvit}")
+        if args.json:
+            batch.add(args.json, dumps_json(summary, f"--json {args.json}", default=_json_default),
+                      f"--json {args.json}")
 
 
 def _print_summary(s: dict, label: str) -> None:

@@ -60,9 +60,11 @@ def cost_main(argv: list[str]) -> int:
     from simulator.trace import Trace
 
     args = _parser().parse_args(argv)
-    for flag, v in (("--wbits", args.wbits), ("--abits", args.abits)):
-        if not 2 <= v <= 8:
-            raise InputError(f"cost: {flag}: expected 2..8, got {v}")
+    # the recipe's ranges (reference.recipes.config._RANGES): each flag is named, not an internal layer
+    for flag, v, lo, hi in (("--wbits", args.wbits, 2, 8), ("--abits", args.abits, 2, 8),
+                            ("--residual-bits", args.residual_bits, 8, 24), ("--edge-bits", args.edge_bits, 0, 8)):
+        if not lo <= v <= hi:
+            raise InputError(f"cost: {flag}: expected {lo}..{hi}, got {v}")
     npus = [hwmodels.load(p) for p in args.hw]
     model = _arch_model(args.model, args.img_size)
     check_supported(model)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -194,23 +193,20 @@ class QuantizedViT:
     exits: tuple = ()
 
     # --- persistence -----------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write one ``.npz`` (arrays + JSON header) atomically (temp file + rename)."""
+    def save(self, path: str | os.PathLike, label: str | None = None) -> None:
+        """Write one ``.npz`` (arrays + JSON header) atomically (`simulator.atomic_files`);
+        an OS error is an `InputError` naming ``label`` (default: the path)."""
+        from simulator.atomic_files import write_bytes
+
+        write_bytes(path, self.npz_writer(), label)
+
+    def npz_writer(self):
+        """A function writing this model's ``.npz`` into a binary file (for `atomic_files.Batch`)."""
         arrays: dict[str, np.ndarray] = {}
         header = _flatten(self, "", arrays)
         header = {"format_version": FORMAT_VERSION, "tree": header}
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        return lambda f: np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "QuantizedViT":
@@ -229,10 +225,13 @@ class QuantizedViT:
             raise InputError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
         try:
             q = _unflatten(header["tree"], arrays)
-        except (KeyError, TypeError, AttributeError) as e:
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise InputError(f"{path}: incomplete QuantizedViT ({type(e).__name__}: {e})") from None
         if not isinstance(q, QuantizedViT):
             raise InputError(f"{path}: holds a {type(q).__name__}, not a QuantizedViT")
+        from simulator.qvit_check import check_qvit
+
+        check_qvit(q, path)   # shapes, dtypes and ranges before any kernel runs
         return q
 
 

@@ -10,6 +10,8 @@ import os
 
 from reference.recipes import apq, igq, scalepredictor, static, tsptq
 from reference.recipes.config import load_recipe, recipe_from_dict
+from reference.quantizers import DyadicRangeError
+from simulator.errors import InputError
 from simulator.qvit import QuantizedViT
 
 __all__ = ["quantize", "RECIPES"]
@@ -26,4 +28,8 @@ def quantize(model, calib_images, recipe="configs/recipes/static_w8a8.yaml", mod
         cfg = recipe_from_dict(recipe)
     else:
         cfg = recipe
-    return RECIPES[cfg.recipe](model, calib_images, cfg, model_name=model_name)
+    try:
+        return RECIPES[cfg.recipe](model, calib_images, cfg, model_name=model_name)
+    except DyadicRangeError as e:   # degenerate scales that the calibration checks did not catch
+        raise InputError(f"model {model_name}: recipe {cfg.label}: {e} (degenerate calibration ranges; "
+                         "check the checkpoint's weights)") from None

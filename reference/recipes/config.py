@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields, replace
 import yaml
 
 from simulator.errors import InputError
+from simulator.safe_yaml import StrictLoader, read_capped
 
 __all__ = ["RecipeConfig", "load_recipe", "recipe_from_dict", "RECIPE_NAMES", "PARAM_CHECKS"]
 
@@ -112,7 +113,7 @@ def read_yaml(path: str, what: str):
     `InputError`s naming the file (``what``: "recipe", "sweep", ...)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return yaml.load(read_capped(f, path), Loader=StrictLoader)
     except FileNotFoundError:
         raise InputError(f"{path}: no such {what} file") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -120,7 +121,8 @@ def read_yaml(path: str, what: str):
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise InputError(f"{path}: invalid YAML{at}") from None
+        problem = getattr(e, "problem", None)
+        raise InputError(f"{path}: invalid YAML{at}" + (f": {problem}" if problem else "")) from None
 
 
 def load_recipe(path: str | os.PathLike) -> RecipeConfig:

@@ -14,13 +14,13 @@ onto ``DIR`` at the end, so an interrupted or failed export leaves nothing.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from simulator.atomic_files import check_writable, write_tree
 from simulator.errors import InputError
 from simulator.qvit import QuantizedViT
 from simulator.vectors import manifest as mf
@@ -45,11 +45,11 @@ def tool_version() -> str:
 
 def qvit_payloads(q: QuantizedViT) -> dict[str, bytes]:
     """`QuantizedViT.save`'s members (arrays and the JSON ``__header__``) as ``.npy`` payloads."""
-    with tempfile.TemporaryDirectory() as scratch:
-        tmp = os.path.join(scratch, "qvit.npz")
-        q.save(tmp)
-        with np.load(tmp, allow_pickle=False) as z:
-            return {k: npy_payload(z[k]) for k in z.files}
+    buf = io.BytesIO()
+    q.npz_writer()(buf)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as z:
+        return {k: npy_payload(z[k]) for k in z.files}
 
 
 def qvit_member_tensor(member: str) -> str:
@@ -114,23 +114,12 @@ def export_vectors(q: QuantizedViT, images: np.ndarray, out_dir: str | os.PathLi
 
 
 def write_vector_set(out: Path, manifest: dict, files: dict[str, bytes]) -> None:
-    """Write into a hidden temp directory beside ``out``, then rename it to ``out``."""
-    tmp = tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.tmp-")
-    try:
-        os.mkdir(os.path.join(tmp, HEX_DIR))
-        for rel, data in files.items():
-            with open(os.path.join(tmp, rel), "wb") as f:
-                f.write(data)
-        with open(os.path.join(tmp, mf.MANIFEST), "wb") as f:
-            f.write(mf.dumps(manifest))
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """Write into a hidden temp directory beside ``out``, then rename it to ``out`` (`atomic_files.write_tree`)."""
+    write_tree(out, {**files, mf.MANIFEST: mf.dumps(manifest)}, f"--out {out}")
 
 
 def _parser():
-    from simulator.cli import _Parser
+    from simulator.cli import _Parser, add_image_limit_flag
 
     p = _Parser(prog="simulate export-vectors",
                 description="Write every layer's integer tensors (npz + $readmemh hex + manifest) for RTL testbenches.")
@@ -143,6 +132,7 @@ def _parser():
     p.add_argument("--recipe", default=None)
     p.add_argument("--wbits", type=int, default=None)
     p.add_argument("--abits", type=int, default=None)
+    add_image_limit_flag(p)
     return p
 
 
@@ -158,6 +148,7 @@ def export_main(argv: list[str]) -> int:
         raise InputError(f"--out {out}: already exists; choose a new directory")
     if not out.resolve().parent.is_dir():
         raise InputError(f"--out {out}: directory {out.parent} does not exist")
+    check_writable(out.parent / f".{out.name}", f"--out {out}")   # a read-only folder fails before the run
     qvit, images = quantize_from_args(args, args.images)
     manifest = export_vectors(qvit, images, out)
     h = manifest["header"]

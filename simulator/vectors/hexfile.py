@@ -76,7 +76,7 @@ def decode_hex(data: bytes, shape, dtype, bits: int, encoding: str, signed: bool
     lines.pop()
     for i, line in enumerate(lines[:n]):
         if not pattern.fullmatch(line):
-            raise HexFormatError(i + 1, f"expected {digits} lowercase hex digits, got {line[:40]!r}")
+            raise HexFormatError(i + 1, f"expected {digits} lowercase hex digits")   # content not echoed
     if len(lines) != n:
         raise HexFormatError(min(len(lines), n) + 1, f"expected {n} lines, got {len(lines)}")
     raw = np.array([int(v, 16) for v in lines], dtype=np.uint64)

@@ -22,6 +22,7 @@ directory, no manifest).
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,11 @@ class _VectorSet:
         self.root, self.m = root, m
         self.tensors = {t["name"]: t for t in m["tensors"]}
         self.files = {f["path"]: f for f in m["files"]}
+        for i, f in enumerate(m["files"]):
+            _check_member_path(root, f["path"], f"files[{i}].path")
+        for i, t in enumerate(m["tensors"]):
+            if t["hex_file"] not in self.files:
+                raise InputError(f"{root / mf.MANIFEST}: tensors[{i}].hex_file: expected one of the listed files")
         self.raw: dict[str, bytes] = {}
         for f in m["files"]:
             p = root / f["path"]
@@ -88,6 +94,24 @@ class _VectorSet:
         return arr if arr is not None else self._from_hex(name)
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,200}")
+
+
+def _check_member_path(root: Path, rel, where: str) -> None:
+    """A manifest's file name must be ``NAME`` or ``hex/NAME`` (plain names, no ``..``, not absolute),
+    and must not be a symlink: a vector set is untrusted input and is read only inside its folder."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    ok = (len(parts) == 1 or (len(parts) == 2 and parts[0] == "hex")) and all(
+        _PLAIN_NAME.fullmatch(p) and ".." not in p for p in parts)
+    if not ok:
+        raise InputError(f"{root / mf.MANIFEST}: {where}: expected a plain file name inside the folder "
+                         f"(NAME or hex/NAME, no '..', not absolute), got {str(rel)[:80]!r}")
+    p = root / rel
+    if (root / "hex").is_symlink() or p.is_symlink():
+        raise InputError(f"{root / mf.MANIFEST}: {where}: {rel} is a symlink; expected a regular file inside "
+                         "the folder")
+
+
 def _locate_hex(vs: _VectorSet, f: dict, raw: bytes) -> str:
     path = f["path"]
     t = next((t for t in vs.m["tensors"] if t["hex_file"] == path), None)
@@ -102,9 +126,12 @@ def _locate_hex(vs: _VectorSet, f: dict, raw: bytes) -> str:
     got_end = raw.find(b"\n", start)
     got_line = raw[start:got_end if got_end >= 0 else len(raw)]
     exp_line = expected[start:expected.find(b"\n", start)]
+    # Only a parsed number is echoed, never raw file content (the folder is untrusted).
+    got = got_line.decode() if re.fullmatch(rb"[0-9a-f]{1,16}", got_line) else \
+        f"a line that is not {len(exp_line)} lowercase hex digits ({len(got_line)} bytes)"
     return (f"{path} line {line} (tensor {t['name']}, layer {t['layer']}, flat index {flat}, "
             f"index {_index(t['shape'], flat)}): expected {exp_line.decode()} ({value.reshape(-1)[flat]}), "
-            f"got {got_line.decode('ascii', 'backslashreplace')!r}")
+            f"got {got}")
 
 
 def _counterpart(vs: _VectorSet, f: dict, member: str) -> tuple[np.ndarray | None, str | None]:
@@ -184,8 +211,12 @@ def _rerun(vs: _VectorSet) -> int:
 def verify_vectors(directory: str | Path) -> str:
     """``"all N tensors match"``, or raise `Mismatch` (corruption / difference) or `InputError`."""
     root = Path(directory)
+    if root.is_symlink():
+        raise InputError(f"{root}: is a symlink; expected the vector-set directory itself")
     if not root.is_dir():
         raise InputError(f"{root}: no such directory")
+    if (root / mf.MANIFEST).is_symlink():
+        raise InputError(f"{root / mf.MANIFEST}: is a symlink; expected a regular file inside the folder")
     if not (root / mf.MANIFEST).is_file():
         raise InputError(f"{root}: no {mf.MANIFEST} (not a vector set written by export-vectors)")
     try:

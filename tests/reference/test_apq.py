@@ -115,6 +115,7 @@ def test_bundled_heads_fit_the_default_model():
     assert heads.after == (1, 3) and DEFAULT_EXITS_PATH.stat().st_size < 20_000
 
 
+@pytest.mark.slow   # end to end; still run by `python -m pytest -q` (.ci/run)
 def test_apq_build_on_a_random_vit_is_bit_exact():
     from exits_support import assert_exits_equivalent
 

@@ -2,6 +2,7 @@
 exactly the eager executor's codes (and so the simulator's)."""
 
 import numpy as np
+import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
@@ -12,6 +13,7 @@ from simulator.executor import IntegerExecutor
 from simulator.results import bit_exact_images, first_mismatch
 
 
+@pytest.mark.slow   # end to end; still run by `python -m pytest -q` (.ci/run)
 def test_compiled_stages_are_bit_exact():
     torch.manual_seed(3)
     model = VisionTransformer(img_size=8, patch_size=2, in_chans=1, num_classes=5, embed_dim=24, depth=2,

@@ -1,5 +1,6 @@
 """reports/ reads result files only: the figure, report and Pareto modules import
-no part of the pipeline (reference, simulator, hwmodels, torch, numba)."""
+no part of the pipeline (reference, simulator, hwmodels, torch, numba). The one
+exception is `simulator.atomic_files`, the project's file writer (no pipeline code)."""
 
 import ast
 from pathlib import Path
@@ -8,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 READERS = ("pareto.py", "figures.py", "review.py")
 ALLOWED_ROOTS = {"__future__", "collections", "os", "re", "tempfile", "pathlib", "itertools", "matplotlib",
                  "numpy", "reports"}
+WRITERS = {"simulator.atomic_files"}   # every output goes through the one writer (issue 18)
 
 
 def test_report_modules_read_json_only():
@@ -17,6 +19,8 @@ def test_report_modules_read_json_only():
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             for mod in mods:
+                if mod in WRITERS:
+                    continue
                 assert mod.split(".")[0] in ALLOWED_ROOTS, f"reports/{name}: imports {mod}"
                 assert mod.split(".")[0] != "reports" or mod.split(".")[-1] in ("pareto", "figures", "review") \
                     or mod == "reports", f"reports/{name}: imports {mod}"

@@ -48,6 +48,7 @@ def tiny_points(tiny):
     return _points(root / "out")
 
 
+@pytest.mark.slow   # end to end; still run by `python -m pytest -q` (.ci/run)
 def test_points_are_bit_exact_and_costed(tiny, tiny_points):
     root, _ = tiny
     assert set(tiny_points) == {(r, a) for r in ("static_w8a8", "static_w4a4") for a in ("npu_int8", "mcu_int8")}
@@ -66,6 +67,7 @@ def test_points_are_bit_exact_and_costed(tiny, tiny_points):
         assert (root / "out" / f"{png}.png").is_file()
 
 
+@pytest.mark.slow   # end to end; still run by `python -m pytest -q` (.ci/run)
 def test_rerun_hits_cache_resumes_and_adds_accelerators(capsys, tiny, tiny_points):
     root, path = tiny
     out = root / "out"
@@ -100,6 +102,7 @@ def test_process_engine_runs_items_in_other_processes_one_thread_each():
     assert os.getpid() not in {got[i][2] for i in range(5)}
 
 
+@pytest.mark.slow   # end to end; still run by `python -m pytest -q` (.ci/run)
 def test_quick_sweep_through_a_dask_local_cluster(capsys, tmp_path, tiny_points):
     import distributed
 

@@ -37,6 +37,7 @@ def _quantized(cfg, seed, w_bits, a_bits, act_calibration="minmax", n_calib=6):
 @given(cfg=vit_configs(layer_scale=st.booleans()), seed=st.integers(0, 1000), bits=bit_widths,
        act_cal=st.sampled_from(CALIBRATIONS), backend=st.sampled_from(BACKENDS),
        boost=st.sampled_from([1.0, 8.0, 1000.0]))
+@pytest.mark.slow   # end to end; still run by `python -m pytest -q` (.ci/run)
 def test_random_vits_bit_exact(cfg, seed, bits, act_cal, backend, boost):
     q = _quantized(cfg, seed, *bits, act_calibration=act_cal)
     images = np.concatenate([random_images(cfg, 3, seed=seed + 7), random_images(cfg, 2, seed=seed + 8,

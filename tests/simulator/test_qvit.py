@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import errno
 import os
 import zipfile
 
@@ -98,10 +99,10 @@ def test_failed_save_keeps_old_file_and_no_temp(qvit, tmp_path, monkeypatch):
     path.write_bytes(b"previous contents")
 
     def boom(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(np, "savez", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(InputError, match="model.npz: cannot write: no space left on device"):
         qvit.save(path)
     assert path.read_bytes() == b"previous contents"
     assert sorted(os.listdir(tmp_path)) == ["model.npz"]

@@ -203,6 +203,7 @@ def test_bad_params_name_the_field(params, field):
         parse_params(params, where="r.yaml")
 
 
+@pytest.mark.slow   # end to end; still run by `python -m pytest -q` (.ci/run)
 def test_default_model_w4a4_bit_exact():
     import reference
     m = reference.load_model()

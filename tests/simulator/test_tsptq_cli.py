@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from simulator.cli import main
 
 
+@pytest.mark.slow   # end to end; still run by `python -m pytest -q` (.ci/run)
 def test_tsptq_recipe_from_cli_bit_exact_and_costed(capsys, tmp_path):
     js = tmp_path / "r.json"
     code = main(["--recipe", "configs/recipes/tsptq_w6a6.yaml", "--images", "32", "--hw", "configs/npu_int8.yaml",

@@ -36,6 +36,7 @@ def _tsptq(cfg, seed, bits, outlier_gain=8.0, n_calib=6):
 @settings(max_examples=25)
 @given(cfg=vit_configs(layer_scale=st.booleans()), seed=st.integers(0, 1000), bits=st.integers(4, 8),
        backend=st.sampled_from(BACKENDS), boost=st.sampled_from([1.0, 30.0]))
+@pytest.mark.slow   # end to end; still run by `python -m pytest -q` (.ci/run)
 def test_random_vits_tsptq_bit_exact(cfg, seed, bits, backend, boost):
     q = _tsptq(cfg, seed, bits)
     images = np.concatenate([random_images(cfg, 3, seed=seed + 7), random_images(cfg, 2, seed=seed + 8,
@@ -73,6 +74,7 @@ def digits():
     return model, x, y, cal
 
 
+@pytest.mark.slow   # end to end; still run by `python -m pytest -q` (.ci/run)
 @pytest.mark.parametrize("bits", [8, 4])
 def test_default_model_bit_exact_and_costed(digits, bits):
     model, x, y, cal = digits
