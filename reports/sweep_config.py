@@ -172,18 +172,20 @@ def _point_label(cfg) -> str:
     default = type(cfg)()
     extra = [f"{_SHORT.get(k, k)}={v}" for k, v in cfg.__dict__.items()
              if k not in ("recipe", "w_bits", "a_bits", "params") and v != getattr(default, k)]
-    extra += [f"{k}={v}" for k, v in sorted(cfg.params.items())]
+    extra += [f"{k}={v}" for k, v in sorted(cfg.params.items())
+              if not (cfg.recipe == "apq" and k == "allocation")]   # the apq label says it
     return cfg.label + (" " + ",".join(extra) if extra else "")
 
 
 def _recipe_points(entry, where: str, base: Path) -> list[tuple[str, dict]]:
-    from reference.recipes import RECIPES
-    from reference.recipes.config import load_recipe, recipe_from_dict
+    from reference.recipes.config import RECIPE_NAMES, load_recipe, recipe_from_dict
+    from reference.recipes.params import SWEEP_DEFAULT_PARAMS
 
     if not isinstance(entry, dict):
         _fail(where, f"expected a mapping with at least 'recipe', got {type(entry).__name__}")
-    if entry.get("recipe") == "*":       # every registered recipe, with its default params
-        return [p for name in RECIPES for p in _recipe_points({**entry, "recipe": name}, where, base)]
+    if entry.get("recipe") == "*":       # every registered recipe, with its sweep-default params
+        return [p for name in RECIPE_NAMES for p in _recipe_points(
+            {"params": SWEEP_DEFAULT_PARAMS.get(name, {}), **entry, "recipe": name}, f"{where} (recipe {name})", base)]
     fixed = {k: v for k, v in entry.items() if k not in _RECIPE_META_KEYS}
     if "base" in entry:
         fixed = {**load_recipe(_path(entry["base"], f"{where}: base", base)).__dict__, **fixed}
