@@ -10,7 +10,9 @@ markdown report with its figures (`reports.review`).
 
 Output directory (``--out``, default ``out/sweeps/<name>``)::
 
-    results.json        the points of this sweep (one record per run x accelerator)
+    results.json        the points of this sweep (one record per run x accelerator), the accelerators'
+                        parameters, the tool version, git revision and time
+    results.csv         the same points as a table (one row per run x accelerator)
     report.md, *.png    the design-review report
     cache/runs/<key>.json, cache/points/<key>.json   content-addressed cache
 
@@ -35,23 +37,23 @@ __all__ = ["main", "run_sweep", "write_json_atomic"]
 DEFAULT_OUT = Path("out") / "sweeps"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise InputError(f"sweep: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="simulate sweep", description="Run a design-review sweep and write its Pareto report.")
+    from simulator.cli import _Parser, add_logging_arguments
+
+    p = _Parser(prog="simulate sweep", description="Run a design-review sweep and write its Pareto report. "
+                "Every point's recipe, params and accelerator are validated before the first is computed.")
     p.add_argument("sweep", help="sweep YAML (e.g. configs/sweeps/quick.yaml)")
-    p.add_argument("--out", default=None, help="output directory (default: out/sweeps/<sweep name>)")
-    p.add_argument("--cache", default=None, help="cache directory (default: <out>/cache); may be shared")
-    p.add_argument("--workers", type=int, default=1, help="parallel runs (processes, or Dask workers with "
-                   "--cluster local); 1 = in this process")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default: out/sweeps/<sweep name>)")
+    p.add_argument("--cache", default=None, metavar="DIR", help="cache directory (default: <out>/cache); may be shared")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="parallel runs (processes, or Dask workers "
+                   "with --cluster local); 1 = in this process")
     p.add_argument("--cluster", default=None, metavar="ADDRESS|local",
                    help="run on Dask distributed: a scheduler address (tcp://host:8786) or 'local'")
-    p.add_argument("--images", type=int, default=None, help="override every model's image count (smoke runs)")
+    p.add_argument("--images", type=int, default=None, metavar="N",
+                   help="override every model's image count (a seed-0 random subset; smoke runs)")
     p.add_argument("--json", action="store_true", help="print the points as JSON instead of the text summary")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_logging_arguments(p)
     return p
 
 
@@ -90,9 +92,8 @@ def _engine(args, todo, keys):
 
 def _compute_runs(spec, args, cache: Path) -> tuple[list[dict], int]:
     """Run records for every run of ``spec``, from the cache or computed; returns (records, n computed)."""
-    from tqdm.auto import tqdm
-
     from reports.runpoint import code_version, run_key
+    from simulator.progress import Progress
 
     code = code_version()
     keys = [run_key(r, code) for r in spec.runs]
@@ -101,16 +102,17 @@ def _compute_runs(spec, args, cache: Path) -> tuple[list[dict], int]:
         if rec is not None:
             rec["label"] = run.label          # a label is presentation, not part of the content hash
     todo = [i for i, rec in enumerate(records) if rec is None]
-    bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=f"sweep {spec.name}", unit="point",
-               disable=True if args.no_progress else None)
+    if not todo:
+        return records, 0
+    bar = Progress(len(todo), f"sweep {spec.name}: computing {len(todo)} of {len(records)} runs "
+                   f"({len(records) - len(todo)} cached)", unit="run")
     try:
         for j, rec in _engine(args, [spec.runs[i] for i in todo], [keys[i] for i in todo]):
             i = todo[j]
             rec["run_key"] = keys[i]
             write_json_atomic(cache / "runs" / f"{keys[i]}.json", rec)
             records[i] = rec
-            bar.set_postfix_str(spec.runs[i].label, refresh=False)
-            bar.update()
+            bar.update(postfix=f"{spec.runs[i].label}: {rec['run_seconds']:.0f} s")
     finally:
         bar.close()
     return records, len(todo)
@@ -141,12 +143,66 @@ def run_sweep(spec, args) -> tuple[Path, dict]:
     t0 = time.perf_counter()
     runs, computed = _compute_runs(spec, args, cache)
     results = {"sweep": spec.name, "source": spec.source, "breakdown": list(spec.breakdown),
-               "report_version": _report_version(), "points": _cost_points(spec, runs, cache)}
+               "report_version": _report_version(), "accelerators": _accelerator_records(spec),
+               "points": _cost_points(spec, runs, cache)}
     report = out / "report.md"
-    if not (report.is_file() and _read_cached(out / "results.json") == results):   # else: already drawn
+    previous = _read_cached(out / "results.json") or {}
+    if not (report.is_file() and {k: v for k, v in previous.items() if k != "tool"} == results):   # else: drawn
+        from simulator.provenance import tool_info
+
+        results = {"tool": tool_info(), **results}
         write_json_atomic(out / "results.json", results)
+        _write_csv(out / "results.csv", results)
         report = write_report(results, out)
     return report, {"runs": len(runs), "computed": computed, "seconds": time.perf_counter() - t0}
+
+
+def _accelerator_records(spec) -> dict:
+    """name -> file, content hash and every parameter, for the report header and the JSON."""
+    import dataclasses
+
+    import hwmodels
+    from hwmodels.load import content_digest
+
+    out = {}
+    for path in spec.accelerators:
+        npu = hwmodels.load(path)
+        out[npu.name] = {"file": path, "sha256": content_digest(path), "spec": dataclasses.asdict(npu)}
+    return out
+
+
+CSV_COLUMNS = ("label", "model", "recipe", "w_bits", "a_bits", "images", "top1_simulator", "top1_fakequant_integer",
+               "top1_fp32", "bit_exact_images", "macs_per_image", "bops_per_image", "grouping_bops_per_image",
+               "accelerator", "cycles", "latency_ms", "energy_uj", "offchip_mb", "pe_utilisation")
+
+
+def _write_csv(path: Path, results: dict) -> None:
+    """``results.csv``: one row per point (run x accelerator), the numbers of the report's tables."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for p in results["points"]:
+        c, r = p["cost"], p["recipe"]
+        writer.writerow({"label": p["label"], "model": p["model"]["name"], "recipe": r["recipe"], "w_bits": r["w_bits"],
+                         "a_bits": r["a_bits"], "images": p["images"], "top1_simulator": p["top1"]["simulator"],
+                         "top1_fakequant_integer": p["top1"]["fakequant_integer"], "top1_fp32": p["top1"]["fp32"],
+                         "bit_exact_images": p["bit_exact_images"], "macs_per_image": p["macs_per_image"],
+                         "bops_per_image": p["bops_per_image"],
+                         "grouping_bops_per_image": p.get("grouping_bops_per_image", 0.0),
+                         "accelerator": p["accelerator"], **{k: c[k] for k in CSV_COLUMNS[14:]}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".csv.tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _report_version() -> str:

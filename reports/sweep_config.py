@@ -205,15 +205,28 @@ def _recipe_points(entry, where: str, base: Path) -> list[tuple[str, dict]]:
 
 
 def _accelerator(value, where: str, base: Path) -> str:
-    if isinstance(value, str) and not value.endswith((".yaml", ".yml")) and "/" not in value:
-        path = CONFIG_DIR / f"{value}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-            hint = difflib.get_close_matches(value, known, n=1)
-            _fail(where, f"unknown accelerator {value!r}; expected one of {', '.join(known)} or a YAML path"
-                  + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-        return str(path)
-    return _path(value, where, base)
+    from hwmodels.load import resolve_path
+
+    if not isinstance(value, str) or not value:
+        _fail(where, f"expected an accelerator name or YAML path, got {value!r}")
+    try:
+        path = resolve_path(value, base)
+    except InputError as e:
+        _fail(where, str(e))
+    if not Path(path).is_file():
+        _fail(where, f"{value}: no such file (relative to {base})")
+    return path
+
+
+def _distinct_accelerators(paths: list[str], where: str) -> tuple[str, ...]:
+    """Validate every accelerator YAML now, and keep one file per accelerator: the same content
+    twice is one accelerator; one ``name:`` with two different contents is an error."""
+    import hwmodels
+
+    try:
+        return tuple(npu.source for npu in hwmodels.load_distinct(paths))
+    except InputError as e:
+        _fail(where, str(e))
 
 
 def parse_sweep(data, source: str, base: Path | None = None) -> SweepSpec:
@@ -243,7 +256,7 @@ def parse_sweep(data, source: str, base: Path | None = None) -> SweepSpec:
             seen[full] = key
             runs.append(RunSpec(full, model, recipe, batch))
     breakdown = _breakdown(data.get("report", {}), f"{source}: report", [r.label for r in runs])
-    return SweepSpec(name, source, tuple(runs), tuple(dict.fromkeys(accels)), breakdown)
+    return SweepSpec(name, source, tuple(runs), _distinct_accelerators(accels, f"{source}: accelerators"), breakdown)
 
 
 def _breakdown(report, where: str, labels: list[str]) -> tuple[str, ...]:
