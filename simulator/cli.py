@@ -123,14 +123,19 @@ def add_logging_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="simulate", description="Bit-exact integer simulation and hardware cost of quantized ViTs. "
-                "Without a subcommand: quantize a model, run fp32, fake-quant and the integer simulator on "
-                "the evaluation images, compare codes, and optionally cost the run on accelerators.",
-                epilog="'simulate COMMAND --help' describes a subcommand.")
+    width = max(map(len, SUBCOMMANDS)) + 2
+    commands = "\n".join(f"  {name:<{width}}{text}" for name, (_, text) in SUBCOMMANDS.items())
+    # The subcommands are dispatched by main() before this parser runs (each parses its own flags);
+    # they are listed here rather than as argparse subparsers so that a mistyped flag's value is
+    # never taken for a command name.
+    p = _Parser(prog="simulate", usage="simulate [COMMAND] [options]",
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Bit-exact integer simulation and hardware cost of quantized ViTs.\n\n"
+                            "Without a COMMAND: quantize a model, run fp32, fake-quant and the integer simulator\n"
+                            "on the evaluation images, compare their codes, and optionally cost the run on\n"
+                            "accelerators.\n\n"
+                            f"commands ('simulate COMMAND --help' lists a command's flags):\n{commands}")
     p.add_argument("--version", action=_VersionAction, help="print the tool version (and git revision) and exit")
-    sub = p.add_subparsers(title="subcommands", dest="command", metavar="COMMAND")
-    for name, (_, text) in SUBCOMMANDS.items():
-        sub.add_parser(name, help=text, add_help=False)
     add_model_arguments(p)
     r = p.add_argument_group("run")
     r.add_argument("--images", type=int, default=None, metavar="N",
@@ -262,41 +267,46 @@ def load_model_from_args(args, random_weights_ok: bool = False):
                       interpolation=args.interpolation, random_weights_ok=random_weights_ok)
 
 
-def check_data_against_model(model, plan: Plan, args) -> None:
-    """One warning line each: class-count mismatch, images resized to the model's input."""
+def data_warnings(model, plan: Plan) -> list[str]:
+    """Warnings about the data for this model: class-count mismatch, images resized or converted.
+    Logged once the images have loaded (a bad image is then the only stderr line)."""
     from PIL import Image
 
     from reference.models import model_input_config
 
-    info = plan.data
+    info, out = plan.data, []
     if info is None:
-        return
+        return out
     if len(info.classes) != model.num_classes:
-        log.warning("--data %s: %d classes, but the model's head has %d outputs (predictions are compared with "
-                    "the sorted folder index; pass --num-classes and a matching --checkpoint)",
-                    info.root, len(info.classes), model.num_classes)
+        out.append(f"--data {info.root}: {len(info.classes)} classes, but the model's head has {model.num_classes} "
+                   "outputs (labels are the sorted folder index; pass --num-classes and a matching --checkpoint)")
     c, h, w = model_input_config(model)["input_size"]
     try:
         with Image.open(info.first_image) as im:
             size, mode = im.size, im.mode
     except Exception:  # noqa: BLE001 -- unreadable files are reported by the loader, naming the file
-        return
+        return out
     if size != (w, h):
-        log.warning("--data %s: images such as %s are %dx%d, the model's input is %dx%d: resized by its eval "
-                    "transform", info.root, Path(info.first_image).name, size[0], size[1], w, h)
+        out.append(f"--data {info.root}: images such as {Path(info.first_image).name} are {size[0]}x{size[1]}, "
+                   f"the model's input is {w}x{h}: resized by its eval transform")
     if c == 1 and mode not in ("L", "1", "I", "I;16", "F"):
-        log.warning("--data %s: %s images converted to grayscale for a 1-channel model", info.root, mode)
+        out.append(f"--data {info.root}: {mode} images converted to grayscale for a 1-channel model")
+    return out
 
 
-def load_inputs(args, model, cfg, limit: int | None):
-    """(test images, labels, calibration images) with the short-calibration warning."""
+def load_inputs(args, model, plan: Plan, limit: int | None):
+    """(test images, labels, calibration images), then the data and short-calibration warnings."""
     from reference.data import load_dataset
 
+    cfg = plan.cfg
+    pending = data_warnings(model, plan)
     images, labels = load_dataset(args.data, model, split="test", limit=limit)
     if len(images) == 0:
         raise InputError(f"--data {args.data or 'digits'}: no images to evaluate")
     calib_spec = args.calib if args.calib is not None else args.data
     calib, _ = load_dataset(calib_spec, model, split="calib", limit=cfg.calib_images)
+    for text in pending:
+        log.warning("%s", text)
     if len(calib) < cfg.calib_images:
         log.warning("calibration: %d images in %s, recipe %s asks for %d; calibrating on %d",
                     len(calib), calib_spec or "digits", cfg.label, cfg.calib_images, len(calib))
@@ -314,8 +324,7 @@ def quantize_from_args(args, limit: int | None):
     with progress.phase("importing torch, timm and numba"):
         from reference.recipes import quantize
     model = load_model_from_args(args)
-    check_data_against_model(model, plan, args)
-    images, _, calib = load_inputs(args, model, plan.cfg, limit)
+    images, _, calib = load_inputs(args, model, plan, limit)
     with progress.phase(f"calibrating and freezing {plan.cfg.label}"):
         qvit = quantize(model, calib, plan.cfg, model_name=args.model or "vit_digits")
     return qvit, images
@@ -349,8 +358,7 @@ def run_main(args) -> int:
     model_name = args.model or DEFAULT_MODEL
     with progress.phase(f"building {model_name}"):
         model = load_model_from_args(args)
-    check_data_against_model(model, plan, args)
-    images, labels, calib = load_inputs(args, model, cfg, args.images)
+    images, labels, calib = load_inputs(args, model, plan, args.images)
     t0 = time.perf_counter()
     with progress.phase(f"calibrating and freezing {cfg.label} on {len(calib)} images"):
         qvit = quantize(model, calib, cfg, model_name=model_name)
