@@ -149,7 +149,8 @@ def tradeoff_figure(points: list[dict], metric: str, path: Path, title: str = ""
     accels = sorted({p["accelerator"] for p in points}) if metric != "bops" else []
     colors = dict(zip(dict.fromkeys(colour_key(p) for p in points), plt.get_cmap("tab10").colors * 4))
     markers = dict(zip(accels, _MARKERS))
-    ax.errorbar(x, y, yerr=[y - ci[:, 0], ci[:, 1] - y], fmt="none", ecolor="0.6", elinewidth=0.8, capsize=2,
+    yerr = np.maximum(0.0, [y - ci[:, 0], ci[:, 1] - y])       # >= 0 despite rounding at 0 % / 100 %
+    ax.errorbar(x, y, yerr=yerr, fmt="none", ecolor="0.6", elinewidth=0.8, capsize=2,
                 zorder=1)
     for i, p in enumerate(points):
         ax.scatter(x[i], y[i], s=42, color=colors[colour_key(p)], marker=markers.get(p.get("accelerator"), "o"),

@@ -147,7 +147,8 @@ def run_sweep(spec, args) -> tuple[Path, dict]:
                "points": _cost_points(spec, runs, cache)}
     report = out / "report.md"
     previous = _read_cached(out / "results.json") or {}
-    if not (report.is_file() and {k: v for k, v in previous.items() if k != "tool"} == results):   # else: drawn
+    unchanged = {k: v for k, v in previous.items() if k != "tool"} == json.loads(json.dumps(results))
+    if not (report.is_file() and unchanged):   # else: already drawn
         from simulator.provenance import tool_info
 
         results = {"tool": tool_info(), **results}
@@ -265,17 +266,43 @@ def _load_spec(sweep: str):
     return spec
 
 
+def _check_inputs(spec, args) -> None:
+    """Before any run: each model's checkpoint and image folders (light checks, no torch), and
+    that the output and cache directories can be created."""
+    from simulator import preflight
+
+    where = spec.source
+    for model in dict.fromkeys(r.model for r in spec.runs):
+        try:
+            preflight.check_checkpoint(model.checkpoint, model.name)
+            preflight.check_data_for_model(model.data, model.name, None)
+            preflight.scan_folder(model.data, "data")
+            if model.calib is not None:
+                preflight.scan_folder(model.calib, "calib")
+        except InputError as e:
+            raise InputError(f"{where}: model {model.name}: {e}") from None
+    for flag, value in (("--out", args.out), ("--cache", args.cache)):
+        if value is None:
+            continue
+        ancestor = Path(value).resolve()
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise InputError(f"sweep: {flag} {value}: {ancestor} is not a writable directory")
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``simulate sweep``; `InputError` propagates to `simulator.cli.main`."""
-    from reports.review import summary_lines
-
     args = build_parser().parse_args(argv)
     for flag in ("workers", "images"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise InputError(f"sweep: --{flag}: expected a positive integer, got {value}")
     spec = _apply_overrides(_load_spec(args.sweep), args)
+    _check_inputs(spec, args)
     report, stats = run_sweep(spec, args)
+    from reports.review import summary_lines     # matplotlib: only once there is something to draw
+
     results = json.loads((report.parent / "results.json").read_text())
     if args.json:
         slim = [{k: v for k, v in p.items() if k not in ("layers", "per_image_cycles")} for p in results["points"]]

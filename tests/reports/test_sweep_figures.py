@@ -174,3 +174,10 @@ def test_every_point_numbered_with_error_bars_and_readable_log_ticks(tmp_path):
     texts, order = figures._merged_labels(points, np.arange(5.0), np.arange(5.0), list(range(5)),
                                           {p["label"]: i + 1 for i, p in enumerate(points)})
     assert texts == ["1", "2", "3", "4", "5"] and order == list(range(5))
+
+
+def test_error_bars_at_zero_and_full_accuracy(tmp_path):
+    points = [p for p in _results()["points"] if p["accelerator"] == "npu_int8"][:2]
+    points[0]["top1"]["simulator"], points[1]["top1"]["simulator"] = 100.0, 0.0
+    path, _ = figures.tradeoff_figure(points, "bops", tmp_path / "edge.png")
+    assert path.stat().st_size > 1000
