@@ -365,3 +365,26 @@ def test_no_progress_silences_calibration(logged, monkeypatch):
 def test_format_seconds():
     assert [progress.format_seconds(s) for s in (3.21, 42, 185, 3725)] == ["3.2 s", "42 s", "3 min 05 s",
                                                                             "1 h 02 min"]
+
+
+def _wait_for(logged, predicate, timeout: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(predicate(r.getMessage()) for r in list(logged)):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_long_step_is_never_silent(logged, monkeypatch):
+    """Between two updates (a first batch that compiles for minutes) the heartbeat still writes lines."""
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
+    monkeypatch.setattr(progress, "_period", lambda: 0.01)
+    progress.configure(enabled=True)
+    with progress.Progress(2, "evaluating", unit="batch") as bar:
+        assert _wait_for(logged, lambda m: m.startswith("evaluating: 0/2 batch (0%), ") and "elapsed" in m)
+        bar.update(2)
+    with progress.phase("importing torch"):
+        assert _wait_for(logged, lambda m: m.startswith("importing torch: ") and m.endswith("elapsed"))
