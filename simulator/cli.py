@@ -255,6 +255,12 @@ def preflight(args, outputs=()) -> Plan:
     if args.calib is not None:
         pf.check_data_for_model(args.calib, args.model, args.img_size)
     pf.check_outputs(outputs)
+    log.debug("recipe %s: %s", cfg.label, {k: v for k, v in cfg.__dict__.items()})
+    for npu in npus:
+        log.debug("accelerator %s: %s", npu.name, npu.source)
+    for flag, info in (("--data", data), ("--calib", calib)):
+        if info is not None:
+            log.debug("%s %s: %d images in %d classes", flag, info.root, info.n_images, len(info.classes))
     return Plan(cfg, npus, data, calib)
 
 

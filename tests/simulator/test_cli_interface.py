@@ -388,3 +388,22 @@ def test_a_long_step_is_never_silent(logged, monkeypatch):
         bar.update(2)
     with progress.phase("importing torch"):
         assert _wait_for(logged, lambda m: m.startswith("importing torch: ") and m.endswith("elapsed"))
+
+
+def test_quiet_and_verbose_set_the_log_levels(capsys):
+    from simulator.cli import configure_logging
+
+    try:
+        configure_logging(verbose=True)
+        assert logging.getLogger("reference").level == logging.DEBUG and progress.enabled()
+        logging.getLogger("simulator.cli").debug("a debug line")
+        logging.getLogger("reference.models").warning("a warning")
+        assert capsys.readouterr().err == "simulate: a debug line\nsimulate: warning: a warning\n"
+        configure_logging(quiet=True)
+        assert logging.getLogger("simulator").level == logging.WARNING and not progress.enabled()
+        logging.getLogger("simulator.progress").info("hidden")
+        assert capsys.readouterr().err == ""
+        configure_logging(progress=False)
+        assert logging.getLogger("simulator").level == logging.INFO and not progress.enabled()
+    finally:
+        configure_logging()
