@@ -167,8 +167,8 @@ def tradeoff_figure(points: list[dict], metric: str, path: Path, title: str = ""
     ax.set_ylabel(f"top-1, integer simulator (%; {'/'.join(map(str, images))} images, 95% CI)")
     ax.set_title(title or f"Accuracy vs {axis_label.split(' (')[0]}")
     ax.grid(True, which="both", alpha=0.25)
-    _legend(ax, colors, markers)
     numbers = numbers or {lab: k + 1 for k, lab in enumerate(dict.fromkeys(p["label"] for p in points))}
+    _legend(ax, {(f"{numbers[key]}  {key}" if key in numbers else key): c for key, c in colors.items()}, markers)
     texts, order = _merged_labels(points, x, y, list(front) + [i for i in range(len(points)) if i not in front],
                                   numbers)
     place_labels(ax, list(zip(x, y)), texts, order=order)
