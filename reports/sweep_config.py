@@ -12,7 +12,8 @@ A sweep file (``configs/sweeps/*.yaml``)::
         images: 150                   # optional; default: every image
     recipes:                          # each entry expands to a grid of points
       - recipe: static                # any name the recipe registry knows; "*" = every
-                                      # registered recipe (new recipes join by name)
+                                      # registered recipe (new recipes join by name),
+                                      # each with its sweep-default params
         bits: [w8a8, w6a6, w4a4]      # optional (w_bits, a_bits) pairs
         grid:                         # optional Cartesian product
           act_calibration: [mse, percentile]
@@ -25,8 +26,13 @@ A sweep file (``configs/sweeps/*.yaml``)::
 
 Paths are relative to the sweep file's directory; a bare accelerator name
 (no ``.yaml``) means ``configs/<name>.yaml`` of this project. Every problem
-is one `InputError` line, ``<file>: <field path>: <what was expected>``;
-expanded recipe points are checked by `reference.recipes.config` itself.
+is one `InputError` line, ``<file>: <field path>: <what was expected>``.
+Everything is checked here, before any point runs and without torch: every
+expanded recipe point, params included (`reference.recipes.config`,
+`reference.recipes.params`; ``"*"`` gives each recipe its
+``SWEEP_DEFAULT_PARAMS``), and every accelerator YAML with its identity (the
+same content twice is one accelerator, one ``name:`` with two contents is an
+error naming both files: `hwmodels.load_distinct`).
 """
 
 from __future__ import annotations
