@@ -47,6 +47,7 @@ import torch
 from reference.calibration import collect_boundaries
 from reference.quantizers import calibrate, code_range, dyadic
 from reference.recipes import params as _params
+from simulator.progress import track
 from reference.recipes.config import RecipeConfig
 from reference.recipes.static import _gamma, freeze_layernorm, freeze_linear, freeze_static
 from reference.vit_float import check_supported, float_boundaries, vit_arch
@@ -247,7 +248,7 @@ def build(model: torch.nn.Module, calib_images: np.ndarray, cfg: RecipeConfig,
     if params.objective == "output":
         fl.update(_float_tensors(model, calib[: params.objective_images], (".attn", ".v", ".gelu"), False))
     blocks, infos = [], []
-    for i, b in enumerate(base.blocks):
+    for i, b in track(list(enumerate(base.blocks)), f"tsptq search ({cfg.label})", unit="block"):
         nb, info = _two_scaled_block(model.blocks[i], b, i, stats, fl, cfg, params)
         blocks.append(nb)
         infos.append(info)
