@@ -82,7 +82,8 @@ def cost_main(argv: list[str]) -> int:
         import hwmodels
         from reference.models import load_model
         from reference.vit_float import check_supported, vit_arch
-        from simulator.cli import _accelerator_record, _write_text_atomic, write_json_atomic
+        from simulator.cli import _write_text_atomic, write_json_atomic
+        from simulator.summary import accelerator_record
         from simulator.graph import static_layers
         from simulator.provenance import tool_info
         from simulator.shapes import shape_only_qvit
@@ -103,7 +104,7 @@ def cost_main(argv: list[str]) -> int:
     if args.json:
         write_json_atomic(args.json, {"tool": tool_info(), "model": name, "arch": arch, "w_bits": args.wbits,
                                       "a_bits": args.abits,
-                                      "hardware": [r.to_dict() | {"accelerator": _accelerator_record(npu)}
+                                      "hardware": [r.to_dict() | {"accelerator": accelerator_record(npu)}
                                                    for r, npu in zip(reports, npus)]})
     if args.csv:
         _write_text_atomic(args.csv, _csv(name, args.wbits, args.abits, reports), "--csv")

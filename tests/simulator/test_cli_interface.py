@@ -407,3 +407,17 @@ def test_quiet_and_verbose_set_the_log_levels(capsys):
         assert logging.getLogger("simulator").level == logging.INFO and not progress.enabled()
     finally:
         configure_logging()
+
+
+def test_cost_takes_model_flags_bare_names_and_writes_csv(tmp_path, capsys):
+    js, cs = tmp_path / "c.json", tmp_path / "c.csv"
+    code, out, err = _run(capsys, "cost", "--img-size", "16", "--num-classes", "4", "--hw", "npu_int8", "mcu_int8",
+                          "npu_int8", "--json", str(js), "--csv", str(cs), "--quiet")
+    assert code == 0, err
+    assert "model vit_digits  16x16  65 tokens" in out and err == ""
+    r = json.loads(js.read_text())
+    assert r["tool"]["version"] and [h["npu"]["name"] for h in r["hardware"]] == ["npu_int8", "mcu_int8"]
+    assert r["hardware"][1]["accelerator"]["spec"]["pe_array"]["dataflow"] == "output_stationary"
+    rows = list(csv.DictReader(cs.open()))
+    assert [row["accelerator"] for row in rows] == ["npu_int8", "mcu_int8"]
+    assert float(rows[0]["cycles"]) == pytest.approx(r["hardware"][0]["per_image"]["cycles"])
