@@ -23,8 +23,10 @@ Unknown keys get a "did you mean". The YAML layout (see configs/npu_int8.yaml)::
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import yaml
@@ -44,7 +46,7 @@ from .spec import (
     PrecisionMode,
 )
 
-__all__ = ["load", "parse", "SpecError"]
+__all__ = ["load", "parse", "SpecError", "load_distinct", "resolve_path", "content_digest", "CONFIG_DIR"]
 
 _MISSING = object()
 
@@ -362,3 +364,57 @@ def load(path_or_paths: str | os.PathLike | list | tuple) -> NPUSpec | list[NPUS
         return specs
     path = os.fspath(path_or_paths)
     return parse(_read_yaml(path), source=path)
+
+
+# ------------------------------------------------------------- identity
+# An accelerator is its file's content, not only its ``name:``: a copy of
+# npu_int8.yaml with a bigger array and the same name is a different
+# accelerator, and reports keyed by name would silently merge the two. We
+# refuse such a pair (naming both files) rather than invent a suffix: the
+# name is what every table and figure prints, so the user should choose it.
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_path(value: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """An accelerator argument as a file path: a bare name (no ``.yaml``, no ``/``) means
+    ``configs/<name>.yaml`` of this project; other paths are relative to ``base`` (default: cwd)."""
+    text = os.fspath(value)
+    if text and not text.endswith((".yaml", ".yml")) and "/" not in text and os.sep not in text:
+        path = CONFIG_DIR / f"{text}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+            raise InputError(f"{text}: unknown accelerator; expected one of {', '.join(known)} (configs/) or a "
+                             f"YAML path{_did_you_mean(text, known)}")
+        return str(path)
+    path = Path(text)
+    return str(path if path.is_absolute() or base is None else Path(base) / path)
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """sha256 of an accelerator file's bytes (its identity together with its name)."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def load_distinct(paths, base: str | os.PathLike | None = None) -> list[NPUSpec]:
+    """Resolve, load and validate accelerator files; one `NPUSpec` per distinct accelerator.
+
+    The same content twice (one path repeated, or a byte-identical copy) is one
+    accelerator. Two files declaring the same ``name:`` with different content
+    are an `InputError` naming both files. Every file's problems are reported.
+    """
+    resolved = [resolve_path(p, base) for p in paths]
+    specs = load(resolved)
+    out, seen = [], {}          # name -> (path, digest)
+    for path, spec in zip(resolved, specs):
+        digest = content_digest(path)
+        if spec.name in seen:
+            first, first_digest = seen[spec.name]
+            if first_digest != digest:
+                raise InputError(f"{path}: name: {spec.name!r} is already the name of {first}, whose content "
+                                 "differs; give one of them another name")
+            continue
+        seen[spec.name] = (path, digest)
+        out.append(spec)
+    return out

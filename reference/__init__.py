@@ -13,8 +13,6 @@ Public API (documented in README, kept stable)::
 
 from __future__ import annotations
 
-from reference.fakequant import FakeQuantExecutor
-from reference.recipes import quantize
 from reference.recipes.config import RecipeConfig, load_recipe
 
 __all__ = ["load_model", "quantize", "FakeQuantExecutor", "RecipeConfig", "load_recipe", "load_dataset",
@@ -22,7 +20,13 @@ __all__ = ["load_model", "quantize", "FakeQuantExecutor", "RecipeConfig", "load_
 
 
 def __getattr__(name):
-    # models/data import timm's heavier machinery; load them on first use
+    # torch, timm and numba load on first use, so that validating a recipe stays light
+    if name == "FakeQuantExecutor":
+        from reference.fakequant import FakeQuantExecutor
+        return FakeQuantExecutor
+    if name == "quantize":
+        from reference.recipes import quantize
+        return quantize
     if name == "load_model":
         from reference.models import load_model
         return load_model

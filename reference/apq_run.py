@@ -17,6 +17,7 @@ from reference.apq_search import (allocate_bits, block_bops, bops_per_image, clo
                                   exit_depths, exposure, fixed_sequence_walk, pareto_front)
 from reference.exits import apply_thresholds
 from simulator.executor import IntegerExecutor
+from simulator.progress import Progress, track
 
 __all__ = ["Profile", "profile", "search"]
 
@@ -71,10 +72,10 @@ class _Searcher:
         """KL of the final softmax (search split) with only block i at candidate c."""
         top = self.prof((0,) * self.depth).final_prob[self.srch]
         sens = np.zeros(self.cost.shape)
-        for i in range(self.depth):
-            for c in range(1, len(self.keys)):
-                ch = tuple(c if b == i else 0 for b in range(self.depth))
-                sens[i, c] = _kl(top, self.prof(ch).final_prob[self.srch])
+        trials = [(i, c) for i in range(self.depth) for c in range(1, len(self.keys))]
+        for i, c in track(trials, f"apq sensitivity: {self.depth} blocks x {len(self.keys) - 1} widths", unit="model"):
+            ch = tuple(c if b == i else 0 for b in range(self.depth))
+            sens[i, c] = _kl(top, self.prof(ch).final_prob[self.srch])
         return sens
 
     def outcome(self, choice, tau, rows):
@@ -111,9 +112,13 @@ def search(model, calib, variants, exits, p, assemble, threshold_code):
     sens = s.sensitivity() if len(s.keys) > 1 else np.zeros(s.cost.shape)
     delta = (1.0 - p.confidence) / len(p.bop_budgets)
     n_h, points = len(s.hold), []
+    taus = (1.0,) + tuple(p.threshold_grid)                  # most conservative first
+    bar = Progress(len(p.bop_budgets) * len(taus), f"apq search: {len(p.bop_budgets)} BOP budgets x "
+                   f"{len(taus)} thresholds", unit="point")
     for budget in p.bop_budgets:
         seq = []
-        for tau in (1.0,) + tuple(p.threshold_grid):          # most conservative first
+        for tau in taus:
+            bar.update()
             choice = s.allocate(tau, budget, sens)
             if choice is None:
                 continue                                          # infeasible on the search split: not tested
@@ -128,6 +133,7 @@ def search(model, calib, variants, exits, p, assemble, threshold_code):
         for i, pt in enumerate(seq):
             pt["certified"] = i < passed
         points += seq
+    bar.close()
     ok = [pt for pt in points if pt["certified"]]
     best = min(ok, key=lambda pt: pt["mean_bops"]) if ok else None
     choice = tuple(best["choice"]) if best else (0,) * s.depth

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from reference.degenerate import check_boundary_ranges
 from reference.vit_float import float_boundaries
+from simulator.progress import track
 
 __all__ = ["BoundaryStats", "collect_boundaries"]
 
@@ -50,8 +50,7 @@ def collect_boundaries(model, images: np.ndarray, batch_size: int = 64,
     rng = np.random.default_rng(seed)
     stats: dict[str, BoundaryStats] = {}
     batches = range(0, len(images), batch_size)
-    for start in tqdm(batches, desc="calibrating", unit="batch", leave=False,
-                      disable=None if len(batches) > 4 else True):
+    for start in track(batches, f"calibrating on {len(images)} images", unit="batch"):
         x = torch.as_tensor(np.asarray(images[start:start + batch_size], dtype=np.float32))
         for name, t in float_boundaries(model, x).items():
             stats.setdefault(name, BoundaryStats(max_samples, rng)).add(t)

@@ -27,10 +27,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 from timm.data import create_transform, resolve_data_config
-from tqdm import tqdm
 
 from reference.models import default_model_config, model_input_config
 from simulator.errors import InputError
+from simulator.progress import track
 
 __all__ = [
     "DIGITS_SPLITS",
@@ -48,7 +48,6 @@ DIGITS_SPLIT_SEED = 0
 CALIB_SIZE = 128
 CALIB_SEED = 0
 LIMIT_SEED = 0
-PROGRESS_BAR_MIN_IMAGES = 200
 MAX_IMAGE_PIXELS = 89_478_485   # default of --max-image-pixels: PIL's own warning threshold (~0.25 GB RGB)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -216,10 +215,7 @@ def load_image_folder(
         raise InputError(f"model input_size {data_config['input_size']}: expected 1 or 3 channels")
     transform = create_transform(**data_config, is_training=False)
     images = np.empty((len(samples), *data_config["input_size"]), dtype=np.float32)
-    progress = tqdm(
-        samples, desc=f"loading {root.name}", unit="img",
-        disable=None if len(samples) > PROGRESS_BAR_MIN_IMAGES else True,
-    )
+    progress = track(samples, f"loading {root.name}", unit="img")
     for row, (image_path, _) in enumerate(progress):
         images[row] = transform(_read_image(image_path, pil_modes[channels], max_pixels)).numpy()
     labels = np.array([class_index for _, class_index in samples], dtype=np.int64)
@@ -246,8 +242,10 @@ def load_dataset(
             )
         if split == "calib" and limit is not None and limit > CALIB_SIZE:
             split = "train"   # more calibration images than the calib split holds: the whole train split
-        images, labels = load_digits(split)
+        pixels, labels = digits_pixels(split)
+        config = model_input_config(model)     # the model's mean/std (--mean/--std), the JSON's by default
+        mean, std = np.float32(config["mean"][0]), np.float32(config["std"][0])
         keep = _limited_indices(len(labels), limit)
-        return images[keep], labels[keep]
+        return ((pixels[keep] - mean) / std).astype(np.float32), labels[keep]
     images, labels, _ = load_image_folder(spec, model, limit=limit, max_pixels=max_pixels)
     return images, labels

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import warnings
 from collections.abc import Mapping
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "vit_digits"
+log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 # Wrappers that training scripts commonly put around the real state dict.
@@ -85,13 +87,17 @@ def build_vision_transformer(model_kwargs: Mapping, data_config: Mapping) -> Vis
     return model
 
 
-def _create_timm_model(name: str) -> torch.nn.Module:
+def _create_timm_model(name: str, **kwargs) -> torch.nn.Module:
     """Create a timm model by name (no weights), rejecting unknown and non-ViT names."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models() + [DEFAULT_MODEL], n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise InputError(f"unknown model {name!r} (not a timm model name){hint}")
-    model = timm.create_model(name, pretrained=False)
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except (RuntimeError, ValueError, TypeError, AssertionError) as e:
+        given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
+        raise InputError(f"model {name!r} {given}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if not isinstance(model, VisionTransformer):
         raise InputError(
             f"model {name!r} is a {type(model).__name__}; only timm's VisionTransformer "
@@ -100,22 +106,30 @@ def _create_timm_model(name: str) -> torch.nn.Module:
     return model
 
 
-def _unwrap_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
-    """Find the state dict inside a loaded checkpoint and strip a 'module.' prefix."""
+def _check_tensor_mapping(loaded: object, path: Path) -> dict[str, torch.Tensor]:
+    """Return ``loaded`` as a name -> tensor dict, unwrapping a leftover wrapper (e.g. ``model_state``)."""
     if isinstance(loaded, Mapping):
         for wrapper_key in _STATE_DICT_WRAPPER_KEYS:
             if isinstance(loaded.get(wrapper_key), Mapping):
-                loaded = loaded[wrapper_key]
+                loaded = {key.removeprefix("module."): value for key, value in loaded[wrapper_key].items()}
                 break
     if not isinstance(loaded, Mapping) or not loaded or not all(
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()
     ):
         raise InputError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
-    return {key.removeprefix("module."): value for key, value in loaded.items()}
+    return dict(loaded)
 
 
 def load_state_dict_file(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a .safetensors or .pth/.pt/.bin checkpoint into a flat name -> tensor dict."""
+    """Read a .safetensors or .pth/.pt/.bin checkpoint into a flat name -> tensor dict.
+
+    Reading is timm's own `timm.models.load_state_dict` (``weights_only``
+    unpickling): it picks the EMA weights (``state_dict_ema`` / ``model_ema``)
+    when present, else ``state_dict`` or ``model``, and strips DDP
+    ``module.`` / ``torch.compile`` ``_orig_mod.`` prefixes.
+    """
+    from timm.models import clean_state_dict, load_state_dict as timm_load_state_dict
+
     path = Path(checkpoint)
     suffix = path.suffix.lower()
     if suffix != ".safetensors" and suffix not in _TORCH_CHECKPOINT_SUFFIXES:
@@ -126,16 +140,19 @@ def load_state_dict_file(checkpoint: str | os.PathLike) -> dict[str, torch.Tenso
     if not path.is_file():
         raise InputError(f"{path}: checkpoint file not found")
     try:
-        if suffix == ".safetensors":
-            loaded = safetensors.torch.load_file(str(path), device="cpu")
-        else:
-            with warnings.catch_warnings():   # e.g. pickle-protocol notes: the error line is the report
-                warnings.simplefilter("ignore")
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # e.g. pickle-protocol notes: the error line is the report
+            warnings.simplefilter("ignore")
+            if suffix == ".safetensors":   # timm tests the suffix case-sensitively
+                loaded = safetensors.torch.load_file(str(path), device="cpu")
+                loaded = clean_state_dict(loaded)
+            else:
+                loaded = timm_load_state_dict(str(path), use_ema=True, device="cpu", weights_only=True)
+    except AttributeError:   # timm's clean_state_dict on a pickled list/tensor/...: it has no .items()
+        raise InputError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)") from None
     except Exception as error:  # truncated/corrupt files raise many different types
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"{path}: cannot read checkpoint (truncated or corrupted?): {reason}") from None
-    return _unwrap_state_dict(loaded, path)
+    return _check_tensor_mapping(loaded, path)
 
 
 def _format_shape(shape: torch.Size) -> str:
@@ -150,19 +167,36 @@ def _check_state_dict_matches(model: torch.nn.Module, state_dict: Mapping, path:
         if key not in state_dict:
             raise InputError(f"{path}: missing key {key!r}")
         if state_dict[key].shape != tensor.shape:
+            have = state_dict[key].shape
+            hint = (f"; pass --num-classes {have[0]}" if key in ("head.weight", "head.bias")
+                    and have[1:] == tensor.shape[1:] else "")
             raise InputError(
-                f"{path}: key {key!r} has shape {_format_shape(state_dict[key].shape)}, "
-                f"model expects {_format_shape(tensor.shape)}"
+                f"{path}: key {key!r} has shape {_format_shape(have)}, "
+                f"model expects {_format_shape(tensor.shape)}{hint}"
             )
     for key in state_dict:
         if key not in expected:
             raise InputError(f"{path}: unexpected key {key!r}")
 
 
+def _fit_pos_embed(model: torch.nn.Module, state_dict: dict, path: Path) -> dict:
+    """Resample a checkpoint's ``pos_embed`` to the model's token grid (timm's own filter), e.g. a
+    224 px checkpoint run at ``--img-size 288``; other keys are left to the strict check."""
+    have, want = state_dict.get("pos_embed"), getattr(model, "pos_embed", None)
+    if have is None or want is None or have.shape == want.shape or have.ndim != 3 or have.shape[-1] != want.shape[-1]:
+        return state_dict
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    fitted = checkpoint_filter_fn(dict(state_dict), model)
+    log.warning("%s: pos_embed resampled from %s to %s tokens for the model's input size",
+                path, have.shape[1], want.shape[1])
+    return fitted
+
+
 def _load_checkpoint_into(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:
     """Load a checkpoint strictly into `model`, casting floating tensors to float32."""
     path = Path(checkpoint)
-    state_dict = load_state_dict_file(path)
+    state_dict = _fit_pos_embed(model, load_state_dict_file(path), path)
     _check_state_dict_matches(model, state_dict, path)
     check_finite_state_dict(state_dict, model.state_dict().keys(), path)
     state_dict = {
@@ -172,26 +206,52 @@ def _load_checkpoint_into(model: torch.nn.Module, checkpoint: str | os.PathLike)
     model.load_state_dict(state_dict, strict=True)
 
 
+def _apply_data_overrides(model: torch.nn.Module, overrides: Mapping) -> None:
+    """Set timm data-config fields (input_size, mean, std, crop_pct, interpolation) on the model."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    for key, value in overrides.items():
+        if value is not None:
+            cfg[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    model.pretrained_cfg = cfg
+
+
 def load_model(
-    name: str | None = None, checkpoint: str | os.PathLike | None = None
+    name: str | None = None, checkpoint: str | os.PathLike | None = None, *,
+    num_classes: int | None = None, img_size: int | None = None, mean=None, std=None,
+    crop_pct: float | None = None, interpolation: str | None = None, random_weights_ok: bool = False,
+    shapes_only: bool = False,
 ) -> torch.nn.Module:
     """Return a float32 eval-mode ViT: the bundled default or a timm name, optionally with a checkpoint.
 
     ``name`` None or ``"vit_digits"`` builds the bundled default from its JSON
     config and loads the bundled weights unless ``checkpoint`` is given. Any
     other name is created with ``timm.create_model(name, pretrained=False)``
-    (no downloads); without a checkpoint its weights are random.
+    (no downloads); without a checkpoint its weights are random (a one-line
+    warning unless ``random_weights_ok``). The keyword arguments are timm's:
+    ``num_classes`` and ``img_size`` shape the model (head rows, patch grid),
+    ``mean``/``std``/``crop_pct``/``interpolation`` its eval preprocessing.
+    ``shapes_only`` builds the architecture without any weights (hardware cost
+    from shapes: ``simulate cost``).
     """
+    shape = {k: v for k, v in (("num_classes", num_classes), ("img_size", img_size)) if v is not None}
     if name is None or name == DEFAULT_MODEL:
         config = default_model_config()
-        model = build_vision_transformer(config["model_kwargs"], config["data_config"])
-        if checkpoint is None:
+        model = build_vision_transformer({**config["model_kwargs"], **shape}, config["data_config"])
+        if checkpoint is None and not shapes_only:
+            if shape:
+                raise InputError(f"{DEFAULT_MODEL}: --num-classes/--img-size change the model, so the bundled "
+                                 "weights do not fit; pass --checkpoint")
             checkpoint = DEFAULT_MODEL_DIR / f"{DEFAULT_MODEL}.safetensors"
     elif isinstance(name, str):
-        model = _create_timm_model(name)
+        model = _create_timm_model(name, **shape)
+        if checkpoint is None and not (random_weights_ok or shapes_only):
+            log.warning("model %s: no --checkpoint, so its weights are random (accuracy is meaningless)", name)
     else:
         raise InputError(f"model name must be a string, got {type(name).__name__}")
-    if checkpoint is not None:
+    if img_size is not None:
+        _apply_data_overrides(model, {"input_size": (model.patch_embed.proj.in_channels, img_size, img_size)})
+    _apply_data_overrides(model, {"mean": mean, "std": std, "crop_pct": crop_pct, "interpolation": interpolation})
+    if checkpoint is not None and not shapes_only:
         _load_checkpoint_into(model, checkpoint)
     return model.float().eval()
 

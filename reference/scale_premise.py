@@ -32,6 +32,7 @@ import torch
 
 from reference.quantizers import calibrate
 from reference.vit_float import float_boundaries
+from simulator.progress import Progress
 
 __all__ = ["PREDICTED_BOUNDARIES", "SHALLOW_POINTS", "STATISTICS", "oracle_scales",
            "shallow_statistics", "premise_table", "main"]
@@ -73,9 +74,11 @@ def oracle_scales(model, images: np.ndarray, a_bits: int, depth: int) -> np.ndar
     """Per-image MSE-optimal scale of every predicted boundary: float [N, depth*7]."""
     names = boundary_names(depth)
     rows = []
-    for out in _per_image(model, images):
-        for i in range(len(out["input"])):
-            rows.append([calibrate(out[n][i], a_bits, "mse").scale for n in names])
+    with Progress(len(images), f"oracle scales of {len(names)} boundaries", unit="img") as bar:
+        for out in _per_image(model, images):
+            for i in range(len(out["input"])):
+                rows.append([calibrate(out[n][i], a_bits, "mse").scale for n in names])
+                bar.update()
     return np.asarray(rows, dtype=np.float64)
 
 

@@ -1,13 +1,17 @@
 """Matplotlib figures of a sweep, drawn from point records (result JSON) only.
 
-* `tradeoff_figure`: simulator top-1 vs mean BOPs / latency / energy per
-  image, log cost axis when the points span more than a decade, the Pareto
-  front (`reports.pareto`) as the attainable staircase, every point labelled
-  with labels placed greedily so they overlap neither each other nor the
-  markers (for many points, only the front is labelled).
+* `tradeoff_figure`: simulator top-1 vs mean BOPs (GEMM + IGQ grouping
+  overhead) / latency / energy per image, with the binomial 95% confidence
+  interval of each accuracy (Wilson score interval over the point's images)
+  as an error bar, the image count in the axis label, a log cost axis with
+  1-2-5 ticks when the points span more than a decade, the Pareto front
+  (`reports.pareto`) as the attainable staircase, and every point numbered
+  (the report's tables give number -> point), numbers placed greedily so
+  they overlap neither each other nor the markers.
 * `breakdown_figure`: per-layer stacked bars of cycles or off-chip (DRAM)
   bytes per image, one panel per chosen point: x = embed / block i / head,
-  stacks = operator groups.
+  stacks = operator groups; `accelerator_breakdown_figure` puts the cycles
+  and the DRAM columns of one accelerator side by side in one figure.
 * `cycle_histogram_figure`: per-image cycles of dynamic recipes (only when
   some point's cycles vary between images).
 
@@ -28,18 +32,34 @@ import numpy as np  # noqa: E402
 from reports.pareto import pareto_front  # noqa: E402
 from simulator.atomic_files import write_bytes  # noqa: E402
 
-__all__ = ["tradeoff_figure", "breakdown_figure", "cycle_histogram_figure", "place_labels",
-           "METRICS", "layer_group", "MAX_LABELLED"]
+__all__ = ["tradeoff_figure", "breakdown_figure", "accelerator_breakdown_figure", "cycle_histogram_figure",
+           "place_labels", "METRICS", "layer_group", "MAX_LABELLED", "wilson_interval", "total_bops"]
+
+def total_bops(p: dict) -> float:
+    """BOPs per image including IGQ's grouping overhead (BOP-equivalents; 0 for other recipes)."""
+    return p["bops_per_image"] + p.get("grouping_bops_per_image", 0.0)
+
+
+def wilson_interval(correct: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Binomial 95% confidence interval (Wilson score) of an accuracy, in percent."""
+    if n <= 0:
+        return 0.0, 100.0
+    phat = correct / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half) * 100), float(min(1.0, centre + half) * 100)
+
 
 #: metric -> (axis label, how to read it from a point record)
 METRICS = {
-    "bops": ("mean BOPs per image (10⁹ bit operations; MACs × w_bits × a_bits)",
-             lambda p: p["bops_per_image"] / 1e9),
+    "bops": ("mean BOPs per image (10⁹ bit operations; MACs × w_bits × a_bits, + IGQ grouping overhead)",
+             lambda p: total_bops(p) / 1e9),
     "cycles": ("mean cycles per image", lambda p: p["cost"]["cycles"]),
     "latency_ms": ("mean latency per image (ms, batch 1)", lambda p: p["cost"]["latency_ms"]),
     "energy_uj": ("mean energy per image (µJ)", lambda p: p["cost"]["energy_uj"]),
 }
-MAX_LABELLED = 14
+MAX_LABELLED = 14    # kept for callers; every point is numbered now
 _MARKERS = "osD^vP*X<>"
 _GROUPS = ("QKV / proj", "QKᵀ / AV", "fc1 / fc2", "embed / head GEMM", "softmax", "GELU", "LayerNorm",
            "requant / add", "other")
@@ -110,35 +130,56 @@ def _family(point: dict) -> str:
     return point["recipe"]["recipe"]
 
 
-def tradeoff_figure(points: list[dict], metric: str, path: Path, title: str = "") -> tuple[Path, list[int]]:
-    """Accuracy vs ``metric`` with the Pareto front; returns (path, front indices into ``points``)."""
+def tradeoff_figure(points: list[dict], metric: str, path: Path, title: str = "",
+                    numbers: dict[str, int] | None = None) -> tuple[Path, list[int]]:
+    """Accuracy (with 95% CI bars) vs ``metric`` with the Pareto front, every point numbered
+    (``numbers``: label -> number, default by first appearance); returns (path, front indices)."""
     axis_label, value = METRICS[metric]
     x = np.array([value(p) for p in points], dtype=float)
     y = np.array([p["top1"]["simulator"] for p in points], dtype=float)
+    ci = np.array([wilson_interval(p["top1"]["simulator"] * p["images"] / 100, p["images"]) for p in points])
     front = pareto_front(list(y), list(x))
     fig, ax = plt.subplots(figsize=(7.6, 5.0))
     colour_key = _colour_key(points)
     accels = sorted({p["accelerator"] for p in points}) if metric != "bops" else []
     colors = dict(zip(dict.fromkeys(colour_key(p) for p in points), plt.get_cmap("tab10").colors * 4))
     markers = dict(zip(accels, _MARKERS))
+    yerr = np.maximum(0.0, [y - ci[:, 0], ci[:, 1] - y])       # >= 0 despite rounding at 0 % / 100 %
+    ax.errorbar(x, y, yerr=yerr, fmt="none", ecolor="0.6", elinewidth=0.8, capsize=2,
+                zorder=1)
     for i, p in enumerate(points):
         ax.scatter(x[i], y[i], s=42, color=colors[colour_key(p)], marker=markers.get(p.get("accelerator"), "o"),
                    edgecolors="black" if i in front else "none", linewidths=1.2, zorder=3)
     if x.max() > 20 * max(x.min(), 1e-30):
         ax.set_xscale("log")
-    _pad_limits(ax, x, y)
+    _pad_limits(ax, x, np.concatenate([y, ci[:, 0], ci[:, 1]]))
+    _cost_ticks(ax)
     fx, fy = x[front], y[front]
     ax.step(np.append(fx, ax.get_xlim()[1]), np.append(fy, fy[-1]), where="post", color="0.3", lw=1.2, ls="--",
             zorder=2)
+    images = sorted({p["images"] for p in points})
     ax.set_xlabel(axis_label)
-    ax.set_ylabel("top-1 accuracy, integer simulator (%)")
+    ax.set_ylabel(f"top-1, integer simulator (%; {'/'.join(map(str, images))} images, 95% CI)")
     ax.set_title(title or f"Accuracy vs {axis_label.split(' (')[0]}")
     ax.grid(True, which="both", alpha=0.25)
-    _legend(ax, colors, markers)
-    labelled = list(range(len(points))) if len(points) <= MAX_LABELLED else list(front)
-    texts, order = _merged_labels(points, x, y, list(front) + [i for i in labelled if i not in front])
+    numbers = numbers or {lab: k + 1 for k, lab in enumerate(dict.fromkeys(p["label"] for p in points))}
+    _legend(ax, {(f"{numbers[key]}  {key}" if key in numbers else key): c for key, c in colors.items()}, markers)
+    texts, order = _merged_labels(points, x, y, list(front) + [i for i in range(len(points)) if i not in front],
+                                  numbers)
     place_labels(ax, list(zip(x, y)), texts, order=order)
     return _save(fig, path), front
+
+
+def _cost_ticks(ax) -> None:
+    """Readable cost ticks: on a log axis 1-2-5 per decade with plain numbers (a narrow log axis
+    otherwise shows one or two labels); on a linear axis matplotlib's own."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if ax.get_xscale() != "log":
+        return
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _colour_key(points: list[dict]):
@@ -147,16 +188,14 @@ def _colour_key(points: list[dict]):
     return (lambda p: p["label"]) if len(labels) <= 10 else (lambda p: f"recipe: {_family(p)}")
 
 
-def _merged_labels(points, x, y, order: list[int]) -> tuple[list[str], list[int]]:
-    """One label per distinct (x, y): coincident points share one label (one line each when long)."""
+def _merged_labels(points, x, y, order: list[int], numbers: dict[str, int]) -> tuple[list[str], list[int]]:
+    """One number label per distinct (x, y): coincident points share one ("3,7")."""
     groups: dict[tuple[float, float], list[int]] = {}
     for i in order:
         groups.setdefault((float(x[i]), float(y[i])), []).append(i)
-    texts = [p["label"] for p in points]
+    texts = [str(numbers[p["label"]]) for p in points]
     for members in groups.values():
-        names = list(dict.fromkeys(points[i]["label"] for i in members))
-        joined = ", ".join(names)
-        texts[members[0]] = joined if len(joined) <= 45 else "\n".join(names)
+        texts[members[0]] = ",".join(dict.fromkeys(str(numbers[points[i]["label"]]) for i in members))
     return texts, [members[0] for members in groups.values()]
 
 
@@ -217,12 +256,10 @@ def _breakdown_matrix(layers: list[dict], field: str):
     return positions, groups, np.array([[cells.get((p, g), 0.0) for p in positions] for g in groups])
 
 
-def breakdown_figure(points: list[dict], field: str, path: Path) -> Path:
-    """Stacked per-layer ``field`` ("cycles" or "offchip_bytes") for each point (one panel each)."""
+def _breakdown_column(axes, points: list[dict], field: str) -> None:
+    """Draw one stacked-bar panel per point into ``axes`` (a column)."""
     scale, unit = (1e3, "k cycles") if field == "cycles" else (1e3, "kB")
-    n = len(points)
-    fig, axes = plt.subplots(n, 1, figsize=(8.2, 2.3 * n + 0.9), sharex=True, sharey=True, squeeze=False)
-    for ax, p in zip(axes[:, 0], points):
+    for ax, p in zip(axes, points):
         positions, groups, mat = _breakdown_matrix(p["layers"], field)
         bottom = np.zeros(len(positions))
         for g, row in zip(groups, mat / scale):
@@ -235,15 +272,40 @@ def breakdown_figure(points: list[dict], field: str, path: Path) -> Path:
         ax.set_ylabel(f"{unit} / image", fontsize=8)
         ax.grid(True, axis="y", alpha=0.25)
         ax.margins(y=0.08)
+    axes[-1].set_xlabel("position in the network (operators of each block stacked by group)")
+    axes[-1].tick_params(axis="x", labelrotation=30)
+
+
+def _group_legend(fig_axes, anchor_ax) -> None:
     handles, labels = [], []
-    for ax in axes[:, 0]:
+    for ax in fig_axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    axes[0, 0].legend(handles, labels, fontsize=7.5, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    axes[-1, 0].set_xlabel("position in the network (operators of each block stacked by group)")
-    axes[-1, 0].tick_params(axis="x", labelrotation=30)
+    anchor_ax.legend(handles, labels, fontsize=7.5, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def breakdown_figure(points: list[dict], field: str, path: Path) -> Path:
+    """Stacked per-layer ``field`` ("cycles" or "offchip_bytes") for each point (one panel each)."""
+    n = len(points)
+    fig, axes = plt.subplots(n, 1, figsize=(8.2, 2.3 * n + 0.9), sharex=True, sharey=True, squeeze=False)
+    _breakdown_column(axes[:, 0], points, field)
+    _group_legend(axes[:, 0], axes[0, 0])
+    return _save(fig, path)
+
+
+def accelerator_breakdown_figure(points: list[dict], path: Path) -> Path:
+    """One accelerator's chosen points: cycles (left) and off-chip traffic (right) per layer group."""
+    n = len(points)
+    fig, axes = plt.subplots(n, 2, figsize=(13.5, 2.3 * n + 1.1), sharex=True, squeeze=False)
+    for col, field in enumerate(("cycles", "offchip_bytes")):
+        _breakdown_column(axes[:, col], points, field)
+        for ax in axes[1:, col]:
+            ax.sharey(axes[0, col])
+    _group_legend(axes.ravel(), axes[0, 1])
+    fig.suptitle(f"Per-layer cycles and off-chip traffic on {points[0]['accelerator']}", fontsize=10, x=0.01,
+                 ha="left")
     return _save(fig, path)
 
 

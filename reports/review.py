@@ -5,9 +5,15 @@ Reads only the result JSON written by ``simulate sweep`` (a dict with
 accelerator), so a report can be regenerated, or read, without running
 anything. Written files (in the output directory): ``report.md``,
 ``accuracy_vs_bops.png``, ``accuracy_vs_latency.png``,
-``accuracy_vs_energy.png``, ``breakdown_cycles_<accel>.png``,
-``breakdown_dram_<accel>.png`` and, when a recipe's cost varies per image,
-``cycles_per_image.png``.
+``accuracy_vs_energy.png``, ``breakdown_<accel>.png`` (cycles and DRAM
+traffic side by side, one figure per accelerator: the first shown, the
+others behind a ``<details>`` selector) and, when some point's cost varies
+per image, ``cycles_per_image.png``.
+
+Points are numbered in the accuracy table (1..N, one number per model x
+recipe); the figures mark each point with its number. BOPs include IGQ's
+grouping overhead (its own column). The header gives the tool version, git
+revision, date and every accelerator's parameters (from ``results.json``).
 """
 
 from __future__ import annotations
@@ -39,9 +45,9 @@ def _acc(p: dict) -> float:
 
 
 def fronts(points: list[dict]) -> dict[str, list[dict]]:
-    """Pareto-optimal points per trade-off: BOPs (per run), latency and energy (per point)."""
+    """Pareto-optimal points per trade-off: BOPs incl. grouping (per run), latency and energy (per point)."""
     runs = unique_runs(points)
-    out = {"bops": [runs[i] for i in pareto_front([_acc(p) for p in runs], [p["bops_per_image"] for p in runs])]}
+    out = {"bops": [runs[i] for i in pareto_front([_acc(p) for p in runs], [figures.total_bops(p) for p in runs])]}
     for metric in ("latency_ms", "energy_uj"):
         idx = pareto_front([_acc(p) for p in points], [p["cost"][metric] for p in points])
         out[metric] = [points[i] for i in idx]
@@ -52,7 +58,7 @@ def _chosen_for_breakdown(results: dict, front_bops: list[dict]) -> list[str]:
     """The sweep's ``report.breakdown`` labels, else the BOPs front plus the costliest run (<= 4)."""
     if results.get("breakdown"):
         return list(results["breakdown"])
-    costliest = max(unique_runs(results["points"]), key=lambda p: p["bops_per_image"])
+    costliest = max(unique_runs(results["points"]), key=figures.total_bops)
     labels = list(dict.fromkeys([p["label"] for p in front_bops] + [costliest["label"]]))
     if len(labels) <= MAX_BREAKDOWN:
         return labels
@@ -60,22 +66,27 @@ def _chosen_for_breakdown(results: dict, front_bops: list[dict]) -> list[str]:
     return [labels[round(i * step)] for i in range(MAX_BREAKDOWN)]
 
 
+def numbering(points: list[dict]) -> dict[str, int]:
+    """label -> point number (1..N, in the order of the accuracy table)."""
+    return {p["label"]: k + 1 for k, p in enumerate(unique_runs(points))}
+
+
 def _make_figures(results: dict, out: Path, front: dict) -> dict[str, list[Path]]:
     points, name = results["points"], results["sweep"]
+    numbers = numbering(points)
     figs = {"tradeoff": [], "breakdown": [], "histogram": []}
     for metric, stem in (("bops", "accuracy_vs_bops"), ("latency_ms", "accuracy_vs_latency"),
                          ("energy_uj", "accuracy_vs_energy")):
         subset = unique_runs(points) if metric == "bops" else points
         path, _ = figures.tradeoff_figure(subset, metric, out / f"{stem}.png",
-                                          title=f"{name}: accuracy vs {figures.METRICS[metric][0].split(' (')[0]}")
+                                          title=f"{name}: accuracy vs {figures.METRICS[metric][0].split(' (')[0]}",
+                                          numbers=numbers)
         figs["tradeoff"].append(path)
     chosen = _chosen_for_breakdown(results, front["bops"])
     for accel in dict.fromkeys(p["accelerator"] for p in points):
         sel = [p for label in chosen for p in points if p["label"] == label and p["accelerator"] == accel]
         if sel:
-            figs["breakdown"].append(figures.breakdown_figure(sel, "cycles", out / f"breakdown_cycles_{accel}.png"))
-            figs["breakdown"].append(
-                figures.breakdown_figure(sel, "offchip_bytes", out / f"breakdown_dram_{accel}.png"))
+            figs["breakdown"].append(figures.accelerator_breakdown_figure(sel, out / f"breakdown_{accel}.png"))
     hist = figures.cycle_histogram_figure(points, out / "cycles_per_image.png")
     if hist is not None:
         figs["histogram"].append(hist)
@@ -88,24 +99,29 @@ def _bits(p: dict) -> str:
 
 
 def _accuracy_table(runs: list[dict], on_front: set) -> list[str]:
-    rows = ["| point | model | bits | top-1 simulator % | top-1 fake-quant % | fp32 % | bit-exact | "
-            "MACs / image (M) | BOPs / image (G) | Pareto (BOPs) |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|:---:|"]
-    for p in runs:
-        rows.append(f"| {p['label']} | {p['model']['name']} | {_bits(p)} | {_acc(p):.2f} | "
-                    f"{p['top1']['fakequant_integer']:.2f} | {p['top1']['fp32']:.2f} | "
+    rows = ["| # | point | model | bits | top-1 simulator % | 95% CI | top-1 fake-quant % | fp32 % | bit-exact | "
+            "MACs / image (M) | BOPs / image (G) | grouping (G) | Pareto (BOPs) |",
+            "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    for k, p in enumerate(runs, 1):
+        lo, hi = figures.wilson_interval(_acc(p) * p["images"] / 100, p["images"])
+        group = p.get("grouping_bops_per_image", 0.0)
+        rows.append(f"| {k} | {p['label']} | {p['model']['name']} | {_bits(p)} | {_acc(p):.2f} | "
+                    f"{lo:.1f}–{hi:.1f} | {p['top1']['fakequant_integer']:.2f} | {p['top1']['fp32']:.2f} | "
                     f"{p['bit_exact_images']}/{p['images']} | {p['macs_per_image'] / 1e6:.3f} | "
-                    f"{p['bops_per_image'] / 1e9:.3f} | {'★' if p['run_key'] in on_front else ''} |")
+                    f"{p['bops_per_image'] / 1e9:.3f} | {group / 1e9:.3f} | "
+                    f"{'★' if p['run_key'] in on_front else ''} |")
     return rows
 
 
 def _cost_table(points: list[dict], lat_front: set, energy_front: set) -> list[str]:
-    rows = ["| point | accelerator | top-1 % | cycles / image | latency (ms) | energy (µJ) | off-chip MB / image "
+    """One row per point (run x accelerator)."""
+    rows = ["| # | point | accelerator | top-1 % | cycles / image | latency (ms) | energy (µJ) | off-chip MB / image "
             "| PE util. | Pareto latency | Pareto energy |",
-            "|---|---|---:|---:|---:|---:|---:|---:|:---:|:---:|"]
+            "|---:|---|---|---:|---:|---:|---:|---:|---:|:---:|:---:|"]
+    numbers = numbering(points)
     for p in points:
         c = p["cost"]
-        rows.append(f"| {p['label']} | {p['accelerator']} | {_acc(p):.2f} | {c['cycles']:,.0f} | "
+        rows.append(f"| {numbers[p['label']]} | {p['label']} | {p['accelerator']} | {_acc(p):.2f} | {c['cycles']:,.0f} | "
                     f"{c['latency_ms']:.4f} | {c['energy_uj']:.2f} | {c['offchip_mb']:.3f} | "
                     f"{c['pe_utilisation']:.1%} | {'★' if p['key'] in lat_front else ''} | "
                     f"{'★' if p['key'] in energy_front else ''} |")
@@ -119,31 +135,83 @@ def _front_names(front: dict) -> list[str]:
             f"* accuracy vs energy: {on(front['energy_uj'])}"]
 
 
+def _accelerator_lines(results: dict) -> list[str]:
+    """The accelerators' parameters, one table row each (from results.json's ``accelerators``)."""
+    accels = results.get("accelerators") or {}
+    if not accels:
+        return []
+    rows = ["| accelerator | file (sha256) | clock MHz | PE array | dataflow | precisions (MACs/PE/cycle) | "
+            "memories (size, bandwidth B/cycle) | acc. bits |", "|---|---|---:|---|---|---|---|---:|"]
+    for name, a in accels.items():
+        sp, pe = a["spec"], a["spec"]["pe_array"]
+        precisions = ", ".join(f"W{q['w_bits']}A{q['a_bits']} ×{q['macs_per_pe_per_cycle']:g}"
+                               for q in pe["precisions"])
+        mems = ", ".join(f"{m['name']} {_size(m['size_bytes'])} @{m['bandwidth_bytes_per_cycle']:g}"
+                         for m in sp["memories"])
+        rows.append(f"| {name} | `{os.path.basename(a['file'])}` ({a['sha256'][:12]}) | {sp['clock_mhz']:g} | "
+                    f"{pe['rows']}×{pe['cols']} | {pe['dataflow']} | {precisions} | {mems} | {pe['acc_bits']} |")
+    return ["## Accelerators", "", *rows, ""]
+
+
+def _size(n: float) -> str:
+    for unit, f in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= f:
+            return f"{n / f:g} {unit}"
+    return f"{n:g} B"
+
+
+def _provenance(results: dict) -> str:
+    tool = results.get("tool") or {}
+    if not tool:
+        return ""
+    rev = f", git {tool['git_revision']}" if tool.get("git_revision") else ""
+    return f"Made by {tool.get('name', 'vit-intsim')} {tool.get('version', '?')}{rev} on {tool.get('created_utc', '?')}."
+
+
+def _breakdown_lines(figs: dict, rel) -> list[str]:
+    """The first accelerator's breakdown inline; every other one behind its own <details> selector."""
+    paths = figs["breakdown"]
+    if not paths:
+        return []
+    lines = [f"![{Path(paths[0]).stem}]({rel(paths[0])})", ""]
+    for f in paths[1:]:
+        accel = Path(f).stem.removeprefix("breakdown_")
+        lines += [f"<details><summary>{accel}</summary>", "", f"![{Path(f).stem}]({rel(f)})", "", "</details>", ""]
+    return lines
+
+
 def _markdown(results: dict, figs: dict, front: dict, out: Path) -> str:
     points = results["points"]
     runs = unique_runs(points)
     images = sorted({p["images"] for p in runs})
     rel = lambda path: os.path.relpath(path, out)  # noqa: E731
-    lines = [f"# Design review: {results['sweep']}", "",
-             f"Sweep file `{results['source']}`: {len(runs)} quantized models x "
-             f"{len({p['accelerator'] for p in points})} accelerators = {len(points)} points; "
-             f"{'/'.join(map(str, images))} evaluation images per point. Accuracy is the integer "
-             "simulator's top-1; *bit-exact* counts the images whose codes equal the fake-quant "
-             "executor's at every tensor boundary. Costs are means per image (batch 1) from the "
-             "hardware cost model; ★ marks Pareto-optimal points (max accuracy, min cost).", "",
-             "## Pareto-optimal points", "", *_front_names(front), "",
-             "## Accuracy and work per model", "", *_accuracy_table(runs, {p["run_key"] for p in front["bops"]}),
-             "", "## Cost per accelerator", "",
-             *_cost_table(points, {p["key"] for p in front["latency_ms"]}, {p["key"] for p in front["energy_uj"]}),
-             "", "## Trade-offs", ""]
+    lines = [f"# Design review: {results['sweep']}", ""]
+    if _provenance(results):
+        lines += [_provenance(results), ""]
+    lines += [f"Sweep file `{results['source']}`: {len(runs)} quantized models x "
+              f"{len({p['accelerator'] for p in points})} accelerators = {len(points)} points; "
+              f"{'/'.join(map(str, images))} evaluation images per point. Accuracy is the integer "
+              "simulator's top-1 with its binomial 95% confidence interval (Wilson score; one image is "
+              f"{100 / max(images):.2f} points); *bit-exact* counts the images whose codes equal the fake-quant "
+              "executor's at every tensor boundary. BOPs are GEMM BOPs plus IGQ's grouping overhead "
+              "(BOP-equivalents, its own column). Costs are means per image (batch 1) from the hardware cost "
+              "model; ★ marks Pareto-optimal points (max accuracy, min cost); # numbers the points in the "
+              "figures.", "", *_accelerator_lines(results),
+              "## Pareto-optimal points", "", *_front_names(front), "",
+              "## Accuracy and work per model", "", *_accuracy_table(runs, {p["run_key"] for p in front["bops"]}),
+              "", "## Cost per accelerator", "",
+              *_cost_table(points, {p["key"] for p in front["latency_ms"]}, {p["key"] for p in front["energy_uj"]}),
+              "", "## Trade-offs", ""]
     lines += [f"![{Path(f).stem}]({rel(f)})" for f in figs["tradeoff"]]
     lines += ["", "## Per-layer breakdown", "",
-              "Cycles and off-chip (DRAM) traffic per image of the chosen points, per block and operator group.",
-              ""]
-    lines += [f"![{Path(f).stem}]({rel(f)})" for f in figs["breakdown"]]
-    lines += ["", "## Per-image cycles", ""]
+              "Cycles (left) and off-chip (DRAM) traffic (right) per image of the chosen points, per block and "
+              "operator group; one figure per accelerator (open the others below the first).", ""]
+    lines += _breakdown_lines(figs, rel)
+    lines += ["## Per-image cycles", ""]
     lines += ([f"![cycles per image]({rel(f)})" for f in figs["histogram"]] if figs["histogram"] else
-              ["Every point costs the same on every image (no dynamic recipe in this sweep): no histogram."])
+              ["Every point costs the same on every image, so there is no histogram: the cost model counts "
+               "the operators an image executes, and only early exits change that count per image (igq's "
+               "per-image grouping and scalepredictor's per-image scales change values, not operators)."])
     return "\n".join(lines) + "\n"
 
 
@@ -168,7 +236,7 @@ def summary_lines(results: dict) -> list[str]:
     lines = [head, "-" * len(head)]
     for r in unique_runs(points):
         row = f"{r['label']:<{w}} {_acc(r):7.2f} {str(r['bit_exact_images']) + '/' + str(r['images']):>10} " \
-              f"{r['bops_per_image'] / 1e9:8.3f}"
+              f"{figures.total_bops(r) / 1e9:8.3f}"
         for a in accels:
             c = by[(r["run_key"], a)]["cost"]
             row += f" {c['cycles']:18,.0f} {c['energy_uj']:14.2f}"

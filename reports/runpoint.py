@@ -152,6 +152,15 @@ def _merge_traces(traces):
     return Trace(first.model, first.recipe, first.layers, n, ran, overflows, extras)
 
 
+def _grouping_bops(trace) -> float:
+    """Mean BOP-equivalents per image of IGQ's group assignment and partial-sum combining
+    (`simulator.igq.overhead_bops`; 0 for recipes without groups), over the layers each image ran."""
+    from simulator.igq import overhead_bops
+
+    per_layer = np.array([overhead_bops([r]) for r in trace.layers], dtype=np.int64)
+    return float((trace.ran_mask().astype(np.int64) @ per_layer).mean()) if len(per_layer) else 0.0
+
+
 def run_record(run, threads: int | None = None) -> dict:
     """Calibrate + quantize ``run.recipe`` and evaluate fake-quant and simulator; JSON-ready."""
     import time
@@ -188,6 +197,7 @@ def run_record(run, threads: int | None = None) -> dict:
         "accumulator_overflows": int(sum(trace.overflows.values())),
         "macs_per_image": float(trace.macs_per_image().mean()),
         "bops_per_image": float(trace.bops_per_image().mean()),
+        "grouping_bops_per_image": _grouping_bops(trace),
         "run_seconds": time.perf_counter() - t0,
         "trace": trace.to_dict(),
     }

@@ -10,7 +10,9 @@ markdown report with its figures (`reports.review`).
 
 Output directory (``--out``, default ``out/sweeps/<name>``)::
 
-    results.json        the points of this sweep (one record per run x accelerator)
+    results.json        the points of this sweep (one record per run x accelerator), the accelerators'
+                        parameters, the tool version, git revision and time
+    results.csv         the same points as a table (one row per run x accelerator)
     report.md, *.png    the design-review report
     cache/runs/<key>.json, cache/points/<key>.json   content-addressed cache
     .plans/<key>.json   validated sweep files (without --out: out/sweeps/.plans)
@@ -38,23 +40,23 @@ __all__ = ["main", "run_sweep", "write_json_atomic"]
 DEFAULT_OUT = Path("out") / "sweeps"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise InputError(f"sweep: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="simulate sweep", description="Run a design-review sweep and write its Pareto report.")
+    from simulator.cli import _Parser, add_logging_arguments
+
+    p = _Parser(prog="simulate sweep", description="Run a design-review sweep and write its Pareto report. "
+                "Every point's recipe, params and accelerator are validated before the first is computed.")
     p.add_argument("sweep", help="sweep YAML (e.g. configs/sweeps/quick.yaml)")
-    p.add_argument("--out", default=None, help="output directory (default: out/sweeps/<sweep name>)")
-    p.add_argument("--cache", default=None, help="cache directory (default: <out>/cache); may be shared")
-    p.add_argument("--workers", type=int, default=1, help="parallel runs (processes, or Dask workers with "
-                   "--cluster local); 1 = in this process")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default: out/sweeps/<sweep name>)")
+    p.add_argument("--cache", default=None, metavar="DIR", help="cache directory (default: <out>/cache); may be shared")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="parallel runs (processes, or Dask workers "
+                   "with --cluster local); 1 = in this process")
     p.add_argument("--cluster", default=None, metavar="ADDRESS|local",
                    help="run on Dask distributed: a scheduler address (tcp://host:8786) or 'local'")
-    p.add_argument("--images", type=int, default=None, help="override every model's image count (smoke runs)")
+    p.add_argument("--images", type=int, default=None, metavar="N",
+                   help="override every model's image count (a seed-0 random subset; smoke runs)")
     p.add_argument("--json", action="store_true", help="print the points as JSON instead of the text summary")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_logging_arguments(p)
     return p
 
 
@@ -118,9 +120,8 @@ def _engine(args, todo, keys):
 
 def _compute_runs(spec, args, cache: Path) -> tuple[list[dict], int]:
     """Run records for every run of ``spec``, from the cache or computed; returns (records, n computed)."""
-    from tqdm.auto import tqdm
-
     from reports.runpoint import code_version, run_key
+    from simulator.progress import Progress
 
     code = code_version()
     keys = [run_key(r, code) for r in spec.runs]
@@ -130,16 +131,17 @@ def _compute_runs(spec, args, cache: Path) -> tuple[list[dict], int]:
         if rec is not None:
             rec["label"] = run.label          # a label is presentation, not part of the content hash
     todo = [i for i, rec in enumerate(records) if rec is None]
-    bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=f"sweep {spec.name}", unit="point",
-               disable=True if args.no_progress else None)
+    if not todo:
+        return records, 0
+    bar = Progress(len(todo), f"sweep {spec.name}: computing {len(todo)} of {len(records)} runs "
+                   f"({len(records) - len(todo)} cached)", unit="run")
     try:
         for j, rec in _engine(args, [spec.runs[i] for i in todo], [keys[i] for i in todo]):
             i = todo[j]
             rec["run_key"] = keys[i]
             write_json_atomic(cache / "runs" / f"{keys[i]}.json", rec)
             records[i] = rec
-            bar.set_postfix_str(spec.runs[i].label, refresh=False)
-            bar.update()
+            bar.update(postfix=f"{spec.runs[i].label}: {rec['run_seconds']:.0f} s")
     finally:
         bar.close()
     return records, len(todo)
@@ -172,12 +174,61 @@ def run_sweep(spec, args) -> tuple[Path, dict]:
     t0 = time.perf_counter()
     runs, computed = _compute_runs(spec, args, cache)
     results = {"sweep": spec.name, "source": spec.source, "breakdown": list(spec.breakdown),
-               "report_version": _report_version(), "points": _cost_points(spec, runs, cache)}
+               "report_version": _report_version(), "accelerators": _accelerator_records(spec),
+               "points": _cost_points(spec, runs, cache)}
     report = out / "report.md"
-    if not (report.is_file() and _read_cached(out / "results.json") == results):   # else: already drawn
+    previous = _read_cached(out / "results.json") or {}
+    unchanged = {k: v for k, v in previous.items() if k != "tool"} == json.loads(json.dumps(results))
+    if not (report.is_file() and unchanged):   # else: already drawn
+        from simulator.provenance import tool_info
+
+        results = {"tool": tool_info(), **results}
         write_json_atomic(out / "results.json", results)
+        _write_csv(out / "results.csv", results)
         report = write_report(results, out)
     return report, {"runs": len(runs), "computed": computed, "seconds": time.perf_counter() - t0}
+
+
+def _accelerator_records(spec) -> dict:
+    """name -> file, content hash and every parameter, for the report header and the JSON."""
+    import dataclasses
+
+    import hwmodels
+    from hwmodels.load import content_digest
+
+    out = {}
+    for path in spec.accelerators:
+        npu = hwmodels.load(path)
+        out[npu.name] = {"file": path, "sha256": content_digest(path), "spec": dataclasses.asdict(npu)}
+    return out
+
+
+CSV_COLUMNS = ("label", "model", "recipe", "w_bits", "a_bits", "images", "top1_simulator", "top1_fakequant_integer",
+               "top1_fp32", "bit_exact_images", "macs_per_image", "bops_per_image", "grouping_bops_per_image",
+               "accelerator", "cycles", "latency_ms", "energy_uj", "offchip_mb", "pe_utilisation")
+
+
+def _write_csv(path: Path, results: dict) -> None:
+    """``results.csv``: one row per point (run x accelerator), the numbers of the report's tables."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for p in results["points"]:
+        c, r = p["cost"], p["recipe"]
+        writer.writerow({"label": p["label"], "model": p["model"]["name"], "recipe": r["recipe"], "w_bits": r["w_bits"],
+                         "a_bits": r["a_bits"], "images": p["images"], "top1_simulator": p["top1"]["simulator"],
+                         "top1_fakequant_integer": p["top1"]["fakequant_integer"], "top1_fp32": p["top1"]["fp32"],
+                         "bit_exact_images": p["bit_exact_images"], "macs_per_image": p["macs_per_image"],
+                         "bops_per_image": p["bops_per_image"],
+                         "grouping_bops_per_image": p.get("grouping_bops_per_image", 0.0),
+                         "accelerator": p["accelerator"], **{k: c[k] for k in CSV_COLUMNS[14:]}})
+    from simulator.atomic_files import ensure_dir, write_bytes
+
+    ensure_dir(path.parent)
+    write_bytes(path, buf.getvalue().encode())
 
 
 def _report_version() -> str:
@@ -251,10 +302,33 @@ def _load_spec(sweep: str, out: str | None = None):
     return spec
 
 
+def _check_inputs(spec, args) -> None:
+    """Before any run: each model's checkpoint and image folders (light checks, no torch), and
+    that the output and cache directories can be created."""
+    from simulator import preflight
+
+    where = spec.source
+    for model in dict.fromkeys(r.model for r in spec.runs):
+        try:
+            preflight.check_checkpoint(model.checkpoint, model.name)
+            preflight.check_data_for_model(model.data, model.name, None)
+            preflight.scan_folder(model.data, "data")
+            if model.calib is not None:
+                preflight.scan_folder(model.calib, "calib")
+        except InputError as e:
+            raise InputError(f"{where}: model {model.name}: {e}") from None
+    for flag, value in (("--out", args.out), ("--cache", args.cache)):
+        if value is None:
+            continue
+        ancestor = Path(value).resolve()
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise InputError(f"sweep: {flag} {value}: {ancestor} is not a writable directory")
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``simulate sweep``; `InputError` propagates to `simulator.cli.main`."""
-    from reports.review import summary_lines
-
     args = build_parser().parse_args(argv)
     for flag in ("workers", "images"):
         value = getattr(args, flag)
@@ -265,7 +339,10 @@ def main(argv: list[str]) -> int:
         if value is not None and Path(value).exists() and not Path(value).is_dir():
             raise InputError(f"sweep: --{flag} {value}: is a file, expected a directory")
     spec = _apply_overrides(_load_spec(args.sweep, args.out), args)
+    _check_inputs(spec, args)
     report, stats = run_sweep(spec, args)
+    from reports.review import summary_lines     # matplotlib: only once there is something to draw
+
     results = json.loads((report.parent / "results.json").read_text())
     if args.json:
         slim = [{k: v for k, v in p.items() if k not in ("layers", "per_image_cycles")} for p in results["points"]]

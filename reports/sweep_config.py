@@ -12,7 +12,8 @@ A sweep file (``configs/sweeps/*.yaml``)::
         images: 150                   # optional; default: every image
     recipes:                          # each entry expands to a grid of points
       - recipe: static                # any name the recipe registry knows; "*" = every
-                                      # registered recipe (new recipes join by name)
+                                      # registered recipe (new recipes join by name),
+                                      # each with its sweep-default params
         bits: [w8a8, w6a6, w4a4]      # optional (w_bits, a_bits) pairs
         grid:                         # optional Cartesian product
           act_calibration: [mse, percentile]
@@ -25,8 +26,13 @@ A sweep file (``configs/sweeps/*.yaml``)::
 
 Paths are relative to the sweep file's directory; a bare accelerator name
 (no ``.yaml``) means ``configs/<name>.yaml`` of this project. Every problem
-is one `InputError` line, ``<file>: <field path>: <what was expected>``;
-expanded recipe points are checked by `reference.recipes.config` itself.
+is one `InputError` line, ``<file>: <field path>: <what was expected>``.
+Everything is checked here, before any point runs and without torch: every
+expanded recipe point, params included (`reference.recipes.config`,
+`reference.recipes.params`; ``"*"`` gives each recipe its
+``SWEEP_DEFAULT_PARAMS``), and every accelerator YAML with its identity (the
+same content twice is one accelerator, one ``name:`` with two contents is an
+error naming both files: `hwmodels.load_distinct`).
 """
 
 from __future__ import annotations
@@ -172,18 +178,20 @@ def _point_label(cfg) -> str:
     default = type(cfg)()
     extra = [f"{_SHORT.get(k, k)}={v}" for k, v in cfg.__dict__.items()
              if k not in ("recipe", "w_bits", "a_bits", "params") and v != getattr(default, k)]
-    extra += [f"{k}={v}" for k, v in sorted(cfg.params.items())]
+    extra += [f"{k}={v}" for k, v in sorted(cfg.params.items())
+              if not (cfg.recipe == "apq" and k == "allocation")]   # the apq label says it
     return cfg.label + (" " + ",".join(extra) if extra else "")
 
 
 def _recipe_points(entry, where: str, base: Path) -> list[tuple[str, dict]]:
-    from reference.recipes import RECIPES
-    from reference.recipes.config import load_recipe, recipe_from_dict
+    from reference.recipes.config import RECIPE_NAMES, load_recipe, recipe_from_dict
+    from reference.recipes.params import SWEEP_DEFAULT_PARAMS
 
     if not isinstance(entry, dict):
         _fail(where, f"expected a mapping with at least 'recipe', got {type(entry).__name__}")
-    if entry.get("recipe") == "*":       # every registered recipe, with its default params
-        return [p for name in RECIPES for p in _recipe_points({**entry, "recipe": name}, where, base)]
+    if entry.get("recipe") == "*":       # every registered recipe, with its sweep-default params
+        return [p for name in RECIPE_NAMES for p in _recipe_points(
+            {"params": SWEEP_DEFAULT_PARAMS.get(name, {}), **entry, "recipe": name}, f"{where} (recipe {name})", base)]
     fixed = {k: v for k, v in entry.items() if k not in _RECIPE_META_KEYS}
     if "base" in entry:
         fixed = {**load_recipe(_path(entry["base"], f"{where}: base", base)).__dict__, **fixed}
@@ -203,15 +211,28 @@ def _recipe_points(entry, where: str, base: Path) -> list[tuple[str, dict]]:
 
 
 def _accelerator(value, where: str, base: Path) -> str:
-    if isinstance(value, str) and not value.endswith((".yaml", ".yml")) and "/" not in value:
-        path = CONFIG_DIR / f"{value}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-            hint = difflib.get_close_matches(value, known, n=1)
-            _fail(where, f"unknown accelerator {value!r}; expected one of {', '.join(known)} or a YAML path"
-                  + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-        return str(path)
-    return _path(value, where, base)
+    from hwmodels.load import resolve_path
+
+    if not isinstance(value, str) or not value:
+        _fail(where, f"expected an accelerator name or YAML path, got {value!r}")
+    try:
+        path = resolve_path(value, base)
+    except InputError as e:
+        _fail(where, str(e))
+    if not Path(path).is_file():
+        _fail(where, f"{value}: no such file (relative to {base})")
+    return path
+
+
+def _distinct_accelerators(paths: list[str], where: str) -> tuple[str, ...]:
+    """Validate every accelerator YAML now, and keep one file per accelerator: the same content
+    twice is one accelerator; one ``name:`` with two different contents is an error."""
+    import hwmodels
+
+    try:
+        return tuple(npu.source for npu in hwmodels.load_distinct(paths))
+    except InputError as e:
+        _fail(where, str(e))
 
 
 def parse_sweep(data, source: str, base: Path | None = None) -> SweepSpec:
@@ -241,7 +262,7 @@ def parse_sweep(data, source: str, base: Path | None = None) -> SweepSpec:
             seen[full] = key
             runs.append(RunSpec(full, model, recipe, batch))
     breakdown = _breakdown(data.get("report", {}), f"{source}: report", [r.label for r in runs])
-    return SweepSpec(name, source, tuple(runs), tuple(dict.fromkeys(accels)), breakdown)
+    return SweepSpec(name, source, tuple(runs), _distinct_accelerators(accels, f"{source}: accelerators"), breakdown)
 
 
 def _breakdown(report, where: str, labels: list[str]) -> tuple[str, ...]:

@@ -1,30 +1,56 @@
 """``simulate``: the command line.
 
-The CLI is the composition root: the only module under simulator/ that
-imports `reference` (torch, timm) and `hwmodels`, lazily inside functions, so
-the integer datapath itself stays free of them.
+The CLI is the composition root: the only module under simulator/ (with
+cost_command.py, preflight.py and summary.py) that imports `reference` (torch, timm) and
+`hwmodels`, lazily inside functions, so the integer datapath itself stays
+free of them.
 
 ``simulate`` with no arguments runs the main job: the bundled digits ViT, the
 digits test split, static W8A8, printing fp32 / fake-quant (integer-only and
 float-nonlinear) / simulator top-1, ``bit-exact: N/N images`` and wall time.
-User errors print ``simulate: error: <one line>`` and exit 2.
+Subcommands: ``cost``, ``sweep``, ``export-vectors``, ``verify-vectors``.
+
+Every input is checked first (`simulator.preflight`), before torch, timm or
+numba are imported, so a bad one fails in well under two seconds. User
+errors print ``simulate: error: <one line>`` and exit 2; warnings are one
+``simulate: warning: ...`` line each; progress and phase lines go to stderr
+through `logging` (``--quiet``, ``--verbose``, ``--no-progress``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from simulator.errors import InputError
 
-__all__ = ["main", "RECIPE_DIR"]
+__all__ = ["main", "RECIPE_DIR", "build_parser", "add_model_arguments", "add_logging_arguments",
+           "configure_logging", "SUBCOMMANDS"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE_DIR = REPO_ROOT / "configs" / "recipes"
+log = logging.getLogger("simulator.cli")
+
+# name -> ("module:function", one-line help); the function takes argv (list[str]) and returns an
+# exit code. Imported only when used.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "cost": ("simulator.cost_command:cost_main",
+             "hardware cost of a timm ViT from its shapes alone (no checkpoint, no images)"),
+    "sweep": ("reports.sweep:main", "run a design-review sweep YAML and write its Pareto report"),
+    "export-vectors": ("simulator.vectors:export_main",
+                       "write every layer's integer tensors (npz + $readmemh hex + manifest) for RTL testbenches"),
+    "verify-vectors": ("simulator.vectors:verify_main",
+                       "check a vector set written by export-vectors (files, hashes, re-run)"),
+}
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,24 +58,98 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="simulate", description="Bit-exact integer simulation and hardware cost of quantized ViTs.")
-    p.add_argument("--model", default=None, help="timm ViT name (default: the bundled digits ViT)")
-    p.add_argument("--checkpoint", default=None, help="local .pth/.safetensors weights (timm key names)")
-    p.add_argument("--data", default=None, help="'digits' (default) or an ImageFolder directory")
-    p.add_argument("--calib", default=None, help="calibration images: 'digits' or an ImageFolder (default: --data)")
-    p.add_argument("--recipe", default=None,
+def _version() -> str:
+    from simulator.provenance import git_revision, tool_version
+
+    rev = git_revision()
+    return f"simulate (vit-intsim) {tool_version()}" + (f", git {rev}" if rev else "")
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: computed only when asked (the git call stays off the normal path)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit()
+
+
+def add_model_arguments(p: argparse.ArgumentParser, data: bool = True) -> None:
+    """The timm-style model flags (and, with ``data``, the image/recipe flags) shared by commands."""
+    g = p.add_argument_group("model (timm)")
+    g.add_argument("--model", default=None, help="timm VisionTransformer name (default: the bundled digits ViT "
+                   "'vit_digits'); built with pretrained=False, weights from --checkpoint")
+    g.add_argument("--num-classes", type=int, default=None, metavar="N",
+                   help="classifier rows (timm num_classes), e.g. for a fine-tuned checkpoint's head")
+    g.add_argument("--img-size", type=int, default=None, metavar="PX",
+                   help="input resolution (timm img_size; the patch grid and pos_embed follow)")
+    g.add_argument("--mean", type=float, nargs="+", default=None, metavar="M",
+                   help="input normalisation mean, 1 or 3 values (default: the model's)")
+    g.add_argument("--std", type=float, nargs="+", default=None, metavar="S",
+                   help="input normalisation std, 1 or 3 values (default: the model's)")
+    g.add_argument("--crop-pct", type=float, default=None, metavar="F",
+                   help="eval center-crop fraction in (0, 1] (default: the model's)")
+    g.add_argument("--interpolation", default=None, choices=_INTERPOLATIONS,
+                   help="eval resize interpolation (default: the model's)")
+    if not data:
+        return
+    g.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="local .safetensors/.pth/.pt/.bin weights, read with timm's loader "
+                        "(state_dict/model/EMA wrappers, 'module.' prefixes)")
+    d = p.add_argument_group("data and recipe")
+    d.add_argument("--data", default=None, metavar="DIR",
+                   help="'digits' (default, the bundled 8x8 set) or an ImageFolder directory (<dir>/<class>/<image>)")
+    d.add_argument("--calib", default=None, metavar="DIR",
+                   help="calibration images: 'digits' or an ImageFolder (default: --data)")
+    d.add_argument("--recipe", default=None, metavar="R",
                    help="recipe YAML, or a name under configs/recipes (default: static_w8a8)")
-    p.add_argument("--wbits", type=int, default=None, help="override the recipe's weight bits")
-    p.add_argument("--abits", type=int, default=None, help="override the recipe's activation bits")
-    p.add_argument("--images", type=int, default=None, help="evaluate on the first N images")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--backend", default="auto", choices=("auto", "int_mm", "blas", "numba"),
+    d.add_argument("--wbits", type=int, default=None, metavar="B", help="override the recipe's weight bits (2..8)")
+    d.add_argument("--abits", type=int, default=None, metavar="B",
+                   help="override the recipe's activation bits (2..8)")
+
+
+def add_logging_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output verbosity")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="only warnings and errors on stderr (no progress or phase lines)")
+    g.add_argument("-v", "--verbose", action="store_true", help="also debug lines on stderr")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bars or progress lines (calibration, loading, executors, sweeps)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    width = max(map(len, SUBCOMMANDS)) + 2
+    commands = "\n".join(f"  {name:<{width}}{text}" for name, (_, text) in SUBCOMMANDS.items())
+    # The subcommands are dispatched by main() before this parser runs (each parses its own flags);
+    # they are listed here rather than as argparse subparsers so that a mistyped flag's value is
+    # never taken for a command name.
+    p = _Parser(prog="simulate", usage="simulate [COMMAND] [options]",
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Bit-exact integer simulation and hardware cost of quantized ViTs.\n\n"
+                            "Without a COMMAND: quantize a model, run fp32, fake-quant and the integer simulator\n"
+                            "on the evaluation images, compare their codes, and optionally cost the run on\n"
+                            "accelerators.\n\n"
+                            f"commands ('simulate COMMAND --help' lists a command's flags):\n{commands}")
+    p.add_argument("--version", action=_VersionAction, help="print the tool version (and git revision) and exit")
+    add_model_arguments(p)
+    r = p.add_argument_group("run")
+    r.add_argument("--images", type=int, default=None, metavar="N",
+                   help="evaluate N images: a fixed seed-0 random subset (in the source's order), so a "
+                        "small N still spans every class (default: all)")
+    r.add_argument("--batch-size", type=int, default=64, metavar="N", help="executor batch size (default 64)")
+    r.add_argument("--backend", default="auto", choices=("auto", "int_mm", "blas", "numba"),
                    help="simulator GEMM backend (all exact; default auto)")
-    p.add_argument("--hw", nargs="+", default=None, metavar="NPU.yaml", help="accelerator YAML(s) to cost")
-    p.add_argument("--save-qvit", default=None, metavar="PATH", help="write the frozen QuantizedViT (.npz)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--hw", nargs="+", default=None, metavar="NPU",
+                   help="accelerator YAML(s) to cost the run on; a bare name (npu_int8) means configs/<name>.yaml")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--json", default=None, metavar="PATH",
+                   help="write every number (with tool version, git revision, time, accelerator parameters) as JSON")
+    o.add_argument("--csv", default=None, metavar="PATH",
+                   help="write the summary as CSV: one row per accelerator (one row without --hw)")
+    o.add_argument("--save-qvit", default=None, metavar="PATH", help="write the frozen QuantizedViT (.npz)")
+    add_logging_arguments(p)
     add_image_limit_flag(p)
     return p
 
@@ -65,6 +165,36 @@ def _max_pixels(args) -> int:
     if n <= 0:
         raise InputError(f"--max-image-pixels: expected a positive integer, got {n}")
     return n
+
+
+class _StderrHandler(logging.Handler):
+    """``simulate: <message>`` / ``simulate: warning: <message>`` on the current sys.stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+            sys.stderr.write(f"simulate: {level}{record.getMessage()}\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 -- logging must never raise
+            self.handleError(record)
+
+
+_LOGGERS = ("simulator", "reference", "reports", "hwmodels")
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False, progress: bool = True) -> None:
+    """Route the project's loggers to stderr: INFO by default, WARNING with --quiet, DEBUG with --verbose."""
+    from simulator import progress as progress_mod
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        for h in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+            logger.removeHandler(h)
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(level)
+        logger.propagate = False
+    progress_mod.configure(enabled=progress and not quiet)
 
 
 def resolve_recipe(spec: str | None, wbits: int | None, abits: int | None):
@@ -99,68 +229,149 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
-def _check_positive(args) -> None:
+@dataclass(frozen=True)
+class Plan:
+    """What the preflight established: the recipe, the accelerators (distinct), the image folders."""
+
+    cfg: object            # RecipeConfig
+    npus: list             # list[NPUSpec]
+    data: object           # FolderInfo or None (digits)
+    calib: object          # FolderInfo or None (digits)
+
+
+def preflight(args, outputs=()) -> Plan:
+    """Check flags, recipe, accelerators, checkpoint, data and outputs; no torch/timm/numba import."""
+    from simulator import preflight as pf
+
+    pf.check_flags(args)
+    cfg = resolve_recipe(args.recipe, args.wbits, args.abits)
+    npus = []
+    if getattr(args, "hw", None):
+        import hwmodels
+
+        npus = hwmodels.load_distinct(args.hw)
+    pf.check_checkpoint(args.checkpoint, args.model, args.num_classes, args.img_size)
+    pf.check_data_for_model(args.data, args.model, args.img_size)
+    data = pf.scan_folder(args.data, "--data")
+    calib = pf.scan_folder(args.calib, "--calib") if args.calib is not None else data
+    if args.calib is not None:
+        pf.check_data_for_model(args.calib, args.model, args.img_size)
+    pf.check_outputs(outputs)
     _max_pixels(args)
-    for name in ("images", "batch_size"):
-        v = getattr(args, name)
-        if v is not None and v <= 0:
-            raise InputError(f"--{name.replace('_', '-')}: expected a positive integer, got {v}")
-    for path in [args.checkpoint, *(args.hw or [])]:
-        if path is not None and not Path(path).is_file():
-            raise InputError(f"{path}: no such file")
     from simulator.atomic_files import check_writable
 
-    for flag, path in (("--json", args.json), ("--save-qvit", args.save_qvit)):
+    for flag, path in outputs:
         if path is not None:
-            check_writable(path, f"{flag} {path}")   # before the run: a read-only folder fails fast
+            check_writable(path, f"{flag} {path}")   # a real write test: os.access passes for root
+    log.debug("recipe %s: %s", cfg.label, {k: v for k, v in cfg.__dict__.items()})
+    for npu in npus:
+        log.debug("accelerator %s: %s", npu.name, npu.source)
+    for flag, info in (("--data", data), ("--calib", calib)):
+        if info is not None:
+            log.debug("%s %s: %d images in %d classes", flag, info.root, info.n_images, len(info.classes))
+    return Plan(cfg, npus, data, calib)
+
+
+def load_model_from_args(args, random_weights_ok: bool = False):
+    """The float model of --model/--checkpoint and the timm-style flags."""
+    from reference.models import load_model
+
+    return load_model(args.model, getattr(args, "checkpoint", None), num_classes=args.num_classes,
+                      img_size=args.img_size, mean=args.mean, std=args.std, crop_pct=args.crop_pct,
+                      interpolation=args.interpolation, random_weights_ok=random_weights_ok)
+
+
+def data_warnings(model, plan: Plan) -> list[str]:
+    """Warnings about the data for this model: class-count mismatch, images resized or converted.
+    Logged once the images have loaded (a bad image is then the only stderr line)."""
+    from PIL import Image
+
+    from reference.models import model_input_config
+
+    info, out = plan.data, []
+    if info is None:
+        return out
+    if len(info.classes) != model.num_classes:
+        out.append(f"--data {info.root}: {len(info.classes)} classes, but the model's head has {model.num_classes} "
+                   "outputs (labels are the sorted folder index; pass --num-classes and a matching --checkpoint)")
+    c, h, w = model_input_config(model)["input_size"]
+    old_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None   # header only; the loader checks the size
+    try:
+        with Image.open(info.first_image) as im:
+            size, mode = im.size, im.mode
+    except Exception:  # noqa: BLE001 -- unreadable files are reported by the loader, naming the file
+        return out
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    if size != (w, h):
+        out.append(f"--data {info.root}: images such as {Path(info.first_image).name} are {size[0]}x{size[1]}, "
+                   f"the model's input is {w}x{h}: resized by its eval transform")
+    if c == 1 and mode not in ("L", "1", "I", "I;16", "F"):
+        out.append(f"--data {info.root}: {mode} images converted to grayscale for a 1-channel model")
+    return out
+
+
+def load_inputs(args, model, plan: Plan, limit: int | None):
+    """(test images, labels, calibration images), then the data and short-calibration warnings."""
+    from reference.data import load_dataset
+
+    cfg = plan.cfg
+    pending = data_warnings(model, plan)
+    images, labels = load_dataset(args.data, model, split="test", limit=limit, max_pixels=_max_pixels(args))
+    if len(images) == 0:
+        raise InputError(f"--data {args.data or 'digits'}: no images to evaluate")
+    calib_spec = args.calib if args.calib is not None else args.data
+    calib, _ = load_dataset(calib_spec, model, split="calib", limit=cfg.calib_images,
+                            max_pixels=_max_pixels(args))
+    for text in pending:
+        log.warning("%s", text)
+    if len(calib) < cfg.calib_images:
+        log.warning("calibration: %d images in %s, recipe %s asks for %d; calibrating on %d",
+                    len(calib), calib_spec or "digits", cfg.label, cfg.calib_images, len(calib))
+    return images, labels, calib
 
 
 def quantize_from_args(args, limit: int | None):
     """(QuantizedViT, test images) for --model/--checkpoint/--data/--calib/--recipe/--wbits/--abits."""
-    from reference.data import load_dataset
-    from reference.models import DEFAULT_MODEL, load_model
-    from reference.recipes import quantize
+    from simulator import progress
 
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise InputError(f"{args.checkpoint}: no such file")
-    cfg = resolve_recipe(args.recipe, args.wbits, args.abits)
-    model = load_model(args.model, args.checkpoint)
-    images, _ = load_dataset(args.data, model, split="test", limit=limit, max_pixels=_max_pixels(args))
-    if len(images) == 0:
-        raise InputError(f"--data {args.data or 'digits'}: no images")
-    calib, _ = load_dataset(args.calib if args.calib is not None else args.data, model, split="calib",
-                            limit=cfg.calib_images, max_pixels=_max_pixels(args))
-    return quantize(model, calib, cfg, model_name=args.model or DEFAULT_MODEL), images
+    for flag in ("num_classes", "img_size", "mean", "std", "crop_pct", "interpolation"):
+        if not hasattr(args, flag):
+            setattr(args, flag, None)
+    plan = preflight(args)
+    with progress.phase("importing torch, timm and numba"):
+        from reference.recipes import quantize
+    model = load_model_from_args(args)
+    images, _, calib = load_inputs(args, model, plan, limit)
+    with progress.phase(f"calibrating and freezing {plan.cfg.label}"):
+        qvit = quantize(model, calib, plan.cfg, model_name=args.model or "vit_digits")
+    return qvit, images
 
 
 def run_main(args) -> int:
-    """Quantize, run fp32 / fake-quant / simulator, compare codes, print and save."""
-    import torch
-    from tqdm.auto import tqdm
+    """Check, quantize, run fp32 / fake-quant / simulator, compare codes, print and save."""
+    from simulator import progress
 
-    from reference.data import load_dataset
-    from reference.fakequant import FakeQuantExecutor
-    from reference.models import DEFAULT_MODEL, load_model
-    from reference.recipes import quantize
-    from simulator.executor import IntegerExecutor
-    from simulator.results import bit_exact_images, first_mismatch
-
-    _check_positive(args)
     t_start = time.perf_counter()
-    cfg = resolve_recipe(args.recipe, args.wbits, args.abits)
-    hw = None
-    if args.hw:
-        import hwmodels
-        hw = [hwmodels.load(p) for p in args.hw]
+    plan = preflight(args, [("--json", args.json), ("--csv", args.csv), ("--save-qvit", args.save_qvit)])
+    cfg = plan.cfg
+    with progress.phase("importing torch, timm and numba"):
+        import torch
+
+        from reference.fakequant import FakeQuantExecutor
+        from reference.models import DEFAULT_MODEL
+        from reference.recipes import quantize
+        from simulator.executor import IntegerExecutor
+        from simulator.igq import overhead_bops
+        from simulator.results import bit_exact_images, first_mismatch
+        from simulator.summary import accelerator_record, print_summary, summary_csv
     model_name = args.model or DEFAULT_MODEL
-    model = load_model(args.model, args.checkpoint)
-    images, labels = load_dataset(args.data, model, split="test", limit=args.images, max_pixels=_max_pixels(args))
-    if len(images) == 0:
-        raise InputError(f"--data {args.data or 'digits'}: no images to evaluate")
-    calib_spec = args.calib if args.calib is not None else args.data
-    calib, _ = load_dataset(calib_spec, model, split="calib", limit=cfg.calib_images, max_pixels=_max_pixels(args))
+    with progress.phase(f"building {model_name}"):
+        model = load_model_from_args(args)
+    images, labels, calib = load_inputs(args, model, plan, args.images)
     t0 = time.perf_counter()
-    qvit = quantize(model, calib, cfg, model_name=model_name)
+    with progress.phase(f"calibrating and freezing {cfg.label} on {len(calib)} images"):
+        qvit = quantize(model, calib, cfg, model_name=model_name)
     t_calib = time.perf_counter() - t0
 
     fq_int, fq_float = FakeQuantExecutor(qvit, "integer"), FakeQuantExecutor(qvit, "float")
@@ -169,7 +380,8 @@ def run_main(args) -> int:
     exact, mismatch, timings, trace, overflows = [], None, dict.fromkeys(("fp32", "fq_int", "fq_float", "sim"), 0.0), None, {}
     bs = args.batch_size
     ran, depth = [], []
-    for s in tqdm(range(0, len(images), bs), desc="simulating", unit="batch", disable=True if args.no_progress else None):
+    desc = f"evaluating {len(images)} images (fp32, fake-quant x2, integer simulator; the first batch compiles)"
+    for s in progress.track(range(0, len(images), bs), desc, unit="batch"):
         x = images[s:s + bs]
         t = time.perf_counter()
         with torch.no_grad():
@@ -195,32 +407,42 @@ def run_main(args) -> int:
     exact = np.concatenate(exact)
     top1 = {k: float(np.mean(np.concatenate(v) == labels)) * 100 for k, v in preds.items()}
     wall = time.perf_counter() - t_start
+    grouping = np.array([overhead_bops([r]) for r in trace.layers], dtype=np.int64)
+    from simulator.provenance import tool_info
+
     summary = {
+        "tool": tool_info(),
         "model": model_name, "checkpoint": args.checkpoint, "data": args.data or "digits",
+        "model_config": _model_config(model, args),
         "images": int(len(images)), "recipe": cfg.__dict__ | {"label": cfg.label},
+        "calib_images_used": int(len(calib)),
         "top1": {"fp32": top1["fp32"], "fakequant_integer": top1["fq_int"],
                  "fakequant_float_nonlinear": top1["fq_float"], "simulator": top1["sim"]},
         "bit_exact_images": int(exact.sum()), "first_mismatch": mismatch,
         "accumulator_overflows": overflows,
         "macs_per_image": round(trace.macs_per_image().mean()), "bops_per_image": round(trace.bops_per_image().mean()),
+        "grouping_bops_per_image": round(float((trace.ran_mask().astype(np.int64) @ grouping).mean())),
         "wall_time_s": wall, "calibration_s": t_calib,
         "executor_s": {"fp32": timings["fp32"], "fakequant_integer": timings["fq_int"],
                        "fakequant_float_nonlinear": timings["fq_float"], "simulator": timings["sim"]},
     }
-    _print_summary(summary, cfg.label)
-    if hw:
+    print_summary(summary, cfg.label)
+    if plan.npus:
         import hwmodels
         from hwmodels.report import format_comparison, format_report
-        reports = [hwmodels.estimate(trace, npu) for npu in hw]
+
+        reports = [hwmodels.estimate(trace, npu) for npu in plan.npus]
         print(format_report(reports[0]) if len(reports) == 1 else format_comparison(reports))
-        summary["hardware"] = [r.to_dict() for r in reports]
+        summary["hardware"] = [r.to_dict() | {"accelerator": accelerator_record(npu)}
+                               for r, npu in zip(reports, plan.npus)]
     _write_outputs(args, qvit, summary)
     return 0
 
 
 def _write_outputs(args, qvit, summary: dict) -> None:
-    """--save-qvit and --json together: both files renamed into place, or neither."""
+    """--save-qvit, --json and --csv together: every file renamed into place, or none."""
     from simulator.atomic_files import Batch, dumps_json
+    from simulator.summary import summary_csv
 
     with Batch() as batch:
         if args.save_qvit:
@@ -228,48 +450,45 @@ def _write_outputs(args, qvit, summary: dict) -> None:
         if args.json:
             batch.add(args.json, dumps_json(summary, f"--json {args.json}", default=_json_default),
                       f"--json {args.json}")
+        if args.csv:
+            batch.add(args.csv, summary_csv(summary).encode(), f"--csv {args.csv}")
 
 
-def _print_summary(s: dict, label: str) -> None:
-    t = s["top1"]
-    print(f"model {s['model']}  data {s['data']} ({s['images']} images)  recipe {label}")
-    print(f"  fp32 top-1                          {t['fp32']:6.2f}%")
-    print(f"  fake-quant top-1 (integer-only)     {t['fakequant_integer']:6.2f}%")
-    print(f"  fake-quant top-1 (float nonlinear)  {t['fakequant_float_nonlinear']:6.2f}%")
-    print(f"  integer simulator top-1             {t['simulator']:6.2f}%")
-    print(f"  bit-exact: {s['bit_exact_images']}/{s['images']} images"
-          + ("" if s["first_mismatch"] is None else f"  (first mismatch: {s['first_mismatch']})"))
-    ov = sum(s["accumulator_overflows"].values())
-    print(f"  accumulator overflows (saturated): {ov}"
-          + ("" if not ov else f" in {', '.join(sorted(s['accumulator_overflows']))}"))
-    print(f"  MACs/image {s['macs_per_image'] / 1e6:.3f} M   BOPs/image {s['bops_per_image'] / 1e9:.3f} G")
-    e = s["executor_s"]
-    print(f"  wall time: {s['wall_time_s']:.1f} s (calibration {s['calibration_s']:.1f} s, fp32 {e['fp32']:.2f} s, "
-          f"fake-quant {e['fakequant_integer']:.2f} s, simulator {e['simulator']:.2f} s)")
+def _model_config(model, args) -> dict:
+    from reference.models import model_input_config
+
+    cfg = model_input_config(model)
+    return {"num_classes": int(model.num_classes), **{k: list(v) if isinstance(v, tuple) else v
+                                                       for k, v in cfg.items()}}
 
 
-# Subcommands: name -> "module:function"; the function takes argv (list[str])
-# and returns an exit code. Imported only when used.
-SUBCOMMANDS: dict[str, str] = {
-    "cost": "simulator.cost_command:cost_main",
-    "export-vectors": "simulator.vectors:export_main",
-    "verify-vectors": "simulator.vectors:verify_main",
-    "sweep": "reports.sweep:main",
-}
+def _write_text_atomic(path: str, text: str, flag: str) -> None:
+    """Write text atomically with the user's umask (`simulator.atomic_files`); errors name ``flag``."""
+    from simulator.atomic_files import write_bytes
+
+    write_bytes(path, text.encode(), f"{flag} {path}")
+
 
 def _subcommand(name: str):
     import importlib
 
-    module, func = SUBCOMMANDS[name].split(":")
+    module, func = SUBCOMMANDS[name][0].split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def _logging_flags(argv: list[str]) -> tuple[bool, bool, bool]:
+    """(quiet, verbose, progress) from argv, for subcommands that parse their own flags."""
+    return ("-q" in argv or "--quiet" in argv, "-v" in argv or "--verbose" in argv, "--no-progress" not in argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] in SUBCOMMANDS:
+            configure_logging(*_logging_flags(argv[1:]))
             return _subcommand(argv[0])(argv[1:])
         args = build_parser().parse_args(argv)
+        configure_logging(args.quiet, args.verbose, not args.no_progress)
         return run_main(args)
     except InputError as e:
         print(f"simulate: error: {e}", file=sys.stderr)

@@ -18,55 +18,82 @@ from simulator.errors import InputError
 __all__ = ["cost_main"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise InputError(f"cost: {message}")
-
-
 def _parser() -> argparse.ArgumentParser:
+    from simulator.cli import _Parser, add_logging_arguments, add_model_arguments
+
     p = _Parser(prog="simulate cost", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="timm ViT name (default: the bundled digits ViT)")
-    p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the model's)")
-    p.add_argument("--wbits", type=int, default=8)
-    p.add_argument("--abits", type=int, default=8)
-    p.add_argument("--residual-bits", type=int, default=16)
-    p.add_argument("--edge-bits", type=int, default=8, help="patch embed / head bits (0: same as w/a)")
-    p.add_argument("--hw", nargs="+", required=True, metavar="NPU.yaml")
-    p.add_argument("--json", default=None, metavar="PATH")
+    add_model_arguments(p, data=False)
+    b = p.add_argument_group("bit-widths")
+    b.add_argument("--wbits", type=int, default=8, metavar="B", help="GEMM weight bits, 2..8 (default 8)")
+    b.add_argument("--abits", type=int, default=8, metavar="B", help="GEMM activation bits, 2..8 (default 8)")
+    b.add_argument("--residual-bits", type=int, default=16, metavar="B",
+                   help="residual stream bits (default 16)")
+    b.add_argument("--edge-bits", type=int, default=8, metavar="B",
+                   help="patch embed / head bits (default 8; 0: same as --wbits/--abits)")
+    o = p.add_argument_group("accelerators and outputs")
+    o.add_argument("--hw", nargs="+", required=True, metavar="NPU",
+                   help="accelerator YAML(s); a bare name (npu_int8) means configs/<name>.yaml")
+    o.add_argument("--json", default=None, metavar="PATH",
+                   help="write the cost reports (with tool version, time, accelerator parameters) as JSON")
+    o.add_argument("--csv", default=None, metavar="PATH", help="write per-image totals, one row per accelerator")
+    add_logging_arguments(p)
     return p
 
 
-def _arch_model(name: str | None, img_size: int | None):
-    from reference.models import DEFAULT_MODEL, load_model
-
-    if img_size is None or name in (None, DEFAULT_MODEL):
-        if img_size is not None:
-            raise InputError("cost: --img-size applies to timm model names, not the bundled default")
-        return load_model(name)
-    import timm
-
-    try:
-        return timm.create_model(name, pretrained=False, img_size=img_size)
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise InputError(f"cost: --model {name} --img-size {img_size}: {str(e).splitlines()[0]}") from None
-
-
-def cost_main(argv: list[str]) -> int:
+def _check(args) -> list:
+    """Flags, accelerators and outputs, before torch/timm are imported; returns the NPU specs."""
     import hwmodels
-    from reference.vit_float import check_supported, vit_arch
-    from simulator.cli import write_json_atomic
-    from simulator.graph import static_layers
-    from simulator.shapes import shape_only_qvit
-    from simulator.trace import Trace
+    from simulator import preflight
 
-    args = _parser().parse_args(argv)
     # the recipe's ranges (reference.recipes.config._RANGES): each flag is named, not an internal layer
     for flag, v, lo, hi in (("--wbits", args.wbits, 2, 8), ("--abits", args.abits, 2, 8),
                             ("--residual-bits", args.residual_bits, 8, 24), ("--edge-bits", args.edge_bits, 0, 8)):
         if not lo <= v <= hi:
             raise InputError(f"cost: {flag}: expected {lo}..{hi}, got {v}")
-    npus = [hwmodels.load(p) for p in args.hw]
-    model = _arch_model(args.model, args.img_size)
+    preflight.check_flags(args)
+    preflight.check_outputs([("--json", args.json), ("--csv", args.csv)])
+    return hwmodels.load_distinct(args.hw)
+
+
+def _csv(name: str, w: int, a: int, reports) -> str:
+    import csv
+    import io
+
+    from simulator.provenance import tool_info
+
+    info = tool_info()
+    cols = ("model", "w_bits", "a_bits", "accelerator", "accelerator_file", "macs", "bops", "cycles", "latency_ms",
+            "images_per_s", "energy_uj", "offchip_mb", "pe_utilisation", "tool_version", "created_utc")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for r in reports:
+        c = r.to_dict()["per_image"]
+        writer.writerow({"model": name, "w_bits": w, "a_bits": a, "accelerator": r.npu.name,
+                         "accelerator_file": r.npu.source, **{k: c[k] for k in cols[5:13]},
+                         "tool_version": info["version"], "created_utc": info["created_utc"]})
+    return buf.getvalue()
+
+
+def cost_main(argv: list[str]) -> int:
+    from simulator import progress
+
+    args = _parser().parse_args(argv)
+    npus = _check(args)
+    with progress.phase("importing torch and timm"):
+        import hwmodels
+        from reference.models import load_model
+        from reference.vit_float import check_supported, vit_arch
+        from simulator.cli import _write_text_atomic, write_json_atomic
+        from simulator.summary import accelerator_record
+        from simulator.graph import static_layers
+        from simulator.provenance import tool_info
+        from simulator.shapes import shape_only_qvit
+        from simulator.trace import Trace
+
+    model = load_model(args.model, num_classes=args.num_classes, img_size=args.img_size, mean=args.mean,
+                       std=args.std, crop_pct=args.crop_pct, interpolation=args.interpolation,
+                       random_weights_ok=True, shapes_only=True)
     check_supported(model)
     arch = vit_arch(model)
     name = args.model or "vit_digits"
@@ -77,6 +104,10 @@ def cost_main(argv: list[str]) -> int:
           f"W{args.wbits}A{args.abits} (shapes only)")
     print(hwmodels.format_report(reports[0]) if len(reports) == 1 else hwmodels.format_comparison(reports))
     if args.json:
-        write_json_atomic(args.json, {"model": name, "arch": arch, "w_bits": args.wbits, "a_bits": args.abits,
-                                      "hardware": [r.to_dict() for r in reports]})
+        write_json_atomic(args.json, {"tool": tool_info(), "model": name, "arch": arch, "w_bits": args.wbits,
+                                      "a_bits": args.abits,
+                                      "hardware": [r.to_dict() | {"accelerator": accelerator_record(npu)}
+                                                   for r, npu in zip(reports, npus)]})
+    if args.csv:
+        _write_text_atomic(args.csv, _csv(name, args.wbits, args.abits, reports), "--csv")
     return 0

@@ -139,7 +139,10 @@ CASES.update({
                                       "missing key"),
     "ckpt_bad_extension": lambda tmp: (["--checkpoint", _write(tmp, "m.txt", "weights")], "unsupported checkpoint"),
     "model_unknown_name": lambda tmp: (["--model", "vit_tiny_patch99"], "vit_tiny_patch99"),
-    "model_not_a_vit": lambda tmp: (["--model", "resnet18"], "VisionTransformer"),
+    # with the digits set any non-default model is refused before it is built ("digits", model_rgb_vs_digits);
+    # an image folder lets the model build, where a non-ViT is refused
+    "model_not_a_vit": lambda tmp: (["--model", "resnet18", "--data", _image_folder(tmp, {"a/ok.png": _png_bytes(tmp)})],
+                                    "VisionTransformer"),
     "model_rgb_vs_digits": lambda tmp: (["--model", "vit_tiny_patch16_224"], "digits"),
     "data_missing_folder": lambda tmp: (["--data", str(tmp / "nope")], "nope"),
     "data_is_file": lambda tmp: (["--data", _write(tmp, "f.png", b"x")], "f.png"),

@@ -29,7 +29,7 @@ once per allocation; thresholds are then applied offline.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from reference.calibration import collect_boundaries
 from reference.exits import (DEFAULT_EXITS_PATH, ExitHeads, class_tokens, default_exits_after,
                              fit_exit_heads, load_exit_heads)
 from reference.quantizers import calibrate, code_range, dyadic
+from reference.recipes import params as _params
 from reference.recipes.config import RecipeConfig
 from reference.recipes.static import freeze_layernorm, freeze_linear, freeze_static, RESIDUAL_HEADROOM
 from reference.vit_float import check_supported, vit_arch
@@ -52,61 +53,8 @@ __all__ = ["APQParams", "parse_params", "build", "CONF_BITS", "threshold_code"]
 CONF_BITS = 12
 
 
-@dataclass(frozen=True)
-class APQParams:
-    exit_heads: str = "auto"            # auto | distill | path to a heads .safetensors
-    exits_every: int = 2                # distilled heads: after every N blocks
-    threshold: object = "search"        # "search" or a fixed shared tau in (0, 1]
-    allocation: str = "apq"             # apq | uniform (recipe w_bits/a_bits everywhere)
-    bit_candidates: tuple = ((8, 8), (6, 6), (4, 8), (4, 4))
-    bop_budgets: tuple = (1.0, 0.5, 0.35, 0.25)
-    threshold_grid: tuple = (0.999, 0.995, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
-    risk_bound: float = 0.02
-    confidence: float = 0.9
-    holdout_fraction: float = 0.5
-    seed: int = 0
-
-
-def _err(where, field, msg):
-    return InputError(f"{where}: params.{field}: {msg}")
-
-
-def _num(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def parse_params(d: dict, where: str = "recipe") -> APQParams:
-    """Validate ``params`` of an apq recipe into `APQParams` (one-line errors)."""
-    known = APQParams.__dataclass_fields__
-    for k in d:
-        if k not in known:
-            raise _err(where, k, f"unknown apq parameter (expected one of {', '.join(known)})")
-    v = {**{k: f.default for k, f in known.items()}, **d}
-    if not isinstance(v["exit_heads"], str):
-        raise _err(where, "exit_heads", "expected 'auto', 'distill' or a path")
-    if v["allocation"] not in ("apq", "uniform"):
-        raise _err(where, "allocation", f"expected 'apq' or 'uniform', got {v['allocation']!r}")
-    t = v["threshold"]
-    if t != "search" and not (_num(t) and 0 < t <= 1):
-        raise _err(where, "threshold", f"expected 'search' or a number in (0, 1], got {t!r}")
-    for k, lo, hi in (("risk_bound", 0, 1), ("confidence", 0, 1), ("holdout_fraction", 0, 1)):
-        if not (_num(v[k]) and lo < v[k] < hi):
-            raise _err(where, k, f"expected a number in ({lo}, {hi}), got {v[k]!r}")
-    for k in ("exits_every", "seed"):
-        if isinstance(v[k], bool) or not isinstance(v[k], int) or v[k] < (1 if k == "exits_every" else 0):
-            raise _err(where, k, f"expected a {'positive' if k == 'exits_every' else 'non-negative'} integer")
-    bc = v["bit_candidates"]
-    if (not isinstance(bc, (list, tuple)) or not bc or
-            any(not isinstance(p, (list, tuple)) or len(p) != 2 or
-                any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8 for b in p) for p in bc)):
-        raise _err(where, "bit_candidates", f"expected a list of [w_bits, a_bits] pairs in 2..8, got {bc!r}")
-    for k, lo, hi in (("bop_budgets", 0, 1), ("threshold_grid", 0, 1)):
-        s = v[k]
-        if not isinstance(s, (list, tuple)) or not s or any(not (_num(x) and lo < x <= hi) for x in s):
-            raise _err(where, k, f"expected a non-empty list of numbers in ({lo}, {hi}], got {s!r}")
-    v["bit_candidates"] = tuple(tuple(p) for p in bc)
-    v["bop_budgets"], v["threshold_grid"] = tuple(v["bop_budgets"]), tuple(sorted(v["threshold_grid"], reverse=True))
-    return APQParams(**v)
+APQParams = _params.APQParams
+parse_params = _params.parse_apq
 
 
 def threshold_code(tau: float) -> int:

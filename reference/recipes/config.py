@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import yaml
 
+from reference.recipes import params as _params
 from simulator.errors import InputError
 from simulator.safe_yaml import StrictLoader, read_capped
 
@@ -30,8 +31,8 @@ __all__ = ["RecipeConfig", "load_recipe", "recipe_from_dict", "RECIPE_NAMES", "P
 
 RECIPE_NAMES = ("static", "tsptq", "igq", "scalepredictor", "apq")
 # recipe name -> check(params: dict, where: str) raising InputError("<where>: params.<field>: ...");
-# registered by the recipe modules (reference.recipes imports them all).
-PARAM_CHECKS: dict = {}
+# torch-free (reference.recipes.params), so a recipe is checked whole before any heavy import.
+PARAM_CHECKS: dict = dict(_params.CHECKS)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class RecipeConfig:
 
     @property
     def label(self) -> str:
+        """``<recipe>_w<W>a<A>``; apq says what its bits mean: ``apq_mixed`` when the search
+        chooses per-block widths (w_bits/a_bits unused), ``apq_exits_w<W>a<A>`` when uniform."""
+        if self.recipe == "apq":
+            if self.params.get("allocation", "apq") == "apq":
+                return "apq_mixed"
+            return f"apq_exits_w{self.w_bits}a{self.a_bits}"
         return f"{self.recipe}_w{self.w_bits}a{self.a_bits}"
 
     def with_bits(self, w_bits: int | None = None, a_bits: int | None = None) -> "RecipeConfig":

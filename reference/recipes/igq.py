@@ -40,14 +40,13 @@ Recipe ``params`` (exactly one of ``groups`` / ``bop_budget``)::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from reference.calibration import collect_boundaries
+from reference.recipes import params as _params
 from reference.recipes.config import RecipeConfig
 from reference.recipes.igq_allocation import allocate, total_bops
 from reference.recipes.static import _gamma, freeze_linear, freeze_static
@@ -59,57 +58,15 @@ from simulator.qvit import QuantizedViT
 
 __all__ = ["IgqParams", "parse_params", "build", "choose_exps", "with_groups", "total_bops"]
 
-GROUP_CHOICES = (1, 2, 4, 8, 16)
+GROUP_CHOICES = _params.GROUP_CHOICES
+IgqParams = _params.IgqParams
 _CONSUMER = {"norm1": ("qkv", "attn.qkv"), "attn_out": ("proj", "attn.proj"),
              "norm2": ("fc1", "mlp.fc1"), "gelu": ("fc2", "mlp.fc2")}
 
 
-@dataclass(frozen=True)
-class IgqParams:
-    groups: int | None = None
-    bop_budget: float | None = None
-    candidates: tuple = GROUP_CHOICES
-    max_exp: int = 15
-    allocation_images: int = 64
-
-
 def parse_params(cfg: RecipeConfig) -> IgqParams:
-    """Validate ``cfg.params`` into `IgqParams`; one-line `InputError` per problem."""
-    where = f"recipe {cfg.label}: params"
-    p = dict(cfg.params)
-    known = [f.name for f in dataclasses.fields(IgqParams)]
-    for key in p:
-        if key not in known:
-            hint = difflib.get_close_matches(str(key), known, n=1)
-            raise InputError(f"{where}.{key}: unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-    if ("groups" in p) == ("bop_budget" in p):
-        raise InputError(f"{where}: give exactly one of groups (fixed G) or bop_budget (allocated G)")
-
-    def int_in(key, lo, hi):
-        v = p[key]
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise InputError(f"{where}.{key}: expected an integer in [{lo}, {hi}], got {v!r}")
-        return v
-    out = {}
-    if "groups" in p and p["groups"] not in GROUP_CHOICES or isinstance(p.get("groups"), bool):
-        raise InputError(f"{where}.groups: expected one of {list(GROUP_CHOICES)}, got {p['groups']!r}")
-    if "groups" in p:
-        out["groups"] = p["groups"]
-    if "bop_budget" in p:
-        v = p["bop_budget"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise InputError(f"{where}.bop_budget: expected a positive number (x static BOPs), got {v!r}")
-        out["bop_budget"] = float(v)
-    if "candidates" in p:
-        c = p["candidates"]
-        if (not isinstance(c, list) or not c or any(isinstance(v, bool) or v not in GROUP_CHOICES for v in c)):
-            raise InputError(f"{where}.candidates: expected a non-empty list from {list(GROUP_CHOICES)}, got {c!r}")
-        out["candidates"] = tuple(sorted(set(c)))
-    if "max_exp" in p:
-        out["max_exp"] = int_in("max_exp", 1, 24)
-    if "allocation_images" in p:
-        out["allocation_images"] = int_in("allocation_images", 1, 100000)
-    return IgqParams(**out)
+    """Validate ``cfg.params`` into `IgqParams` (see `reference.recipes.params`)."""
+    return _params.parse_igq(cfg.params, f"recipe {cfg.label}")
 
 
 # --- calibration of group exponents ----------------------------------------------------------

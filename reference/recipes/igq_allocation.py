@@ -31,6 +31,7 @@ from reference.recipes.config import RecipeConfig
 from simulator.errors import InputError
 from simulator.graph import static_layers
 from simulator.igq import SITES, overhead_bops
+from simulator.progress import track
 from simulator.qvit import QuantizedViT
 
 __all__ = ["allocate", "logit_kl", "total_bops"]
@@ -72,7 +73,11 @@ def allocate(builder, images: np.ndarray, cfg: RecipeConfig) -> QuantizedViT:
 
     kl_base = kl_of(base)
     extra_bops = {(k, g): total_bops(builder.build({**base, k: g})) - min_bops for k in sites for g in cands}
-    kl = {(k, g): (kl_base if g == g_min else kl_of({**base, k: g})) for k in sites for g in cands}
+    kl = {}
+    trials = [(k, g) for k in sites for g in cands]
+    for k, g in track(trials, f"igq allocation ({cfg.label}): sensitivity of {len(sites)} sites x {len(cands)} G "
+                              f"on {len(images)} images", unit="trial"):
+        kl[(k, g)] = kl_base if g == g_min else kl_of({**base, k: g})
     choice, used = dict(base), min_bops
     while True:
         best, best_gain = None, 0.0

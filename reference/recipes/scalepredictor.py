@@ -28,11 +28,11 @@ default 999).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 
 from reference.calibration import collect_boundaries
+from reference.recipes import params as _params
 from reference.recipes.config import RecipeConfig
 from reference.recipes.static import freeze_static
 from reference.vit_float import check_supported, vit_arch
@@ -48,26 +48,8 @@ __all__ = ["build", "ScalePredictorParams", "parse_params", "static_scales", "or
 BETA_LIMIT_BITS = 46        # |B_c| < 2**46 so B_c * mantissa (<= 2**15) stays below 2**61
 
 
-@dataclass(frozen=True)
-class ScalePredictorParams:
-    degree: int = 2
-    permille: int = 999
-
-
-def parse_params(params: dict, where: str = "recipe") -> ScalePredictorParams:
-    """Validate ``params`` into `ScalePredictorParams`; one-line `InputError` per problem."""
-    known = {f.name for f in dataclasses.fields(ScalePredictorParams)}
-    for key in params:
-        if key not in known:
-            raise InputError(f"{where}: params.{key}: unknown parameter (expected one of {', '.join(sorted(known))})")
-    out = {}
-    for key, (lo, hi) in (("degree", (0, MAX_DEGREE)), ("permille", (500, 1000))):
-        if key in params:
-            v = params[key]
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise InputError(f"{where}: params.{key}: expected an integer in [{lo}, {hi}], got {v!r}")
-            out[key] = v
-    return ScalePredictorParams(**out)
+ScalePredictorParams = _params.ScalePredictorParams
+parse_params = _params.parse_scalepredictor
 
 
 def static_scales(q: QuantizedViT) -> np.ndarray:

@@ -40,14 +40,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from reference.calibration import collect_boundaries
 from reference.quantizers import calibrate, code_range, dyadic
-from reference.recipes import config
+from reference.recipes import params as _params
+from simulator.progress import track
 from reference.recipes.config import RecipeConfig
 from reference.recipes.static import _gamma, freeze_layernorm, freeze_linear, freeze_static
 from reference.vit_float import check_supported, float_boundaries, vit_arch
@@ -60,51 +60,8 @@ __all__ = ["TsptqParams", "parse_params", "build", "search_softmax", "search_gel
            "v2sf_fake_quantize"]
 
 
-@dataclass(frozen=True)
-class TsptqParams:
-    """``params:`` of a tsptq recipe YAML (all optional)."""
-
-    softmax: bool = True                  # V-2SF on post-softmax
-    gelu: bool = True                     # V-2SF on post-GELU
-    layernorm: bool = True                # O-2SF on norm1 / norm2 outputs
-    max_ratio_shift: int = 8              # r in 1..max for V-2SF
-    max_outlier_shift: int = 4            # r_o in 1..max for O-2SF
-    outlier_thresholds: tuple = (16.0, 8.0, 4.0, 2.0)   # channel range / median range candidates
-    objective: str = "output"             # V-2SF search error: "output" (next GEMM's) or "tensor"
-    objective_images: int = 32            # calibration images whose tensors the "output" search uses
-
-
-def parse_params(d: dict, where: str = "recipe") -> TsptqParams:
-    """Validate ``params`` into `TsptqParams`; `InputError` ``<where>: params.<field>: ...``."""
-    known = {f.name: f for f in dataclasses.fields(TsptqParams)}
-    out = {}
-    for key, val in d.items():
-        if key not in known:
-            raise InputError(f"{where}: params.{key}: unknown tsptq parameter, expected one of "
-                             f"{', '.join(known)}")
-        if key in ("softmax", "gelu", "layernorm"):
-            if not isinstance(val, bool):
-                raise InputError(f"{where}: params.{key}: expected true or false, got {val!r}")
-        elif key in ("max_ratio_shift", "max_outlier_shift"):
-            if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val <= 12:
-                raise InputError(f"{where}: params.{key}: expected an integer in [1, 12], got {val!r}")
-        elif key == "objective":
-            if val not in ("output", "tensor"):
-                raise InputError(f"{where}: params.objective: expected output or tensor, got {val!r}")
-        elif key == "objective_images":
-            if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val <= 4096:
-                raise InputError(f"{where}: params.objective_images: expected an integer in [1, 4096], got {val!r}")
-        else:
-            ok = isinstance(val, list) and val and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1 for v in val)
-            if not ok:
-                raise InputError(f"{where}: params.{key}: expected a non-empty list of numbers > 1, got {val!r}")
-            val = tuple(float(v) for v in val)
-        out[key] = val
-    return TsptqParams(**out)
-
-
-config.PARAM_CHECKS["tsptq"] = parse_params
+TsptqParams = _params.TsptqParams
+parse_params = _params.parse_tsptq
 
 
 # --- quantizer searches ------------------------------------------------------------------
@@ -291,7 +248,7 @@ def build(model: torch.nn.Module, calib_images: np.ndarray, cfg: RecipeConfig,
     if params.objective == "output":
         fl.update(_float_tensors(model, calib[: params.objective_images], (".attn", ".v", ".gelu"), False))
     blocks, infos = [], []
-    for i, b in enumerate(base.blocks):
+    for i, b in track(list(enumerate(base.blocks)), f"tsptq search ({cfg.label})", unit="block"):
         nb, info = _two_scaled_block(model.blocks[i], b, i, stats, fl, cfg, params)
         blocks.append(nb)
         infos.append(info)

@@ -119,19 +119,15 @@ def write_vector_set(out: Path, manifest: dict, files: dict[str, bytes]) -> None
 
 
 def _parser():
-    from simulator.cli import _Parser, add_image_limit_flag
+    from simulator.cli import _Parser, add_image_limit_flag, add_logging_arguments, add_model_arguments
 
     p = _Parser(prog="simulate export-vectors",
                 description="Write every layer's integer tensors (npz + $readmemh hex + manifest) for RTL testbenches.")
     p.add_argument("--out", required=True, metavar="DIR", help="new directory to create")
-    p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help=f"images to export (default {DEFAULT_IMAGES})")
-    p.add_argument("--model", default=None)
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--data", default=None)
-    p.add_argument("--calib", default=None)
-    p.add_argument("--recipe", default=None)
-    p.add_argument("--wbits", type=int, default=None)
-    p.add_argument("--abits", type=int, default=None)
+    p.add_argument("--images", type=int, default=DEFAULT_IMAGES, metavar="N",
+                   help=f"images to export, a seed-0 random subset of the test images (default {DEFAULT_IMAGES})")
+    add_model_arguments(p)
+    add_logging_arguments(p)
     add_image_limit_flag(p)
     return p
 

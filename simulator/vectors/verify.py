@@ -237,7 +237,7 @@ def verify_main(argv: list[str]) -> int:
     from simulator.cli import _Parser
 
     p = _Parser(prog="simulate verify-vectors", description="Check a vector set written by export-vectors.")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help="a directory written by simulate export-vectors")
     args = p.parse_args(argv)
     try:
         print(verify_vectors(args.dir))

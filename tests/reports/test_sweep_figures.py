@@ -51,18 +51,25 @@ def test_report_tables_fronts_and_figures(tmp_path):
     results = _results()
     path = review.write_report(results, tmp_path)
     md = path.read_text()
-    for stem in ("accuracy_vs_bops", "accuracy_vs_latency", "accuracy_vs_energy", "breakdown_cycles_npu_int8",
-                 "breakdown_dram_mcu_int8"):
+    for stem in ("accuracy_vs_bops", "accuracy_vs_latency", "accuracy_vs_energy", "breakdown_npu_int8",
+                 "breakdown_mcu_int8"):
         assert (tmp_path / f"{stem}.png").stat().st_size > 10_000
         assert f"({stem}.png)" in md
+    # one breakdown figure per accelerator (cycles and DRAM side by side); the second behind a selector
+    assert sorted(f.name for f in tmp_path.glob("breakdown_*.png")) == ["breakdown_mcu_int8.png",
+                                                                       "breakdown_npu_int8.png"]
+    assert "<details><summary>mcu_int8</summary>" in md
     assert not (tmp_path / "cycles_per_image.png").exists() and "no histogram" in md
+    assert "no dynamic recipe" not in md and "only early exits change that count" in md
     runs = review.unique_runs(results["points"])
     front = pareto_front([p["top1"]["simulator"] for p in runs], [p["bops_per_image"] for p in runs])
     # static_w4a8 (98.0 % at 0.38 GBOPs) is beaten by igq_w4a4 (98.6 % at 0.20 GBOPs); the rest trade off
     assert [runs[i]["label"] for i in front] == ["static_w4a4", "igq_w4a4", "static_w6a6", "static_w8a8"]
     assert "accuracy vs BOPs: static_w4a4, igq_w4a4, static_w6a6, static_w8a8" in md
-    assert "| static_w4a8 | vit_digits | W8A8 | 98.00 | 98.00 | 99.00 | 50/50 | 10.000 | 0.380 |  |" in md
-    assert "| igq_w4a4 | vit_digits | W8A8 | 98.60 | 98.60 | 99.00 | 50/50 | 10.000 | 0.200 | ★ |" in md
+    # numbered rows, Wilson 95% interval of 49/50 = [89.5, 99.6] %, grouping overhead column
+    assert "| 3 | static_w4a8 | vit_digits | W8A8 | 98.00 | 89.5–99.6 | 98.00 | 99.00 | 50/50 | 10.000 | 0.380 | " \
+           "0.000 |  |" in md
+    assert "| 5 | igq_w4a4 | vit_digits | W8A8 | 98.60 | " in md and "| 0.200 | 0.000 | ★ |" in md
     for p in runs:
         assert f"| {p['label']} | vit_digits |" in md and "50/50" in md
     assert not list(tmp_path.glob("*.tmp"))
@@ -110,3 +117,67 @@ def test_summary_lines_from_json_round_trip():
     lines = review.summary_lines(results)
     assert lines[0].startswith("point") and "npu_int8 cycles" in lines[0]
     assert any(line.startswith("static_w4a4") for line in lines)
+
+
+def test_wilson_interval_known_values():
+    # 49/50 correct: the Wilson score interval is [0.8950, 0.9965] (z = 1.96)
+    lo, hi = figures.wilson_interval(49, 50)
+    assert (lo, hi) == (pytest.approx(89.50, abs=0.01), pytest.approx(99.65, abs=0.01))
+    assert figures.wilson_interval(0, 10)[0] == 0.0 and figures.wilson_interval(10, 10)[1] == pytest.approx(100.0)
+    lo, hi = figures.wilson_interval(180, 360)
+    z, n = 1.959964, 360
+    half = z * np.sqrt(0.25 / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert lo < 50 < hi and hi - lo == pytest.approx(200 * half, rel=1e-9)
+
+
+def test_grouping_overhead_counts_in_bops_and_its_own_column(tmp_path):
+    results = _results()
+    for p in results["points"]:
+        if p["label"] == "igq_w4a4":
+            p["grouping_bops_per_image"] = 0.25e9       # 0.20 G GEMM + 0.25 G grouping: now behind static_w4a8
+    path = review.write_report(results, tmp_path)
+    md = path.read_text()
+    assert "| 0.200 | 0.250 |" in md
+    assert "accuracy vs BOPs: static_w4a4, static_w4a8, static_w6a6, static_w8a8" in md   # igq now dominated
+
+
+def test_header_lists_version_date_and_accelerator_parameters(tmp_path):
+    import dataclasses
+
+    import hwmodels
+
+    results = _results()
+    npu = hwmodels.load("configs/npu_int8.yaml")
+    results["tool"] = {"name": "vit-intsim", "version": "9.9.9", "git_revision": "abc123", "created_utc": "2026-01-02T03:04:05Z"}
+    results["accelerators"] = {"npu_int8": {"file": "configs/npu_int8.yaml", "sha256": "0" * 64,
+                                            "spec": dataclasses.asdict(npu)}}
+    md = review.write_report(results, tmp_path).read_text()
+    assert "Made by vit-intsim 9.9.9, git abc123 on 2026-01-02T03:04:05Z." in md
+    row = next(line for line in md.splitlines() if line.startswith("| npu_int8 | `npu_int8.yaml`"))
+    assert "| 1000 | 32×32 | weight_stationary |" in row and "W8A8 ×1" in row and "sram 1 MiB" in row
+
+
+def test_every_point_numbered_with_error_bars_and_readable_log_ticks(tmp_path):
+    points = [p for p in _results()["points"] if p["accelerator"] == "npu_int8"]
+    for k, p in enumerate(points):
+        p["cost"]["latency_ms"] = 0.03 * 3.0 ** k      # spans more than a decade: log axis
+    fig_path, _ = figures.tradeoff_figure(points, "latency_ms", tmp_path / "lat.png")
+    assert fig_path.exists()
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    ax.set_xlim(0.02, 3)
+    figures._cost_ticks(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert len(labels) >= 5 and "0.05" in labels and "0.1" in labels and "2" in labels
+    plt.close(fig)
+    texts, order = figures._merged_labels(points, np.arange(5.0), np.arange(5.0), list(range(5)),
+                                          {p["label"]: i + 1 for i, p in enumerate(points)})
+    assert texts == ["1", "2", "3", "4", "5"] and order == list(range(5))
+
+
+def test_error_bars_at_zero_and_full_accuracy(tmp_path):
+    points = [p for p in _results()["points"] if p["accelerator"] == "npu_int8"][:2]
+    points[0]["top1"]["simulator"], points[1]["top1"]["simulator"] = 100.0, 0.0
+    path, _ = figures.tradeoff_figure(points, "bops", tmp_path / "edge.png")
+    assert path.stat().st_size > 1000

@@ -63,8 +63,20 @@ def test_points_are_bit_exact_and_costed(tiny, tiny_points):
     assert w4["cost"]["offchip_mb"] < w8["cost"]["offchip_mb"]   # 4-bit weights move half the bytes
     md = (root / "out" / "report.md").read_text()
     assert "## Pareto-optimal points" in md and f"{IMAGES}/{IMAGES}" in md
-    for png in ("accuracy_vs_bops", "accuracy_vs_latency", "accuracy_vs_energy", "breakdown_cycles_npu_int8"):
+    for png in ("accuracy_vs_bops", "accuracy_vs_latency", "accuracy_vs_energy", "breakdown_npu_int8",
+                "breakdown_mcu_int8"):
         assert (root / "out" / f"{png}.png").is_file()
+    results = json.loads((root / "out" / "results.json").read_text())
+    assert results["tool"]["name"] == "vit-intsim" and results["tool"]["created_utc"].endswith("Z")
+    assert results["accelerators"]["mcu_int8"]["spec"]["clock_mhz"] == 200.0
+    assert "Made by vit-intsim" in md and "| mcu_int8 | `mcu_int8.yaml`" in md
+    assert all(p["grouping_bops_per_image"] == 0.0 for p in tiny_points.values())     # static: no groups
+    import csv
+
+    rows = list(csv.DictReader((root / "out" / "results.csv").open()))
+    assert len(rows) == 4 and {r["accelerator"] for r in rows} == {"npu_int8", "mcu_int8"}
+    row = next(r for r in rows if r["label"] == "static_w4a4" and r["accelerator"] == "mcu_int8")
+    assert float(row["cycles"]) == pytest.approx(w4["cost"]["cycles"]) and row["bit_exact_images"] == str(IMAGES)
 
 
 @pytest.mark.slow   # end to end; still run by `python -m pytest -q` (.ci/run)

@@ -1,0 +1,203 @@
+"""Recipe ``params:`` schemas: one frozen dataclass and one checker per recipe.
+
+Torch-free on purpose: `reference.recipes.config.recipe_from_dict` checks the
+params of every recipe it validates (a CLI recipe, every point a sweep
+expands) before anything heavy is imported or computed. Each recipe module
+re-exports its own ``XxxParams`` / ``parse_params`` from here.
+
+``SWEEP_DEFAULT_PARAMS`` gives the params a recipe gets when a sweep names it
+without any (``recipe: "*"``): the recipes whose YAML requires a choice (igq:
+fixed G or a BOP budget) get the cheap, documented one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+
+from simulator.errors import InputError
+from simulator.scale_predictor import MAX_DEGREE
+
+__all__ = ["GROUP_CHOICES", "IgqParams", "APQParams", "ScalePredictorParams", "TsptqParams", "parse_igq",
+           "parse_apq", "parse_scalepredictor", "parse_tsptq", "CHECKS", "SWEEP_DEFAULT_PARAMS"]
+
+GROUP_CHOICES = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class IgqParams:
+    groups: int | None = None
+    bop_budget: float | None = None
+    candidates: tuple = GROUP_CHOICES
+    max_exp: int = 15
+    allocation_images: int = 64
+
+
+def parse_igq(params: dict, where: str = "recipe") -> IgqParams:
+    """Validate igq ``params`` into `IgqParams` (exactly one of groups / bop_budget)."""
+    where = f"{where}: params"
+    p = dict(params)
+    known = [f.name for f in dataclasses.fields(IgqParams)]
+    for key in p:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            raise InputError(f"{where}.{key}: unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    if ("groups" in p) == ("bop_budget" in p):
+        raise InputError(f"{where}: give exactly one of groups (fixed G) or bop_budget (allocated G)")
+
+    def int_in(key, lo, hi):
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise InputError(f"{where}.{key}: expected an integer in [{lo}, {hi}], got {v!r}")
+        return v
+    out = {}
+    if "groups" in p and p["groups"] not in GROUP_CHOICES or isinstance(p.get("groups"), bool):
+        raise InputError(f"{where}.groups: expected one of {list(GROUP_CHOICES)}, got {p['groups']!r}")
+    if "groups" in p:
+        out["groups"] = p["groups"]
+    if "bop_budget" in p:
+        v = p["bop_budget"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise InputError(f"{where}.bop_budget: expected a positive number (x static BOPs), got {v!r}")
+        out["bop_budget"] = float(v)
+    if "candidates" in p:
+        c = p["candidates"]
+        if (not isinstance(c, list) or not c or any(isinstance(v, bool) or v not in GROUP_CHOICES for v in c)):
+            raise InputError(f"{where}.candidates: expected a non-empty list from {list(GROUP_CHOICES)}, got {c!r}")
+        out["candidates"] = tuple(sorted(set(c)))
+    if "max_exp" in p:
+        out["max_exp"] = int_in("max_exp", 1, 24)
+    if "allocation_images" in p:
+        out["allocation_images"] = int_in("allocation_images", 1, 100000)
+    return IgqParams(**out)
+
+@dataclass(frozen=True)
+class APQParams:
+    exit_heads: str = "auto"            # auto | distill | path to a heads .safetensors
+    exits_every: int = 2                # distilled heads: after every N blocks
+    threshold: object = "search"        # "search" or a fixed shared tau in (0, 1]
+    allocation: str = "apq"             # apq | uniform (recipe w_bits/a_bits everywhere)
+    bit_candidates: tuple = ((8, 8), (6, 6), (4, 8), (4, 4))
+    bop_budgets: tuple = (1.0, 0.5, 0.35, 0.25)
+    threshold_grid: tuple = (0.999, 0.995, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
+    risk_bound: float = 0.02
+    confidence: float = 0.9
+    holdout_fraction: float = 0.5
+    seed: int = 0
+
+
+def _err(where, field, msg):
+    return InputError(f"{where}: params.{field}: {msg}")
+
+
+def _num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def parse_apq(d: dict, where: str = "recipe") -> APQParams:
+    """Validate ``params`` of an apq recipe into `APQParams` (one-line errors)."""
+    known = APQParams.__dataclass_fields__
+    for k in d:
+        if k not in known:
+            raise _err(where, k, f"unknown apq parameter (expected one of {', '.join(known)})")
+    v = {**{k: f.default for k, f in known.items()}, **d}
+    if not isinstance(v["exit_heads"], str):
+        raise _err(where, "exit_heads", "expected 'auto', 'distill' or a path")
+    if v["allocation"] not in ("apq", "uniform"):
+        raise _err(where, "allocation", f"expected 'apq' or 'uniform', got {v['allocation']!r}")
+    t = v["threshold"]
+    if t != "search" and not (_num(t) and 0 < t <= 1):
+        raise _err(where, "threshold", f"expected 'search' or a number in (0, 1], got {t!r}")
+    for k, lo, hi in (("risk_bound", 0, 1), ("confidence", 0, 1), ("holdout_fraction", 0, 1)):
+        if not (_num(v[k]) and lo < v[k] < hi):
+            raise _err(where, k, f"expected a number in ({lo}, {hi}), got {v[k]!r}")
+    for k in ("exits_every", "seed"):
+        if isinstance(v[k], bool) or not isinstance(v[k], int) or v[k] < (1 if k == "exits_every" else 0):
+            raise _err(where, k, f"expected a {'positive' if k == 'exits_every' else 'non-negative'} integer")
+    bc = v["bit_candidates"]
+    if (not isinstance(bc, (list, tuple)) or not bc or
+            any(not isinstance(p, (list, tuple)) or len(p) != 2 or
+                any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8 for b in p) for p in bc)):
+        raise _err(where, "bit_candidates", f"expected a list of [w_bits, a_bits] pairs in 2..8, got {bc!r}")
+    for k, lo, hi in (("bop_budgets", 0, 1), ("threshold_grid", 0, 1)):
+        s = v[k]
+        if not isinstance(s, (list, tuple)) or not s or any(not (_num(x) and lo < x <= hi) for x in s):
+            raise _err(where, k, f"expected a non-empty list of numbers in ({lo}, {hi}], got {s!r}")
+    v["bit_candidates"] = tuple(tuple(p) for p in bc)
+    v["bop_budgets"], v["threshold_grid"] = tuple(v["bop_budgets"]), tuple(sorted(v["threshold_grid"], reverse=True))
+    return APQParams(**v)
+
+@dataclass(frozen=True)
+class ScalePredictorParams:
+    degree: int = 2
+    permille: int = 999
+
+
+def parse_scalepredictor(params: dict, where: str = "recipe") -> ScalePredictorParams:
+    """Validate ``params`` into `ScalePredictorParams`; one-line `InputError` per problem."""
+    known = {f.name for f in dataclasses.fields(ScalePredictorParams)}
+    for key in params:
+        if key not in known:
+            raise InputError(f"{where}: params.{key}: unknown parameter (expected one of {', '.join(sorted(known))})")
+    out = {}
+    for key, (lo, hi) in (("degree", (0, MAX_DEGREE)), ("permille", (500, 1000))):
+        if key in params:
+            v = params[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise InputError(f"{where}: params.{key}: expected an integer in [{lo}, {hi}], got {v!r}")
+            out[key] = v
+    return ScalePredictorParams(**out)
+
+@dataclass(frozen=True)
+class TsptqParams:
+    """``params:`` of a tsptq recipe YAML (all optional)."""
+
+    softmax: bool = True                  # V-2SF on post-softmax
+    gelu: bool = True                     # V-2SF on post-GELU
+    layernorm: bool = True                # O-2SF on norm1 / norm2 outputs
+    max_ratio_shift: int = 8              # r in 1..max for V-2SF
+    max_outlier_shift: int = 4            # r_o in 1..max for O-2SF
+    outlier_thresholds: tuple = (16.0, 8.0, 4.0, 2.0)   # channel range / median range candidates
+    objective: str = "output"             # V-2SF search error: "output" (next GEMM's) or "tensor"
+    objective_images: int = 32            # calibration images whose tensors the "output" search uses
+
+
+def parse_tsptq(d: dict, where: str = "recipe") -> TsptqParams:
+    """Validate ``params`` into `TsptqParams`; `InputError` ``<where>: params.<field>: ...``."""
+    known = {f.name: f for f in dataclasses.fields(TsptqParams)}
+    out = {}
+    for key, val in d.items():
+        if key not in known:
+            raise InputError(f"{where}: params.{key}: unknown tsptq parameter, expected one of "
+                             f"{', '.join(known)}")
+        if key in ("softmax", "gelu", "layernorm"):
+            if not isinstance(val, bool):
+                raise InputError(f"{where}: params.{key}: expected true or false, got {val!r}")
+        elif key in ("max_ratio_shift", "max_outlier_shift"):
+            if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val <= 12:
+                raise InputError(f"{where}: params.{key}: expected an integer in [1, 12], got {val!r}")
+        elif key == "objective":
+            if val not in ("output", "tensor"):
+                raise InputError(f"{where}: params.objective: expected output or tensor, got {val!r}")
+        elif key == "objective_images":
+            if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val <= 4096:
+                raise InputError(f"{where}: params.objective_images: expected an integer in [1, 4096], got {val!r}")
+        else:
+            ok = isinstance(val, list) and val and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1 for v in val)
+            if not ok:
+                raise InputError(f"{where}: params.{key}: expected a non-empty list of numbers > 1, got {val!r}")
+            val = tuple(float(v) for v in val)
+        out[key] = val
+    return TsptqParams(**out)
+
+
+#: recipe name -> check(params, where) raising `InputError` "<where>: params.<field>: ..."
+CHECKS = {"igq": parse_igq, "apq": parse_apq, "scalepredictor": parse_scalepredictor, "tsptq": parse_tsptq}
+
+#: params of a recipe named without any in a sweep (``recipe: "*"``): igq with G = 2 on every
+#: grouped boundary (the README table's row; an allocation under a BOP budget takes ~20 min);
+#: apq with the recipe's own w_bits/a_bits on every block (exits + risk-controlled threshold),
+#: so the sweep's bit-widths mean the same for apq as for the others.
+SWEEP_DEFAULT_PARAMS = {"igq": {"groups": 2}, "apq": {"allocation": "uniform"}}
