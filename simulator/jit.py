@@ -57,3 +57,8 @@ gelu_v2sf_code = _compile(two_scaled.gelu_v2sf_code)
 statistic_rank = _compile(scale_predictor.statistic_rank)
 normalise_statistic = _compile(scale_predictor.normalise_statistic)
 horner_log2 = _compile(scale_predictor.horner_log2)
+
+from simulator import int_activations  # noqa: E402  (quick-GELU and the rounded mean of the graph ops)
+
+quick_gelu_q12 = _compile(int_activations.quick_gelu_q12)
+rounding_mean = _compile(int_activations.rounding_mean)
