@@ -142,3 +142,31 @@ def test_future_version_is_refused(tmp_path):
     np.savez(path, __header__=header)
     with pytest.raises(InputError, match=rf"v9\.npz: format_version 9, expected {FORMAT_VERSION}"):
         QuantizedGraph.load(path)
+
+
+from reference.lowering.coverage import CONFIGURATIONS, build, images_for   # noqa: E402
+
+LOWERED = [c for c in CONFIGURATIONS if c.refusal is None]
+PSB_REFUSAL = r"the fused in_proj split \(ParallelScalingBlock\) has no integer kernel yet"
+
+
+@pytest.mark.parametrize("cfg", LOWERED, ids=[c.name for c in LOWERED])
+def test_every_lowered_configuration_quantizes_bit_exactly(cfg):
+    """Each row of the lowering's coverage table: both executors agree on every
+    tensor (W8A8), or the quantizer refuses ParallelScalingBlock in one line."""
+    model = build(cfg).float()
+    graph = lower(model, image_size=cfg.image_size)
+    images = images_for(cfg, batch=10).float().numpy()
+    rc = RecipeConfig(calib_images=6, act_calibration="minmax", weight_calibration="minmax")
+    if "ParallelScalingBlock" in cfg.name:
+        with pytest.raises(InputError, match=PSB_REFUSAL):
+            quantize_graph(graph, images[:6], rc)
+        return
+    qg = quantize_graph(graph, images[:6], rc)
+    ri, rf = GraphIntegerExecutor(qg).run(images[6:]), GraphFakeQuantExecutor(qg).run(images[6:])
+    assert first_mismatch(ri.codes, rf.codes) is None
+    with torch.no_grad():
+        ref = model(torch.from_numpy(images[6:])).numpy()
+    assert ri.logits.shape == ref.shape
+    rel = np.abs(ri.logits - ref).max() / np.abs(ref).max()
+    assert rel < 0.25, rel        # not garbage (random weights, 6 calibration images, minmax)
