@@ -88,8 +88,10 @@ class FakeQuantOps:
         qz = self.q[op.outputs[0]]
         return saturate(x.long() + _t(self.p[op.name].codes), qz.lo, qz.hi)
 
-    def split(self, op: ir.Split, x):
-        raise ir.GraphError(f"{op.name}: split has no integer kernel (refused at quantization)")
+    def split(self, op: ir.Split, acc):
+        parts = torch.split(acc, list(op.sizes), dim=-1)
+        return tuple(linear_output_stage(a, 0, _t(rq.mult), _t(rq.shift), None, 0, 0, self.q[t].lo, self.q[t].hi)[0]
+                     for a, t, rq in zip(parts, op.outputs, self.p[op.name]))
 
     def split_heads(self, op: ir.SplitHeads, x):
         b, t, c = x.shape

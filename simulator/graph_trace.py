@@ -74,6 +74,9 @@ def _record(op, ins, outs, qg, producers) -> list[LayerRecord]:
     if k in ("add", "mean"):
         return [LayerRecord(name=op.name, kind="add", elements=elements * len(op.inputs), rows=rows,
                             in_bits=max(_bits(q[t]) for t in op.inputs), out_bits=_bits(q[op.outputs[0]]))]
+    if k == "split":     # per-part output stages of the fused in_proj's accumulators
+        return [LayerRecord(name=op.name, kind="requantize", elements=prod(ins[0][1:]), rows=prod(ins[0][1:-1]),
+                            in_bits=32, out_bits=max(_bits(q[t]) for t in op.outputs))]
     if k == "pool" and op.mode == "avg":
         t = ins[0][1] - op.num_prefix_tokens
         return [LayerRecord(name=op.name, kind="add", elements=t * ins[0][2], rows=1,

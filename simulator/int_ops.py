@@ -16,6 +16,9 @@ half up; one saturation rule) per op kind:
 * ``token_concat``: prefix token codes (at the output scale) before the rows.
 * ``add_const``: ``saturate(x + c_q)`` (position embedding codes at x's scale).
 * ``split_heads`` / ``merge_heads``: views, codes unchanged.
+* ``split`` (ViT-22B's fused in_proj, whose linear keeps int32 accumulators):
+  part ``i`` is ``saturate(requantize(acc[..., c], M_c, k_c))`` into that
+  part's quantizer (codes for q/k/v, Q12 for the MLP activation).
 * ``matmul``: exact ``a @ b(^T)`` saturated to int32 (counted); kept as an
   accumulator when the softmax reads it, else ``saturate(requantize(acc, M, k))``.
 * ``softmax``: integer base-2 softmax, unsigned codes at ``2**-b``.
@@ -130,8 +133,16 @@ class IntOps:
         qz = self.q[op.outputs[0]]
         return saturate(x.astype(np.int64) + self.p[op.name].codes, qz.lo, qz.hi).astype(_dtype(qz))
 
-    def split(self, op: ir.Split, x):
-        raise ir.GraphError(f"{op.name}: split has no integer kernel (refused at quantization)")
+    def split(self, op: ir.Split, acc):
+        parts, start = [], 0
+        lead = acc.shape[:-1]
+        for t, size, rq in zip(op.outputs, op.sizes, self.p[op.name]):
+            qz = self.q[t]
+            a = np.ascontiguousarray(acc[..., start:start + size]).reshape(-1, size)
+            out, _ = linear_output(a, np.zeros(size, np.int64), rq.mult, rq.shift, qz.lo, qz.hi, _dtype(qz))
+            parts.append(out.reshape(*lead, size))
+            start += size
+        return tuple(parts)
 
     def split_heads(self, op: ir.SplitHeads, x):
         b, t, c = x.shape

@@ -14,15 +14,15 @@ Quantizer slot (`Quantizer.kind`), one per tensor that holds integers:
 * ``fixed_point``: a Q``frac_bits`` value (the Q12 input of the activation
   units), saturated to ``+-(2**(bits-1) - 1)``.
 * ``accumulator``: an int32 GEMM accumulator at ``scale`` (``q k^T`` before
-  the integer softmax).
+  the integer softmax; per channel for a linear read by a ``split``).
 
 Later kinds (``two_scaled``, ``grouped``, ``predicted``) are new values of
 this field with their own fields and kernels.
 
 Per-op parameters reuse the frozen dataclasses of `simulator.qvit`
 (`Linear`, `LayerNormQ`, `SoftmaxQ`, `Requant`, `GeluQ`) plus `ConstCodes`
-(class/register tokens, position embedding) and `RescaleSum` (``add``,
-``mean``); ops without parameters (views, pooling) have none.
+(class/register tokens, position embedding), `ChannelRequant` (the parts
+of a ``split``) and `RescaleSum` (``add``, ``mean``); ops without parameters (views, pooling) have none.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from simulator import ir
 from simulator.errors import InputError
 from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatten
 
-__all__ = ["Quantizer", "ConstCodes", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
+__all__ = ["Quantizer", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
 
 FORMAT_VERSION = 2
 QUANTIZER_KINDS = ("static", "fixed_point", "accumulator")
@@ -81,13 +81,20 @@ class ConstCodes:
 
 
 @dataclass(frozen=True)
+class ChannelRequant:
+    """``out[..., c] = saturate(requantize(acc[..., c], mult[c], shift[c]), lo, hi)``: one part of a split."""
+    mult: np.ndarray
+    shift: np.ndarray
+
+
+@dataclass(frozen=True)
 class RescaleSum:
     """``out = saturate(sum_i requantize(x_i, mult[i], shift[i]), lo, hi)``."""
     mult: np.ndarray
     shift: np.ndarray
 
 
-_CLASSES = {c.__name__: c for c in (Quantizer, ConstCodes, RescaleSum, Linear, LayerNormQ, SoftmaxQ, Requant,
+_CLASSES = {c.__name__: c for c in (Quantizer, ConstCodes, ChannelRequant, RescaleSum, Linear, LayerNormQ, SoftmaxQ, Requant,
                                     GeluQ)}
 _OPS = {c.__name__: c for c in (ir.Patchify, ir.Linear, ir.Head, ir.LayerNorm, ir.TokenConcat, ir.AddConst,
                                 ir.Split, ir.SplitHeads, ir.MergeHeads, ir.MatMul, ir.Softmax, ir.Activation,

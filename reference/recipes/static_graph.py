@@ -24,6 +24,7 @@ owner tensor                                   quantizer
 =============================================  ==================================
 patchify output (``input``)                    signed, ``edge_bits`` (else a_bits)
 softmax output                                 unsigned a_bits at ``2**-a_bits``
+linear read by a ``split`` (ViT-22B in_proj)   int32 accumulator at ``s_in s_w`` per channel
 read only by a softmax (``q k^T``)             int32 accumulator at ``s_q s_k scale``
 read only by an activation (``fc1``)           Q12 fixed point (GELU unit input)
 residual stream: made by head / add / mean /   signed ``residual_bits`` at
@@ -49,13 +50,13 @@ import torch
 
 from reference.calibration import BoundaryStats
 from reference.float_ops import FloatOps
-from reference.quantizers import QParams, dyadic, quantize
+from reference.quantizers import QParams, dyadic, quantize, weight_scales
 from reference.recipes.config import RecipeConfig
 from reference.recipes.static import Scales, freeze_layernorm, freeze_linear
 from simulator import ir
 from simulator.errors import InputError
 from simulator.int_nonlinear import EXP_FRAC_BITS, GELU_FRAC_BITS, GELU_INPUT_LIMIT
-from simulator.qgraph import ConstCodes, QuantizedGraph, Quantizer, RescaleSum
+from simulator.qgraph import ChannelRequant, ConstCodes, QuantizedGraph, Quantizer, RescaleSum
 from simulator.qvit import GeluQ, Requant, SoftmaxQ
 from simulator.walk import walk
 
@@ -90,18 +91,11 @@ def owners(graph: ir.Graph) -> dict[str, str]:
     return own
 
 
-def _check_supported(graph: ir.Graph) -> None:
-    for op in graph.ops:
-        if op.kind == "split":
-            raise InputError(f"{op.name}: the fused in_proj split (ParallelScalingBlock) has no integer "
-                             f"kernel yet; the static graph quantizer refuses it")
-
-
 def stat_names(graph: ir.Graph) -> list[str]:
     """Owner tensors (in walk order) whose calibration statistics are gathered."""
     own, cons = owners(graph), _consumers(graph)
     return [t for t in graph.tensor_names()[1:] if own[t] == t
-            and not any(o.kind == "split_heads" for o, _ in cons.get(t, []))]
+            and not any(o.kind in ("split_heads", "split") for o, _ in cons.get(t, []))]
 
 
 @torch.no_grad()
@@ -150,6 +144,10 @@ class _Placement:
     def _owner(self, t: str) -> Quantizer:
         p, cons, cfg = self.prod[t], self.cons.get(t, []), self.cfg
         ab = cfg.a_bits
+        if p.kind == "linear" and any(op.kind == "split" for op, _ in cons):
+            w = self.g.params[p.name]["weight"]       # int32 accumulators, per-channel scale s_in * s_w
+            s_in = float(self(p.inputs[0]).scale)
+            return Quantizer("accumulator", s_in * weight_scales(w, cfg.w_bits, cfg.weight_calibration), 32)
         if p.kind == "patchify":
             return Quantizer("static", self.sc.act(t, self.edge_a), self.edge_a)
         if p.kind == "softmax":
@@ -184,7 +182,7 @@ def _freeze_op(op: ir.Op, g: ir.Graph, q: dict, cfg: RecipeConfig, prod) -> obje
         w_bits = (cfg.edge_bits or cfg.w_bits) if edge else cfg.w_bits
         res = q[op.inputs[1]] if len(op.inputs) == 2 else None
         return freeze_linear(gp["weight"], gp["bias"], float(qi.scale), qi.bits, w_bits, qo.scale,
-                             0 if qo.kind == "fixed_point" else qo.bits, cfg.weight_calibration,
+                             0 if qo.kind == "fixed_point" else qo.bits, cfg.weight_calibration,   # acc: M = 1
                              residual_scale=None if res is None else float(res.scale),
                              res_bits=0 if res is None else res.bits)
     if k == "layer_norm":
@@ -198,6 +196,13 @@ def _freeze_op(op: ir.Op, g: ir.Graph, q: dict, cfg: RecipeConfig, prod) -> obje
         qa, qb, qo = q[op.inputs[0]], q[op.inputs[1]], q[op.outputs[0]]
         m, s = dyadic(float(qa.scale) * float(qb.scale) * op.scale / float(qo.scale))
         return Requant(mult=int(m), shift=int(s), out_bits=qo.bits, out_scale=float(qo.scale))
+    if k == "split":
+        acc, parts, start = np.asarray(q[op.inputs[0]].scale), [], 0
+        for t, size in zip(op.outputs, op.sizes):
+            m, sh = dyadic(acc[start:start + size] / np.broadcast_to(q[t].scale, (size,)))
+            parts.append(ChannelRequant(mult=np.asarray(m, np.int64), shift=np.asarray(sh, np.int64)))
+            start += size
+        return tuple(parts)
     if k == "softmax":
         s_in = float(q[op.inputs[0]].scale)
         m, s = dyadic(s_in * math.log2(math.e) * 2.0 ** EXP_FRAC_BITS)
@@ -217,7 +222,6 @@ def _freeze_op(op: ir.Op, g: ir.Graph, q: dict, cfg: RecipeConfig, prod) -> obje
 def freeze_graph(graph: ir.Graph, stats: dict[str, BoundaryStats], cfg: RecipeConfig,
                  model_name: str = "model", n_calib: int = 0) -> QuantizedGraph:
     """Quantizers from ``stats`` and the frozen integer params of every op."""
-    _check_supported(graph)
     q = assign_quantizers(graph, Scales(stats, cfg), cfg)
     prod = graph.producers()
     params = {op.name: p for op in graph.ops if (p := _freeze_op(op, graph, q, cfg, prod)) is not None}
@@ -239,7 +243,6 @@ def quantize_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model_nam
     else:
         from reference.lowering import lower
         graph = lower(model, image_size=image_size) if image_size else lower(model)
-    _check_supported(graph)
     calib = np.asarray(calib_images)[: cfg.calib_images]
     ir.check_images(graph, calib.shape)
     stats = collect_graph_stats(graph, calib, stat_names(graph))
