@@ -33,6 +33,7 @@ half up; one saturation rule) per op kind:
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
 from simulator import ir
 from simulator.fixedpoint import requantize, saturate
@@ -48,7 +49,6 @@ from simulator.kernels.output_stage import code_dtype, linear_output, quantize_p
 from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
 from simulator.trace import Trace
-from numba import prange
 
 __all__ = ["IntOps", "GraphIntegerExecutor", "int_quick_gelu"]
 

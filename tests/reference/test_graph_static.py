@@ -74,7 +74,7 @@ def _random_model(drawn):
     return model, image_size, images
 
 
-@settings(max_examples=20)
+@settings(max_examples=30)
 @given(drawn=lowering_configs(), bits=st.sampled_from(BIT_WIDTHS))
 def test_both_graph_executors_give_identical_codes(drawn, bits):
     model, image_size, images = _random_model(drawn)
