@@ -7,9 +7,16 @@ docstring) on int64 tensors, with the stage functions of `reference.fakequant`
 fixed-point primitives of `reference.tensor_primitives` -- the very source
 the numba kernels compile. GEMMs: `reference.fakequant.exact_int_matmul`.
 Every code equals the numba op set's (tested).
+
+``nonlinear="float"`` replaces the integer LayerNorm, softmax and
+activations by their float64 functions between the same quantizers (the
+"fake-quant, float nonlinear" mode the papers report, the same formulas as
+`reference.fakequant.FakeQuantExecutor`'s); everything else stays integer.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,6 +26,7 @@ from reference.fakequant import (ACC_HI, ACC_LO, exact_int_matmul, gelu_stage, l
                                  linear_output_stage, softmax_stage)
 from reference.tensor_primitives import quick_gelu_q12, requantize, round_half_up, rounding_mean, saturate
 from simulator import ir
+from simulator.int_nonlinear import GELU_FRAC_BITS
 from simulator.graph_trace import graph_layers
 from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
@@ -32,11 +40,22 @@ def _t(a) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a, dtype=np.int64))
 
 
+def _codes(v: torch.Tensor, qz) -> torch.Tensor:
+    """Float values already divided by the scale -> saturated codes (round half up)."""
+    return saturate(round_half_up(v).long(), qz.lo, qz.hi)
+
+
+_FLOAT_ACT = {"gelu_erf": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+              "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x)}
+
+
 class FakeQuantOps:
     """Torch integer kernels for every op kind; ``overflows[op name]`` counts saturated accumulators."""
 
-    def __init__(self, qg: QuantizedGraph):
-        self.qg, self.q, self.p = qg, qg.quantizers, qg.params
+    def __init__(self, qg: QuantizedGraph, nonlinear: Literal["integer", "float"] = "integer"):
+        if nonlinear not in ("integer", "float"):
+            raise ValueError(f"nonlinear must be 'integer' or 'float', got {nonlinear!r}")
+        self.qg, self.q, self.p, self.float = qg, qg.quantizers, qg.params, nonlinear == "float"
         self.overflows: dict[str, int] = {}
         self._w: dict[str, tuple] = {}
 
@@ -78,6 +97,10 @@ class FakeQuantOps:
 
     def layer_norm(self, op: ir.LayerNorm, x):
         ln, qz = self.p[op.name], self.q[op.outputs[0]]
+        if self.float:
+            gamma, beta = (torch.tensor(np.array(v, dtype=np.float64)) for v in (ln.gamma, ln.beta))
+            y = F.layer_norm(x.double() * ln.in_scale, (x.shape[-1],), gamma, beta, ln.eps)
+            return _codes(y / ln.out_scale, qz)
         return layernorm_stage(x.long(), ln.eps_q, _t(ln.gamma_mult), _t(ln.beta_q), ln.out_shift, qz.lo, qz.hi)
 
     def token_concat(self, op: ir.TokenConcat, x):
@@ -112,10 +135,14 @@ class FakeQuantOps:
 
     def softmax(self, op: ir.Softmax, acc):
         sm = self.p[op.name]
+        if self.float:
+            return _codes(torch.softmax(acc.double() * sm.in_scale, dim=-1) * (1 << sm.out_bits), self.q[op.outputs[0]])
         return softmax_stage(acc, sm.in_mult, sm.in_shift, sm.out_bits)
 
     def activation(self, op: ir.Activation, h):
         g, qz = self.p[op.name], self.q[op.outputs[0]]
+        if self.float:
+            return _codes(_FLOAT_ACT[op.function](h.double() * 2.0 ** -GELU_FRAC_BITS) / g.out_scale, qz)
         if op.function == "quick_gelu":
             return saturate(requantize(quick_gelu_q12(h), g.out_mult, g.out_shift), qz.lo, qz.hi)
         return gelu_stage(h, g.out_mult, g.out_shift, qz.lo, qz.hi)
@@ -135,17 +162,17 @@ class FakeQuantOps:
 
 
 class GraphFakeQuantExecutor:
-    """``GraphFakeQuantExecutor(qgraph).run(images)`` -> `RunResult` (codes of every tensor)."""
+    """``GraphFakeQuantExecutor(qgraph, nonlinear="integer").run(images)`` -> `RunResult` (codes of every tensor)."""
 
-    def __init__(self, qg: QuantizedGraph):
-        self.qg = qg
+    def __init__(self, qg: QuantizedGraph, nonlinear: Literal["integer", "float"] = "integer"):
+        self.qg, self.nonlinear = qg, nonlinear
 
     @torch.no_grad()
     def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
         g = self.qg.graph
         images = torch.as_tensor(np.asarray(images))
         ir.check_images(g, images.shape)
-        ops = FakeQuantOps(self.qg)
+        ops = FakeQuantOps(self.qg, self.nonlinear)
         codes: dict[str, list] = {}
 
         def keep(name, t):

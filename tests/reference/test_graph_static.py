@@ -161,3 +161,16 @@ def test_every_lowered_configuration_quantizes_bit_exactly(cfg):
     assert ri.logits.shape == ref.shape
     rel = np.abs(ri.logits - ref).max() / np.abs(ref).max()
     assert rel < 0.25, rel        # not garbage (random weights, 6 calibration images, minmax)
+
+
+def test_float_nonlinear_mode_equals_the_old_one(digits):
+    """``nonlinear="float"``: the same codes as the old FakeQuantExecutor's float-nonlinear mode."""
+    model, calib, test = digits
+    cfg = load_recipe("configs/recipes/static_w8a8.yaml")
+    old = reference.FakeQuantExecutor(reference.quantize(model, calib, cfg), nonlinear="float").run(test[:32])
+    new = GraphFakeQuantExecutor(quantize_graph(model, calib, cfg), nonlinear="float").run(test[:32])
+    shared = {k: old.codes[k] for k in old.codes if k in new.codes}
+    assert len(shared) == 70
+    assert first_mismatch(shared, {k: new.codes[k] for k in shared}) is None
+    integer = GraphFakeQuantExecutor(quantize_graph(model, calib, cfg)).run(test[:32])
+    assert first_mismatch(shared, {k: integer.codes[k] for k in shared}) is not None   # the modes differ
