@@ -9,6 +9,7 @@ Public API (documented in README, kept stable)::
     reference.FakeQuantExecutor(qvit).run(images)   # -> RunResult
     graph = reference.lower(model)                  # the typed float graph (simulator.ir.Graph)
     reference.float_forward(graph, images, torch.float64)   # its float function, == timm's forward
+    qg = reference.quantize_graph(model, calib_images, load_recipe(path))   # static recipe on the graph
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from reference.recipes.config import RecipeConfig, load_recipe
 
 __all__ = ["load_model", "quantize", "FakeQuantExecutor", "RecipeConfig", "load_recipe", "load_dataset",
-           "load_digits", "lower", "float_forward"]
+           "load_digits", "lower", "float_forward", "quantize_graph"]
 
 
 def __getattr__(name):
@@ -36,6 +37,9 @@ def __getattr__(name):
     if name == "lower":                 # lowering rules import timm's model modules
         from reference.lowering import lower
         return lower
+    if name == "quantize_graph":
+        from reference.recipes.static_graph import quantize_graph
+        return quantize_graph
     if name == "float_forward":
         from reference.float_ops import float_forward
         return float_forward

@@ -65,7 +65,7 @@ def __getattr__(name):
     import importlib
 
     for mod in ("simulator.fixedpoint", "simulator.int_nonlinear", "simulator.two_scaled", "simulator.igq",
-                "simulator.scale_predictor"):
+                "simulator.scale_predictor", "simulator.int_activations"):
         m = importlib.import_module(mod)
         v = getattr(m, name, None)
         if isinstance(v, types.FunctionType):

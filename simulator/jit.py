@@ -12,11 +12,11 @@ import types
 
 import numba
 
-from simulator import fixedpoint, int_nonlinear, scale_predictor, two_scaled
+from simulator import fixedpoint, int_activations, int_nonlinear, scale_predictor, two_scaled
 
 __all__ = ["kernel", "parallel_kernel", "rounding_rshift", "saturate", "requantize", "isqrt",
            "round_half_up", "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine",
-           "v2sf_encode", "v2sf_decode", "softmax_v2sf_code", "gelu_v2sf_code"]
+           "v2sf_encode", "v2sf_decode", "softmax_v2sf_code", "gelu_v2sf_code", "quick_gelu_q12", "rounding_mean"]
 
 kernel = numba.njit(cache=True, nogil=True)
 parallel_kernel = numba.njit(cache=True, nogil=True, parallel=True)
@@ -57,3 +57,5 @@ gelu_v2sf_code = _compile(two_scaled.gelu_v2sf_code)
 statistic_rank = _compile(scale_predictor.statistic_rank)
 normalise_statistic = _compile(scale_predictor.normalise_statistic)
 horner_log2 = _compile(scale_predictor.horner_log2)
+quick_gelu_q12 = _compile(int_activations.quick_gelu_q12)
+rounding_mean = _compile(int_activations.rounding_mean)

@@ -1,0 +1,188 @@
+"""The torch fake-quant op set of the graph walk, and its executor.
+
+`FakeQuantOps(qgraph)` has the same methods as the numba op set
+(`simulator.int_ops.IntOps`) and computes the same formulas (see its
+docstring) on int64 tensors, with the stage functions of `reference.fakequant`
+(GEMM output stage, integer LayerNorm, softmax, GELU) and the vectorised
+fixed-point primitives of `reference.tensor_primitives` -- the very source
+the numba kernels compile. GEMMs: `reference.fakequant.exact_int_matmul`.
+Every code equals the numba op set's (tested).
+
+``nonlinear="float"`` replaces the integer LayerNorm, softmax and
+activations by their float64 functions between the same quantizers (the
+"fake-quant, float nonlinear" mode the papers report, the same formulas as
+`reference.fakequant.FakeQuantExecutor`'s); everything else stays integer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reference.fakequant import (ACC_HI, ACC_LO, exact_int_matmul, gelu_stage, layernorm_stage,
+                                 linear_output_stage, softmax_stage)
+from reference.tensor_primitives import quick_gelu_q12, requantize, round_half_up, rounding_mean, saturate
+from simulator import ir
+from simulator.int_nonlinear import GELU_FRAC_BITS
+from simulator.graph_trace import graph_layers
+from simulator.qgraph import QuantizedGraph
+from simulator.results import RunResult
+from simulator.trace import Trace
+from simulator.walk import walk
+
+__all__ = ["FakeQuantOps", "GraphFakeQuantExecutor"]
+
+
+def _t(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.int64))
+
+
+def _codes(v: torch.Tensor, qz) -> torch.Tensor:
+    """Float values already divided by the scale -> saturated codes (round half up)."""
+    return saturate(round_half_up(v).long(), qz.lo, qz.hi)
+
+
+_FLOAT_ACT = {"gelu_erf": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+              "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x)}
+
+
+class FakeQuantOps:
+    """Torch integer kernels for every op kind; ``overflows[op name]`` counts saturated accumulators."""
+
+    def __init__(self, qg: QuantizedGraph, nonlinear: Literal["integer", "float"] = "integer"):
+        if nonlinear not in ("integer", "float"):
+            raise ValueError(f"nonlinear must be 'integer' or 'float', got {nonlinear!r}")
+        self.qg, self.q, self.p, self.float = qg, qg.quantizers, qg.params, nonlinear == "float"
+        self.overflows: dict[str, int] = {}
+        self._w: dict[str, tuple] = {}
+
+    def _count(self, name: str, n: int) -> None:
+        if n:
+            self.overflows[name] = self.overflows.get(name, 0) + int(n)
+
+    def _gemm(self, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        acc = exact_int_matmul(a, b)
+        if acc.dtype == torch.int32:      # int_mm / bounded float32: inside int32 by construction
+            return acc.long()
+        self._count(name, int(((acc < ACC_LO) | (acc > ACC_HI)).sum()))
+        return saturate(acc, ACC_LO, ACC_HI)
+
+    def patchify(self, op: ir.Patchify, images):
+        qz = self.q[op.outputs[0]]
+        ph, pw = op.patch_size
+        b, c, h, w = images.shape
+        gh, gw = op.grid(h, w)
+        x = images.double()
+        if op.pad:
+            x = F.pad(x, (0, gw * pw - w, 0, gh * ph - h))
+        x = x[:, :, :gh * ph, :gw * pw].reshape(b, c, gh, ph, gw, pw)
+        p = x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * ph * pw)
+        return saturate(round_half_up(p / float(qz.scale)).long(), qz.lo, qz.hi)
+
+    def linear(self, op: ir.Linear, x, residual=None):
+        lin, qz = self.p[op.name], self.q[op.outputs[0]]
+        if op.name not in self._w:
+            self._w[op.name] = (torch.from_numpy(np.ascontiguousarray(lin.w_q.T, dtype=np.int8)),
+                                _t(lin.bias_q), _t(lin.out_mult), _t(lin.out_shift))
+        w8, bias, mult, shift = self._w[op.name]
+        acc = self._gemm(op.name, x, w8)
+        y, over = linear_output_stage(acc, bias, mult, shift, residual, lin.res_mult, lin.res_shift, qz.lo, qz.hi)
+        self._count(op.name, int(over))
+        return y
+
+    head = linear
+
+    def layer_norm(self, op: ir.LayerNorm, x):
+        ln, qz = self.p[op.name], self.q[op.outputs[0]]
+        if self.float:
+            gamma, beta = (torch.tensor(np.array(v, dtype=np.float64)) for v in (ln.gamma, ln.beta))
+            y = F.layer_norm(x.double() * ln.in_scale, (x.shape[-1],), gamma, beta, ln.eps)
+            return _codes(y / ln.out_scale, qz)
+        return layernorm_stage(x.long(), ln.eps_q, _t(ln.gamma_mult), _t(ln.beta_q), ln.out_shift, qz.lo, qz.hi)
+
+    def token_concat(self, op: ir.TokenConcat, x):
+        tok = _t(self.p[op.name].codes)
+        return torch.cat([tok.expand(x.shape[0], -1, -1), x.long()], dim=1)
+
+    def add_const(self, op: ir.AddConst, x):
+        qz = self.q[op.outputs[0]]
+        return saturate(x.long() + _t(self.p[op.name].codes), qz.lo, qz.hi)
+
+    def split(self, op: ir.Split, acc):
+        parts = torch.split(acc, list(op.sizes), dim=-1)
+        return tuple(linear_output_stage(a, 0, _t(rq.mult), _t(rq.shift), None, 0, 0, self.q[t].lo, self.q[t].hi)[0]
+                     for a, t, rq in zip(parts, op.outputs, self.p[op.name]))
+
+    def split_heads(self, op: ir.SplitHeads, x):
+        b, t, c = x.shape
+        n, h = len(op.outputs), op.num_heads
+        return tuple(x.reshape(b, t, n, h, c // (n * h)).permute(2, 0, 3, 1, 4).unbind(0))
+
+    def merge_heads(self, op: ir.MergeHeads, x):
+        b, h, t, d = x.shape
+        return x.transpose(1, 2).reshape(b, t, h * d)
+
+    def matmul(self, op: ir.MatMul, a, b):
+        qz = self.q[op.outputs[0]]
+        acc = self._gemm(op.name, a, b.transpose(-2, -1) if op.transpose_b else b)
+        if qz.kind == "accumulator":
+            return acc
+        rq = self.p[op.name]
+        return saturate(requantize(acc, rq.mult, rq.shift), qz.lo, qz.hi)
+
+    def softmax(self, op: ir.Softmax, acc):
+        sm = self.p[op.name]
+        if self.float:
+            return _codes(torch.softmax(acc.double() * sm.in_scale, dim=-1) * (1 << sm.out_bits), self.q[op.outputs[0]])
+        return softmax_stage(acc, sm.in_mult, sm.in_shift, sm.out_bits)
+
+    def activation(self, op: ir.Activation, h):
+        g, qz = self.p[op.name], self.q[op.outputs[0]]
+        if self.float:
+            return _codes(_FLOAT_ACT[op.function](h.double() * 2.0 ** -GELU_FRAC_BITS) / g.out_scale, qz)
+        if op.function == "quick_gelu":
+            return saturate(requantize(quick_gelu_q12(h), g.out_mult, g.out_shift), qz.lo, qz.hi)
+        return gelu_stage(h, g.out_mult, g.out_shift, qz.lo, qz.hi)
+
+    def add(self, op: ir.Add, *xs):
+        rs, qz = self.p[op.name], self.q[op.outputs[0]]
+        total = sum(requantize(x.long(), int(m), int(k)) for x, m, k in zip(xs, rs.mult, rs.shift))
+        return saturate(total, qz.lo, qz.hi)
+
+    mean = add
+
+    def pool(self, op: ir.Pool, x):
+        if op.mode == "token":
+            return x[:, op.index]
+        rows = x[:, op.num_prefix_tokens:].long()
+        return rounding_mean(rows.sum(dim=1), rows.shape[1])
+
+
+class GraphFakeQuantExecutor:
+    """``GraphFakeQuantExecutor(qgraph, nonlinear="integer").run(images)`` -> `RunResult` (codes of every tensor)."""
+
+    def __init__(self, qg: QuantizedGraph, nonlinear: Literal["integer", "float"] = "integer"):
+        self.qg, self.nonlinear = qg, nonlinear
+
+    @torch.no_grad()
+    def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
+        g = self.qg.graph
+        images = torch.as_tensor(np.asarray(images))
+        ir.check_images(g, images.shape)
+        ops = FakeQuantOps(self.qg, self.nonlinear)
+        codes: dict[str, list] = {}
+
+        def keep(name, t):
+            if name != g.input:
+                codes.setdefault(name, []).append(t.long().numpy())
+
+        outs = [walk(g, ops, images[s:s + batch_size], keep if keep_codes else None)[self.qg.output]
+                for s in range(0, len(images), batch_size)]
+        lc = torch.cat(outs).long().numpy() if outs else np.zeros((0,), np.int64)
+        trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
+                      layers=graph_layers(self.qg), n_images=len(images), overflows=dict(ops.overflows))
+        return RunResult(logits=lc * self.qg.output_scale(), logit_codes=lc, trace=trace,
+                         codes={k: np.concatenate(v) for k, v in codes.items()})

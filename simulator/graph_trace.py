@@ -1,0 +1,93 @@
+"""Trace records of a quantized graph, read off the graph itself.
+
+One `LayerRecord` per op that computes (views and token pooling have none),
+per image, with the conventions of `simulator.trace` and the names the old
+`simulator.graph.static_layers` uses where the op is the same (op names,
+the MLP activation as ``mlp.gelu``). A fused
+residual is an ``add`` record ``fused_into`` its linear; the position
+embedding an ``add`` fused into the op that starts the embedding chain.
+Activation functions (erf / tanh GELU, quick-GELU) are all ``gelu`` records:
+the hardware models have one activation unit.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+from simulator import ir
+from simulator.trace import LayerRecord
+
+__all__ = ["graph_layers"]
+
+
+def _rename(name: str) -> str:
+    """Op names of the graph -> the trace names `simulator.graph` uses."""
+    return name[: -len(".act")] + ".gelu" if name.endswith("mlp.act") else name
+
+
+def _bits(qz) -> int:
+    return 32 if qz.kind != "static" else qz.bits
+
+
+def _linear(op, lin, x_shape, qg) -> list[LayerRecord]:
+    n, k = lin.w_q.shape
+    m = prod(x_shape[1:-1]) if len(x_shape) > 2 else 1
+    out = qg.quantizers[op.outputs[0]]
+    recs = [LayerRecord(name=op.name, kind="linear", m=m, k=k, n=n, a_bits=lin.in_bits, b_bits=lin.w_bits,
+                        b_is_weight=True, in_bits=lin.in_bits, out_bits=_bits(out),
+                        weight_bytes=(n * k * lin.w_bits + 7) // 8 + 4 * n)]
+    if len(op.inputs) == 2:
+        recs.append(LayerRecord(name=op.name + ".add", kind="add", elements=m * n, rows=m,
+                                in_bits=qg.quantizers[op.inputs[1]].bits, out_bits=_bits(out), fused_into=op.name))
+    return recs
+
+
+def _record(op, ins, outs, qg, producers) -> list[LayerRecord]:
+    q = qg.quantizers
+    k = op.kind
+    out = outs[0] if outs else ()
+    rows = prod(out[1:-1]) if len(out) > 2 else 1
+    elements = prod(out[1:]) if out else 0
+    if k == "patchify":
+        return [LayerRecord(name="quantize_input", kind="quantize_input", elements=elements, rows=rows,
+                            in_bits=32, out_bits=q[op.outputs[0]].bits)]
+    if k in ("linear", "head"):
+        return _linear(op, qg.params[op.name], ins[0], qg)
+    if k == "layer_norm":
+        return [LayerRecord(name=op.name, kind="layernorm", elements=elements, rows=rows,
+                            in_bits=_bits(q[op.inputs[0]]), out_bits=_bits(q[op.outputs[0]]))]
+    if k == "add_const":
+        start = op
+        while start.kind in ("add_const", "token_concat") and start.inputs[0] in producers:
+            start = producers[start.inputs[0]]
+        return [LayerRecord(name=op.name, kind="add", elements=elements, rows=rows, in_bits=q[op.inputs[0]].bits,
+                            out_bits=q[op.outputs[0]].bits, fused_into=start.name)]
+    if k == "matmul":
+        a, b = ins
+        kk, n = (b[-1], b[-2]) if op.transpose_b else (b[-2], b[-1])
+        qa, qb = q[op.inputs[0]], q[op.inputs[1]]
+        return [LayerRecord(name=_rename(op.name), kind="matmul", m=a[-2], k=kk, n=n, batch=prod(a[1:-2]),
+                            a_bits=qa.bits, b_bits=qb.bits, in_bits=qb.bits, out_bits=_bits(q[op.outputs[0]]))]
+    if k in ("softmax", "activation"):
+        return [LayerRecord(name=_rename(op.name), kind="softmax" if k == "softmax" else "gelu", elements=elements,
+                            rows=rows, in_bits=32, out_bits=q[op.outputs[0]].bits)]
+    if k in ("add", "mean"):
+        return [LayerRecord(name=op.name, kind="add", elements=elements * len(op.inputs), rows=rows,
+                            in_bits=max(_bits(q[t]) for t in op.inputs), out_bits=_bits(q[op.outputs[0]]))]
+    if k == "split":     # per-part output stages of the fused in_proj's accumulators
+        return [LayerRecord(name=op.name, kind="requantize", elements=prod(ins[0][1:]), rows=prod(ins[0][1:-1]),
+                            in_bits=32, out_bits=max(_bits(q[t]) for t in op.outputs))]
+    if k == "pool" and op.mode == "avg":
+        t = ins[0][1] - op.num_prefix_tokens
+        return [LayerRecord(name=op.name, kind="add", elements=t * ins[0][2], rows=1,
+                            in_bits=_bits(q[op.inputs[0]]), out_bits=_bits(q[op.outputs[0]]))]
+    return []    # views, token concat, token pooling: no arithmetic
+
+
+def graph_layers(qg) -> list[LayerRecord]:
+    """Every computing op of ``qg`` (a `simulator.qgraph.QuantizedGraph`) in execution order, per image."""
+    producers = qg.graph.producers()
+    recs: list[LayerRecord] = []
+    for op, ins, outs in ir.op_shapes(qg.graph, batch=1):
+        recs += _record(op, ins, outs, qg, producers)
+    return recs

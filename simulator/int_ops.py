@@ -1,0 +1,213 @@
+"""The numba integer op set of the graph walk, and its executor.
+
+`IntOps(qgraph)` has one method per op kind of `simulator.ir`, named as in
+the torch fake-quant op set (`reference.fakequant_ops.FakeQuantOps`); each
+reads the op's frozen params (`simulator.qgraph`) and the quantizers of its
+tensors. Integer arrays only after the host-side input quantization; GEMMs go
+through an exact backend (`simulator.kernels.gemm`), the other ops through
+the jitted kernels of `simulator.kernels`. Formulas (one rounding rule, round
+half up; one saturation rule) per op kind:
+
+* ``patchify``: ``q = saturate(round_half_up(float64(pixel) / s_in))`` fused
+  with patchify (crop to whole patches, or zero-pad first).
+* ``linear`` / ``head``: ``saturate(requantize(sat32(x W_q^T + b_q), M_c, k_c)
+  [+ requantize(r, M_r, k_r)])``; accumulators saturated to int32 and counted.
+* ``layer_norm``: I-BERT-style integer LayerNorm (`simulator.int_nonlinear`).
+* ``token_concat``: prefix token codes (at the output scale) before the rows.
+* ``add_const``: ``saturate(x + c_q)`` (position embedding codes at x's scale).
+* ``split_heads`` / ``merge_heads``: views, codes unchanged.
+* ``split`` (ViT-22B's fused in_proj, whose linear keeps int32 accumulators):
+  part ``i`` is ``saturate(requantize(acc[..., c], M_c, k_c))`` into that
+  part's quantizer (codes for q/k/v, Q12 for the MLP activation).
+* ``matmul``: exact ``a @ b(^T)`` saturated to int32 (counted); kept as an
+  accumulator when the softmax reads it, else ``saturate(requantize(acc, M, k))``.
+* ``softmax``: integer base-2 softmax, unsigned codes at ``2**-b``.
+* ``activation``: ``gelu_erf`` and ``gelu_tanh`` by the integer erf-GELU,
+  ``quick_gelu`` by `simulator.int_activations.quick_gelu_q12`, on the Q12
+  output of the preceding linear, then ``saturate(requantize(y, M, k))``.
+* ``add`` / ``mean``: ``saturate(sum_i requantize(x_i, M_i, k_i))`` (for mean,
+  ``M_i 2**-k_i = s_i / (n s_out)``).
+* ``pool``: ``token`` a row; ``avg`` ``rounding_mean(sum_t x_t, n)`` at x's scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from simulator import ir
+from simulator.fixedpoint import requantize, saturate
+from simulator.graph_trace import graph_layers
+from simulator.int_activations import rounding_mean
+from simulator.int_nonlinear import GELU_INPUT_LIMIT
+from simulator.jit import parallel_kernel, quick_gelu_q12
+from simulator.jit import requantize as jrequantize
+from simulator.jit import saturate as jsaturate
+from simulator.kernels.gemm import int_matmul, saturate_acc
+from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
+from simulator.kernels.output_stage import code_dtype, linear_output, quantize_patches, requant_output
+from simulator.qgraph import QuantizedGraph
+from simulator.results import RunResult
+from simulator.trace import Trace
+
+__all__ = ["IntOps", "GraphIntegerExecutor", "int_quick_gelu"]
+
+
+@parallel_kernel
+def _quick_gelu(h, out_mult, out_shift, lo, hi, out):
+    for i in prange(h.shape[0]):
+        for j in range(h.shape[1]):
+            x = jsaturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
+            out[i, j] = jsaturate(jrequantize(quick_gelu_q12(x), out_mult, out_shift), lo, hi)
+
+
+def int_quick_gelu(h: np.ndarray, out_mult: int, out_shift: int, lo: int, hi: int, out_dtype) -> np.ndarray:
+    """quick-GELU of Q12 values ``h`` then requantization to signed codes."""
+    h2 = h.reshape(-1, h.shape[-1])
+    out = np.empty(h2.shape, dtype=out_dtype)
+    _quick_gelu(h2, np.int64(out_mult), np.int64(out_shift), np.int64(lo), np.int64(hi), out)
+    return out.reshape(h.shape)
+
+
+def _dtype(qz) -> type:
+    if qz.kind != "static":
+        return np.int32 if qz.kind == "fixed_point" else np.int64
+    if not qz.signed:
+        return np.uint8 if qz.bits <= 8 else np.uint16
+    return code_dtype(qz.bits)
+
+
+class IntOps:
+    """Integer kernels for every op kind; ``overflows[op name]`` counts saturated accumulators."""
+
+    def __init__(self, qg: QuantizedGraph, gemm_backend: str = "auto"):
+        self.qg, self.backend = qg, gemm_backend
+        self.q, self.p = qg.quantizers, qg.params
+        self.overflows: dict[str, int] = {}
+        self._wt: dict[str, np.ndarray] = {}
+
+    def _count(self, name: str, n: int) -> None:
+        if n:
+            self.overflows[name] = self.overflows.get(name, 0) + int(n)
+
+    def _gemm(self, name, a, b, a_qz, b_max):
+        acc = int_matmul(a, b, a_qz.max_abs, b_max, self.backend)
+        acc, over = saturate_acc(acc)
+        self._count(name, over)
+        return acc
+
+    def patchify(self, op: ir.Patchify, images):
+        qz = self.q[op.outputs[0]]
+        ph, pw = op.patch_size
+        if op.pad:
+            gh, gw = op.grid(*images.shape[2:])
+            h, w = images.shape[2:]
+            images = np.pad(images, ((0, 0), (0, 0), (0, gh * ph - h), (0, gw * pw - w)))
+        return quantize_patches(images, op.patch_size, float(qz.scale), qz.bits)
+
+    def linear(self, op: ir.Linear, x, residual=None):
+        lin, qz = self.p[op.name], self.q[op.outputs[0]]
+        if op.name not in self._wt:
+            self._wt[op.name] = np.ascontiguousarray(lin.w_q.T)
+        lead = x.shape[:-1]
+        acc = self._gemm(op.name, x.reshape(-1, x.shape[-1]), self._wt[op.name], self.q[op.inputs[0]],
+                         1 << (lin.w_bits - 1))
+        r = None if residual is None else residual.reshape(-1, residual.shape[-1])
+        out, over = linear_output(acc, lin.bias_q, lin.out_mult, lin.out_shift, qz.lo, qz.hi, _dtype(qz),
+                                  res=r, res_mult=lin.res_mult, res_shift=lin.res_shift)
+        self._count(op.name, over)
+        return out.reshape(*lead, -1)
+
+    head = linear
+
+    def layer_norm(self, op: ir.LayerNorm, x):
+        ln, qz = self.p[op.name], self.q[op.outputs[0]]
+        return int_layernorm(np.ascontiguousarray(x), ln.eps_q, ln.gamma_mult, ln.beta_q, ln.out_shift,
+                             qz.lo, qz.hi, _dtype(qz))
+
+    def token_concat(self, op: ir.TokenConcat, x):
+        tok = self.p[op.name].codes.astype(x.dtype)
+        return np.concatenate([np.broadcast_to(tok, (x.shape[0],) + tok.shape), x], axis=1)
+
+    def add_const(self, op: ir.AddConst, x):
+        qz = self.q[op.outputs[0]]
+        return saturate(x.astype(np.int64) + self.p[op.name].codes, qz.lo, qz.hi).astype(_dtype(qz))
+
+    def split(self, op: ir.Split, acc):
+        parts, start = [], 0
+        lead = acc.shape[:-1]
+        for t, size, rq in zip(op.outputs, op.sizes, self.p[op.name]):
+            qz = self.q[t]
+            a = np.ascontiguousarray(acc[..., start:start + size]).reshape(-1, size)
+            out, _ = linear_output(a, np.zeros(size, np.int64), rq.mult, rq.shift, qz.lo, qz.hi, _dtype(qz))
+            parts.append(out.reshape(*lead, size))
+            start += size
+        return tuple(parts)
+
+    def split_heads(self, op: ir.SplitHeads, x):
+        b, t, c = x.shape
+        n, h = len(op.outputs), op.num_heads
+        parts = x.reshape(b, t, n, h, c // (n * h)).transpose(2, 0, 3, 1, 4)
+        return tuple(parts[i] for i in range(n))
+
+    def merge_heads(self, op: ir.MergeHeads, x):
+        b, h, t, d = x.shape
+        return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(b, t, h * d)
+
+    def matmul(self, op: ir.MatMul, a, b):
+        qa, qb, qz = self.q[op.inputs[0]], self.q[op.inputs[1]], self.q[op.outputs[0]]
+        bt = b.swapaxes(-1, -2) if op.transpose_b else b
+        acc = self._gemm(op.name, a, bt, qa, qb.max_abs)
+        if qz.kind == "accumulator":
+            return acc.astype(np.int64)
+        rq = self.p[op.name]
+        return requant_output(acc, rq.mult, rq.shift, qz.lo, qz.hi, _dtype(qz))
+
+    def softmax(self, op: ir.Softmax, acc):
+        sm = self.p[op.name]
+        return int_softmax(np.ascontiguousarray(acc), sm.in_mult, sm.in_shift, sm.out_bits)
+
+    def activation(self, op: ir.Activation, h):
+        g, qz = self.p[op.name], self.q[op.outputs[0]]
+        kern = int_quick_gelu if op.function == "quick_gelu" else int_gelu
+        return kern(np.ascontiguousarray(h), g.out_mult, g.out_shift, qz.lo, qz.hi, _dtype(qz))
+
+    def add(self, op: ir.Add, *xs):
+        rs, qz = self.p[op.name], self.q[op.outputs[0]]
+        total = sum(requantize(x.astype(np.int64), int(m), int(k)) for x, m, k in zip(xs, rs.mult, rs.shift))
+        return saturate(total, qz.lo, qz.hi).astype(_dtype(qz))
+
+    mean = add
+
+    def pool(self, op: ir.Pool, x):
+        if op.mode == "token":
+            return np.ascontiguousarray(x[:, op.index])
+        rows = x[:, op.num_prefix_tokens:].astype(np.int64)
+        return rounding_mean(rows.sum(axis=1), rows.shape[1]).astype(x.dtype)
+
+
+class GraphIntegerExecutor:
+    """``GraphIntegerExecutor(qgraph).run(images)`` -> `RunResult` (codes of every tensor)."""
+
+    def __init__(self, qg: QuantizedGraph, gemm_backend: str = "auto"):
+        self.qg, self.backend = qg, gemm_backend
+
+    def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
+        from simulator.walk import walk
+        g = self.qg.graph
+        images = np.asarray(images)
+        ir.check_images(g, images.shape)
+        ops = IntOps(self.qg, self.backend)
+        codes: dict[str, list] = {}
+
+        def keep(name, arr):
+            if name != g.input:
+                codes.setdefault(name, []).append(np.asarray(arr).astype(np.int64))
+
+        outs = [walk(g, ops, images[s:s + batch_size], keep if keep_codes else None)[self.qg.output]
+                for s in range(0, len(images), batch_size)]
+        lc = np.concatenate(outs).astype(np.int64) if outs else np.zeros((0,), np.int64)
+        trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
+                      layers=graph_layers(self.qg), n_images=len(images), overflows=dict(ops.overflows))
+        return RunResult(logits=lc * self.qg.output_scale(), logit_codes=lc, trace=trace,
+                         codes={k: np.concatenate(v) for k, v in codes.items()})

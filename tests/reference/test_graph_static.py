@@ -1,0 +1,176 @@
+"""The static recipe on the lowered graph (issue 13, phase 2).
+
+* On the bundled default model the quantized graph's codes equal the old
+  static `QuantizedViT` executor's at every shared boundary (W8A8, W4A4),
+  and the trace's MACs/BOPs totals equal `static_layers`'.
+* On random timm VisionTransformer configurations x bit-widths the numba
+  and torch op sets give identical codes at every tensor.
+* W8A8 agrees with fp32 on a small random model; save/load round-trips;
+  files of another format are refused naming the version.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reference
+from reference.fakequant_ops import GraphFakeQuantExecutor
+from reference.lowering import lower
+from reference.lowering.coverage import perturb_
+from reference.recipes.config import RecipeConfig, load_recipe
+from reference.recipes.static_graph import quantize_graph
+from simulator.errors import InputError
+from simulator.executor import IntegerExecutor
+from simulator.graph import static_layers
+from simulator.int_ops import GraphIntegerExecutor
+from simulator.qgraph import FORMAT_VERSION, QuantizedGraph
+from simulator.results import bit_exact_images, first_mismatch
+from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
+
+SHARED = ["input", "x0", "norm", "logits"] + [f"blocks.{{i}}.{n}" for n in (
+    "norm1", "q", "k", "v", "attn", "attn_out", "x_mid", "norm2", "fc1", "gelu", "x_out")]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model = reference.load_model()
+    calib, _ = reference.load_dataset("digits", model, "calib")
+    test, _ = reference.load_dataset("digits", model, "test", limit=64)
+    return model, calib, test
+
+
+@pytest.mark.parametrize("recipe", ["static_w8a8", "static_w4a4"])
+def test_codes_identical_to_the_old_static_executor(digits, recipe):
+    model, calib, test = digits
+    cfg = load_recipe(f"configs/recipes/{recipe}.yaml")
+    old = reference.quantize(model, calib, cfg)
+    qg = quantize_graph(model, calib, cfg)
+    ro, rn = IntegerExecutor(old).run(test), GraphIntegerExecutor(qg).run(test)
+    names = [n.format(i=i) for n in SHARED for i in range(len(model.blocks))]
+    assert set(names) <= ro.codes.keys() & rn.codes.keys()
+    shared = {k: ro.codes[k] for k in ro.codes if k in rn.codes}
+    assert shared.keys() == set(names)
+    ok = bit_exact_images(shared, {k: rn.codes[k] for k in shared})
+    assert ok.all() and len(ok) == 64, first_mismatch(shared, {k: rn.codes[k] for k in shared})
+    assert np.array_equal(ro.logit_codes, rn.logit_codes) and np.array_equal(ro.logits, rn.logits)
+    assert ro.trace.overflows == rn.trace.overflows
+    old_layers = static_layers(old)
+    assert sum(r.macs for r in rn.trace.layers) == sum(r.macs for r in old_layers)
+    assert sum(r.bops for r in rn.trace.layers) == sum(r.bops for r in old_layers)
+    gemms = lambda ls: [(r.name, r.m, r.k, r.n, r.batch, r.a_bits, r.b_bits) for r in ls if r.macs]
+    assert gemms(rn.trace.layers) == gemms(old_layers)
+
+
+def _random_model(drawn):
+    model_cls, kwargs, image_size, seed = drawn
+    torch.manual_seed(seed)
+    model = model_cls(**kwargs).eval()
+    perturb_(model, seed + 1)
+    images = np.random.default_rng(seed).standard_normal((10, kwargs["in_chans"], *image_size)).astype(np.float32)
+    return model, image_size, images
+
+
+@settings(max_examples=30)
+@given(drawn=lowering_configs(), bits=st.sampled_from(BIT_WIDTHS))
+def test_both_graph_executors_give_identical_codes(drawn, bits):
+    model, image_size, images = _random_model(drawn)
+    graph = lower(model, image_size=image_size)
+    cfg = RecipeConfig(w_bits=bits[0], a_bits=bits[1], calib_images=6)
+    qg = quantize_graph(graph, images[:6], cfg)
+    ri, rf = GraphIntegerExecutor(qg).run(images[6:]), GraphFakeQuantExecutor(qg).run(images[6:])
+    assert ri.codes.keys() == rf.codes.keys() == set(graph.tensor_names()[1:])
+    assert first_mismatch(ri.codes, rf.codes) is None
+    assert np.array_equal(ri.logit_codes, rf.logit_codes)
+    assert ri.trace.layers == rf.trace.layers and ri.trace.overflows == rf.trace.overflows
+
+
+SMALL = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=48, depth=2, num_heads=3, num_classes=10,
+             mlp_ratio=4, init_values=None)
+
+
+def test_w8a8_agrees_with_fp32_on_a_small_random_model():
+    model = build_vit(SMALL, seed=5)
+    images = random_images(SMALL, 96, seed=5)
+    qg = quantize_graph(model, images[:32], RecipeConfig(calib_images=32))
+    with torch.no_grad():
+        ref = model(torch.from_numpy(images[32:])).numpy()
+    res = GraphIntegerExecutor(qg).run(images[32:])
+    agree = float((res.predictions == ref.argmax(-1)).mean())
+    assert agree >= 0.9, agree
+    rel = np.abs(res.logits - ref).max() / np.abs(ref).max()
+    assert rel < 0.05, rel
+
+
+def test_save_load_round_trip_and_version_errors(tmp_path, digits):
+    model = build_vit(SMALL, seed=2, global_pool="avg", class_token=False, fc_norm=True)
+    images = random_images(SMALL, 12, seed=2)
+    qg = quantize_graph(model, images[:8], RecipeConfig(calib_images=8, act_calibration="minmax"))
+    path = tmp_path / "m.qgraph.npz"
+    qg.save(path)
+    back = QuantizedGraph.load(path)
+    assert back.graph.ops == qg.graph.ops and back.meta == qg.meta
+    assert back.quantizers.keys() == qg.quantizers.keys()
+    a, b = GraphIntegerExecutor(qg).run(images[8:]), GraphIntegerExecutor(back).run(images[8:])
+    assert first_mismatch(a.codes, b.codes) is None and np.array_equal(a.logits, b.logits)
+    assert not list(tmp_path.glob("*.tmp"))
+
+    old = tmp_path / "old.npz"
+    reference.quantize(digits[0], digits[1][:8], RecipeConfig(calib_images=8, act_calibration="minmax")).save(old)
+    with pytest.raises(InputError, match=rf"old\.npz: format_version 1 is the old per-model QuantizedViT format, "
+                                         rf"expected format_version {FORMAT_VERSION}"):
+        QuantizedGraph.load(old)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(InputError, match=r"bad\.npz: not a quantized graph file"):
+        QuantizedGraph.load(bad)
+    with pytest.raises(InputError, match="no such file"):
+        QuantizedGraph.load(tmp_path / "missing.npz")
+
+
+def test_future_version_is_refused(tmp_path):
+    import json
+    path = tmp_path / "v9.npz"
+    header = np.frombuffer(json.dumps({"format_version": 9, "tree": {}}).encode(), dtype=np.uint8)
+    np.savez(path, __header__=header)
+    with pytest.raises(InputError, match=rf"v9\.npz: format_version 9, expected {FORMAT_VERSION}"):
+        QuantizedGraph.load(path)
+
+
+from reference.lowering.coverage import CONFIGURATIONS, build, images_for   # noqa: E402
+
+LOWERED = [c for c in CONFIGURATIONS if c.refusal is None]
+
+
+@pytest.mark.parametrize("cfg", LOWERED, ids=[c.name for c in LOWERED])
+def test_every_lowered_configuration_quantizes_bit_exactly(cfg):
+    """Each row of the lowering's coverage table: both executors agree on every
+    tensor (W8A8) and the output is close to timm's float forward."""
+    model = build(cfg).float()
+    graph = lower(model, image_size=cfg.image_size)
+    images = images_for(cfg, batch=10).float().numpy()
+    rc = RecipeConfig(calib_images=6, act_calibration="minmax", weight_calibration="minmax")
+    qg = quantize_graph(graph, images[:6], rc)
+    ri, rf = GraphIntegerExecutor(qg).run(images[6:]), GraphFakeQuantExecutor(qg).run(images[6:])
+    assert first_mismatch(ri.codes, rf.codes) is None
+    with torch.no_grad():
+        ref = model(torch.from_numpy(images[6:])).numpy()
+    assert ri.logits.shape == ref.shape
+    rel = np.abs(ri.logits - ref).max() / np.abs(ref).max()
+    assert rel < 0.25, rel        # not garbage (random weights, 6 calibration images, minmax)
+
+
+def test_float_nonlinear_mode_equals_the_old_one(digits):
+    """``nonlinear="float"``: the same codes as the old FakeQuantExecutor's float-nonlinear mode."""
+    model, calib, test = digits
+    cfg = load_recipe("configs/recipes/static_w8a8.yaml")
+    old = reference.FakeQuantExecutor(reference.quantize(model, calib, cfg), nonlinear="float").run(test[:32])
+    new = GraphFakeQuantExecutor(quantize_graph(model, calib, cfg), nonlinear="float").run(test[:32])
+    shared = {k: old.codes[k] for k in old.codes if k in new.codes}
+    assert len(shared) == 70
+    assert first_mismatch(shared, {k: new.codes[k] for k in shared}) is None
+    integer = GraphFakeQuantExecutor(quantize_graph(model, calib, cfg)).run(test[:32])
+    assert first_mismatch(shared, {k: integer.codes[k] for k in shared}) is not None   # the modes differ
