@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -38,7 +37,7 @@ import numpy as np
 
 from simulator import ir
 from simulator.errors import InputError
-from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatten
+from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatten, read_npz_tree
 
 __all__ = ["Quantizer", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
 
@@ -119,8 +118,9 @@ class QuantizedGraph:
         return float(np.asarray(self.quantizers[self.output].scale))
 
     # --- persistence ---------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """One ``.npz`` (arrays + a JSON header), written atomically (temp file + rename)."""
+    def save(self, path: str | os.PathLike, label: str | None = None) -> None:
+        """One ``.npz`` (arrays + a JSON header), written atomically with the user's umask
+        (`simulator.atomic_files`); an OS error is an `InputError` naming ``label`` (default: the path)."""
         arrays: dict[str, np.ndarray] = {}
         g = self.graph
         tree = {
@@ -133,29 +133,15 @@ class QuantizedGraph:
         }
         header = {"format_version": FORMAT_VERSION, "kind": "QuantizedGraph", "tree": tree}
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from simulator.atomic_files import write_bytes
+
+        write_bytes(os.fspath(path), lambda f: np.savez(f, **arrays), label)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "QuantizedGraph":
         """Read a file written by `save`; anything else is an `InputError` naming the file."""
         path = os.fspath(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            header = json.loads(bytes(arrays.pop("__header__")).decode())
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except Exception as e:  # zip/npz/json corruption of any kind
-            raise InputError(f"{path}: not a quantized graph file ({type(e).__name__})") from None
+        header, arrays = read_npz_tree(path, "quantized graph")
         version = header.get("format_version") if isinstance(header, dict) else None
         if version == 1:
             raise InputError(f"{path}: format_version 1 is the old per-model QuantizedViT format, expected "

@@ -212,14 +212,7 @@ class QuantizedViT:
     def load(cls, path: str | os.PathLike) -> "QuantizedViT":
         """Read a file written by `save`; a bad file is an `InputError` naming it."""
         path = os.fspath(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            header = json.loads(bytes(arrays.pop("__header__")).decode())
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except Exception as e:  # zip/npz/json corruption of any kind
-            raise InputError(f"{path}: not a QuantizedViT file ({type(e).__name__})") from None
+        header, arrays = read_npz_tree(path, "QuantizedViT")
         version = header.get("format_version") if isinstance(header, dict) else None
         if version != FORMAT_VERSION:
             raise InputError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
@@ -233,6 +226,20 @@ class QuantizedViT:
 
         check_qvit(q, path)   # shapes, dtypes and ranges before any kernel runs
         return q
+
+
+def read_npz_tree(path: str, what: str) -> tuple[object, dict]:
+    """(JSON header, arrays) of a file written as arrays + ``__header__`` (`QuantizedViT.save`,
+    `simulator.qgraph.QuantizedGraph.save`); a missing or corrupt file is an `InputError`."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        header = json.loads(bytes(arrays.pop("__header__")).decode())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except Exception as e:  # zip/npz/json corruption of any kind
+        raise InputError(f"{path}: not a {what} file ({type(e).__name__})") from None
+    return header, arrays
 
 
 _CLASSES = {c.__name__: c for c in (Linear, LayerNormQ, SoftmaxQ, Requant, GeluQ, Block, QuantizedViT,
