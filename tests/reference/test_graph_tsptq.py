@@ -174,3 +174,27 @@ def test_recipe_guard():
     from simulator.errors import InputError
     with pytest.raises(InputError, match="'static'"):
         quantize_graph_tsptq(build_vit(SMALL), random_images(SMALL, 2), RecipeConfig())
+
+
+from reference.lowering.coverage import CONFIGURATIONS, build, images_for   # noqa: E402
+
+LOWERED = [c for c in CONFIGURATIONS if c.refusal is None]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", LOWERED, ids=[c.name for c in LOWERED])
+def test_every_lowered_configuration_runs_tsptq_bit_exactly(cfg):
+    """Each row of the lowering's coverage table with two_scaled + O-2SF: both
+    executors agree on every tensor (W8A8), every softmax output is two-scaled,
+    and the output stays close to timm's float forward."""
+    model = build(cfg).float()
+    graph = lower(model, image_size=cfg.image_size)
+    images = images_for(cfg, batch=10).float().numpy()
+    qg = quantize_graph_tsptq(graph, images[:6], _tsptq((8, 8)))
+    assert all(qg.quantizers[op.outputs[0]].kind == "two_scaled" for op in graph.ops if op.kind == "softmax")
+    ri, rf = GraphIntegerExecutor(qg).run(images[6:]), GraphFakeQuantExecutor(qg).run(images[6:])
+    assert first_mismatch(ri.codes, rf.codes) is None
+    with torch.no_grad():
+        ref = model(torch.from_numpy(images[6:])).numpy()
+    rel = np.abs(ri.logits - ref).max() / np.abs(ref).max()
+    assert rel < 0.25, rel
