@@ -48,7 +48,7 @@ def digits():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["tsptq_w8a8", "tsptq_w4a4"])
+@pytest.mark.parametrize("recipe", ["tsptq_w8a8", "tsptq_w6a6", "tsptq_w4a4"])
 def test_codes_identical_to_the_old_tsptq_executor(digits, recipe):
     model, calib, test = digits
     cfg = load_recipe(f"configs/recipes/{recipe}.yaml")
