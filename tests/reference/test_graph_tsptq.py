@@ -2,7 +2,7 @@
 and O-2SF channel shifts (`reference.recipes.tsptq_graph`).
 
 * On the bundled default model the graph's codes equal the old tsptq
-  `QuantizedViT` executor's at every shared boundary (W8A8, W4A4), with the
+  `QuantizedViT` executor's at every shared boundary (W8A8, W6A6, W4A4), with the
   same overflow counts and MAC/BOP totals (slow).
 * The numba and torch op sets give identical codes at every tensor on random
   timm VisionTransformer configurations x bit-widths with two_scaled on.
