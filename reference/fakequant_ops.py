@@ -6,7 +6,9 @@ docstring) on int64 tensors, with the stage functions of `reference.fakequant`
 (GEMM output stage, integer LayerNorm, softmax, GELU) and the vectorised
 fixed-point primitives of `reference.tensor_primitives` -- the very source
 the numba kernels compile. GEMMs: `reference.fakequant.exact_int_matmul`.
-Every code equals the numba op set's (tested).
+Every code equals the numba op set's (tested). ``two_scaled`` quantizers
+(TSPTQ V-2SF): `reference.two_scaled_fq` writes the words and decodes them
+in front of the reading GEMM, as `simulator.int_ops` does.
 
 ``nonlinear="float"`` replaces the integer LayerNorm, softmax and
 activations by their float64 functions between the same quantizers (the
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 
 from reference.fakequant import (ACC_HI, ACC_LO, exact_int_matmul, gelu_stage, layernorm_stage,
                                  linear_output_stage, softmax_stage)
+from reference import two_scaled_fq as v2sf
 from reference.tensor_primitives import quick_gelu_q12, requantize, round_half_up, rounding_mean, saturate
 from simulator import ir
 from simulator.int_nonlinear import GELU_FRAC_BITS
@@ -63,6 +66,10 @@ class FakeQuantOps:
         if n:
             self.overflows[name] = self.overflows.get(name, 0) + int(n)
 
+    def _operand(self, t: str, x):
+        qz = self.q[t]
+        return v2sf.decode_operand(qz, x) if qz.kind == "two_scaled" else x
+
     def _gemm(self, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         acc = exact_int_matmul(a, b)
         if acc.dtype == torch.int32:      # int_mm / bounded float32: inside int32 by construction
@@ -88,7 +95,7 @@ class FakeQuantOps:
             self._w[op.name] = (torch.from_numpy(np.ascontiguousarray(lin.w_q.T, dtype=np.int8)),
                                 _t(lin.bias_q), _t(lin.out_mult), _t(lin.out_shift))
         w8, bias, mult, shift = self._w[op.name]
-        acc = self._gemm(op.name, x, w8)
+        acc = self._gemm(op.name, self._operand(op.inputs[0], x), w8)
         y, over = linear_output_stage(acc, bias, mult, shift, residual, lin.res_mult, lin.res_shift, qz.lo, qz.hi)
         self._count(op.name, int(over))
         return y
@@ -127,7 +134,7 @@ class FakeQuantOps:
 
     def matmul(self, op: ir.MatMul, a, b):
         qz = self.q[op.outputs[0]]
-        acc = self._gemm(op.name, a, b.transpose(-2, -1) if op.transpose_b else b)
+        acc = self._gemm(op.name, self._operand(op.inputs[0], a), b.transpose(-2, -1) if op.transpose_b else b)
         if qz.kind == "accumulator":
             return acc
         rq = self.p[op.name]
@@ -135,12 +142,16 @@ class FakeQuantOps:
 
     def softmax(self, op: ir.Softmax, acc):
         sm = self.p[op.name]
+        if self.q[op.outputs[0]].kind == "two_scaled":
+            return v2sf.softmax_words(sm, acc, "float" if self.float else "integer")
         if self.float:
             return _codes(torch.softmax(acc.double() * sm.in_scale, dim=-1) * (1 << sm.out_bits), self.q[op.outputs[0]])
         return softmax_stage(acc, sm.in_mult, sm.in_shift, sm.out_bits)
 
     def activation(self, op: ir.Activation, h):
         g, qz = self.p[op.name], self.q[op.outputs[0]]
+        if qz.kind == "two_scaled":
+            return v2sf.activation_words(op.function, g, h, "float" if self.float else "integer")
         if self.float:
             return _codes(_FLOAT_ACT[op.function](h.double() * 2.0 ** -GELU_FRAC_BITS) / g.out_scale, qz)
         if op.function == "quick_gelu":

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from reference.tensor_primitives import requantize, round_half_up, saturate
-from reference.tensor_primitives import GELU_FRAC_BITS, GELU_INPUT_LIMIT, SOFTMAX_RECIP_BITS, exp2_neg, gelu_q12
+from reference.tensor_primitives import (GELU_FRAC_BITS, GELU_INPUT_LIMIT, SOFTMAX_RECIP_BITS, exp2_neg, gelu_q12,
+                                         quick_gelu_q12)
 from reference.tensor_primitives import gelu_v2sf_code, softmax_v2sf_code, v2sf_decode, v2sf_encode
 
-__all__ = ["softmax_words", "gelu_words", "softmax_operand", "gelu_operand"]
+__all__ = ["softmax_words", "gelu_words", "softmax_operand", "gelu_operand", "activation_words", "decode_operand"]
 
 
 def softmax_words(sm, acc: torch.Tensor, nonlinear: str) -> torch.Tensor:
@@ -52,3 +53,25 @@ def softmax_operand(sm, words: torch.Tensor) -> torch.Tensor:
 def gelu_operand(g, words: torch.Tensor) -> torch.Tensor:
     """fc2 operand at the fine scale (the codes themselves when single-scaled)."""
     return v2sf_decode(words, g.out_bits, g.ratio_shift, 1) if g.ratio_shift else words
+
+
+_FLOAT = {"gelu_erf": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+          "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x)}
+
+
+def activation_words(function: str, g, h: torch.Tensor, nonlinear: str) -> torch.Tensor:
+    """Two-scaled words of any graph activation of fc1's Q12 output (``g.ratio_shift > 0``);
+    integer: the formula of `simulator.kernels.two_scaled.activation_words`."""
+    if nonlinear == "float":
+        y = _FLOAT[function](h.double() * 2.0 ** -GELU_FRAC_BITS)
+        fine = round_half_up(y / g.out_scale).long()
+        coarse = round_half_up(y / (g.out_scale * 2.0 ** g.ratio_shift)).long()
+        return v2sf_encode(fine, coarse, g.out_bits, 1)
+    h = saturate(h, -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
+    y = quick_gelu_q12(h) if function == "quick_gelu" else gelu_q12(h)
+    return gelu_v2sf_code(y, g.out_mult, g.out_shift, g.out_bits, g.ratio_shift)
+
+
+def decode_operand(qz, words: torch.Tensor) -> torch.Tensor:
+    """GEMM operand at the fine scale of a ``two_scaled`` quantizer's words."""
+    return v2sf_decode(words.long(), qz.bits, qz.ratio_shift, int(qz.signed))

@@ -7,7 +7,9 @@ the MLP activation as ``mlp.gelu``). A fused
 residual is an ``add`` record ``fused_into`` its linear; the position
 embedding an ``add`` fused into the op that starts the embedding chain.
 Activation functions (erf / tanh GELU, quick-GELU) are all ``gelu`` records:
-the hardware models have one activation unit.
+the hardware models have one activation unit. A ``two_scaled`` output
+(TSPTQ V-2SF) adds a ``requantize`` record ``<op prefix>.decode``: the
+flag -> shift decode of each word in front of the reading GEMM.
 """
 
 from __future__ import annotations
@@ -26,7 +28,16 @@ def _rename(name: str) -> str:
 
 
 def _bits(qz) -> int:
-    return 32 if qz.kind != "static" else qz.bits
+    return qz.bits if qz.kind in ("static", "two_scaled") else 32
+
+
+def _decode(op, elements, rows, qz) -> list[LayerRecord]:
+    """V-2SF decode of two-scaled words on the requant unit, one element per word
+    (named as `simulator.graph`: ``blocks.i.attn.decode``, ``blocks.i.mlp.decode``)."""
+    if qz.kind != "two_scaled":
+        return []
+    return [LayerRecord(name=op.name.rsplit(".", 1)[0] + ".decode", kind="requantize", elements=elements,
+                        rows=rows, in_bits=qz.bits, out_bits=qz.bits)]
 
 
 def _linear(op, lin, x_shape, qg) -> list[LayerRecord]:
@@ -70,7 +81,8 @@ def _record(op, ins, outs, qg, producers) -> list[LayerRecord]:
                             a_bits=qa.bits, b_bits=qb.bits, in_bits=qb.bits, out_bits=_bits(q[op.outputs[0]]))]
     if k in ("softmax", "activation"):
         return [LayerRecord(name=_rename(op.name), kind="softmax" if k == "softmax" else "gelu", elements=elements,
-                            rows=rows, in_bits=32, out_bits=q[op.outputs[0]].bits)]
+                            rows=rows, in_bits=32, out_bits=q[op.outputs[0]].bits)] + \
+            _decode(op, elements, rows, q[op.outputs[0]])
     if k in ("add", "mean"):
         return [LayerRecord(name=op.name, kind="add", elements=elements * len(op.inputs), rows=rows,
                             in_bits=max(_bits(q[t]) for t in op.inputs), out_bits=_bits(q[op.outputs[0]]))]

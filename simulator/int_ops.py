@@ -28,6 +28,9 @@ half up; one saturation rule) per op kind:
 * ``add`` / ``mean``: ``saturate(sum_i requantize(x_i, M_i, k_i))`` (for mean,
   ``M_i 2**-k_i = s_i / (n s_out)``).
 * ``pool``: ``token`` a row; ``avg`` ``rounding_mean(sum_t x_t, n)`` at x's scale.
+* ``two_scaled`` quantizers (TSPTQ V-2SF, `simulator.kernels.two_scaled`): a
+  softmax / activation writing one emits two-scaled words; a linear / matmul
+  reading one decodes them (``m`` or ``m << r``) into its operand first.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from simulator.jit import saturate as jsaturate
 from simulator.kernels.gemm import int_matmul, saturate_acc
 from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
 from simulator.kernels.output_stage import code_dtype, linear_output, quantize_patches, requant_output
+from simulator.kernels.two_scaled import activation_words, decode_operand, softmax_stage
 from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
 from simulator.trace import Trace
@@ -70,6 +74,8 @@ def int_quick_gelu(h: np.ndarray, out_mult: int, out_shift: int, lo: int, hi: in
 
 
 def _dtype(qz) -> type:
+    if qz.kind == "two_scaled":
+        return np.uint8 if qz.bits <= 8 else np.uint16
     if qz.kind != "static":
         return np.int32 if qz.kind == "fixed_point" else np.int64
     if not qz.signed:
@@ -90,6 +96,10 @@ class IntOps:
         if n:
             self.overflows[name] = self.overflows.get(name, 0) + int(n)
 
+    def _operand(self, t: str, x):
+        qz = self.q[t]
+        return decode_operand(qz, x) if qz.kind == "two_scaled" else x
+
     def _gemm(self, name, a, b, a_qz, b_max):
         acc = int_matmul(a, b, a_qz.max_abs, b_max, self.backend)
         acc, over = saturate_acc(acc)
@@ -109,7 +119,7 @@ class IntOps:
         lin, qz = self.p[op.name], self.q[op.outputs[0]]
         if op.name not in self._wt:
             self._wt[op.name] = np.ascontiguousarray(lin.w_q.T)
-        lead = x.shape[:-1]
+        lead, x = x.shape[:-1], self._operand(op.inputs[0], x)
         acc = self._gemm(op.name, x.reshape(-1, x.shape[-1]), self._wt[op.name], self.q[op.inputs[0]],
                          1 << (lin.w_bits - 1))
         r = None if residual is None else residual.reshape(-1, residual.shape[-1])
@@ -157,7 +167,7 @@ class IntOps:
     def matmul(self, op: ir.MatMul, a, b):
         qa, qb, qz = self.q[op.inputs[0]], self.q[op.inputs[1]], self.q[op.outputs[0]]
         bt = b.swapaxes(-1, -2) if op.transpose_b else b
-        acc = self._gemm(op.name, a, bt, qa, qb.max_abs)
+        acc = self._gemm(op.name, self._operand(op.inputs[0], a), bt, qa, qb.max_abs)
         if qz.kind == "accumulator":
             return acc.astype(np.int64)
         rq = self.p[op.name]
@@ -165,10 +175,14 @@ class IntOps:
 
     def softmax(self, op: ir.Softmax, acc):
         sm = self.p[op.name]
+        if self.q[op.outputs[0]].kind == "two_scaled":
+            return softmax_stage(sm, np.ascontiguousarray(acc))
         return int_softmax(np.ascontiguousarray(acc), sm.in_mult, sm.in_shift, sm.out_bits)
 
     def activation(self, op: ir.Activation, h):
         g, qz = self.p[op.name], self.q[op.outputs[0]]
+        if qz.kind == "two_scaled":
+            return activation_words(op.function, g, h)
         kern = int_quick_gelu if op.function == "quick_gelu" else int_gelu
         return kern(np.ascontiguousarray(h), g.out_mult, g.out_shift, qz.lo, qz.hi, _dtype(qz))
 

@@ -15,6 +15,11 @@ Quantizer slot (`Quantizer.kind`), one per tensor that holds integers:
   units), saturated to ``+-(2**(bits-1) - 1)``.
 * ``accumulator``: an int32 GEMM accumulator at ``scale`` (``q k^T`` before
   the integer softmax; per channel for a linear read by a ``split``).
+* ``two_scaled``: TSPTQ-ViT V-2SF words (`simulator.two_scaled`): flag bit +
+  ``(bits-1)``-bit field, fine ``scale``, coarse ``scale * 2**ratio_shift``;
+  ``signed`` = signed fine region (activations) or not (softmax). Words are in
+  ``[0, 2**bits - 1]``; the reading GEMM decodes them to operands at ``scale``
+  of magnitude at most `max_abs` (``b - 1 + r`` bits).
 
 Later kinds (``two_scaled``, ``grouped``, ``predicted``) are new values of
 this field with their own fields and kernels.
@@ -38,11 +43,12 @@ import numpy as np
 from simulator import ir
 from simulator.errors import InputError
 from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatten, read_npz_tree
+from simulator.two_scaled import operand_max
 
 __all__ = ["Quantizer", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
 
 FORMAT_VERSION = 2
-QUANTIZER_KINDS = ("static", "fixed_point", "accumulator")
+QUANTIZER_KINDS = ("static", "fixed_point", "accumulator", "two_scaled")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class Quantizer:
     scale: float | np.ndarray
     bits: int
     signed: bool = True
+    ratio_shift: int = 0          # two_scaled: coarse scale = scale * 2**ratio_shift
 
     def __post_init__(self):
         if self.kind not in QUANTIZER_KINDS:
@@ -61,15 +68,21 @@ class Quantizer:
     def lo(self) -> int:
         if self.kind == "fixed_point":
             return -self.hi                   # symmetric: +-(2**(bits-1) - 1)
+        if self.kind == "two_scaled":
+            return 0                          # words: flag bit + field
         return -(1 << (self.bits - 1)) if self.signed else 0
 
     @property
     def hi(self) -> int:
+        if self.kind == "two_scaled":
+            return (1 << self.bits) - 1
         return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
 
     @property
     def max_abs(self) -> int:
         """Largest magnitude a value can have (the GEMM backends' exactness bound)."""
+        if self.kind == "two_scaled":         # of the decoded operand, not of the word
+            return operand_max(self.bits, self.ratio_shift, int(self.signed))
         return max(-self.lo, self.hi)
 
 

@@ -60,7 +60,8 @@ from simulator.qgraph import ChannelRequant, ConstCodes, QuantizedGraph, Quantiz
 from simulator.qvit import GeluQ, Requant, SoftmaxQ
 from simulator.walk import walk
 
-__all__ = ["quantize_graph", "freeze_graph", "assign_quantizers", "collect_graph_stats", "owners"]
+__all__ = ["quantize_graph", "freeze_graph", "assign_quantizers", "collect_graph_stats", "owners", "freeze_op",
+           "consumers"]
 
 _SHARING = ("token_concat", "add_const", "merge_heads")   # their input is written at their output's scale
 _RESIDUAL_MAKERS = ("head", "add", "mean", "token_concat", "add_const")
@@ -217,6 +218,9 @@ def _freeze_op(op: ir.Op, g: ir.Graph, q: dict, cfg: RecipeConfig, prod) -> obje
         m, s = dyadic(np.array([float(q[t].scale) / (n * s_out) for t in op.inputs]))
         return RescaleSum(mult=np.asarray(m, np.int64), shift=np.asarray(s, np.int64))
     return None      # patchify (its quantizer says all), views, pooling
+
+
+freeze_op, consumers = _freeze_op, _consumers     # for calibrators that refreeze the ops they rewrite
 
 
 def freeze_graph(graph: ir.Graph, stats: dict[str, BoundaryStats], cfg: RecipeConfig,

@@ -5,6 +5,9 @@ Formulas: `simulator.two_scaled` (encode/decode) on top of
 `simulator.int_nonlinear` (integer softmax and GELU). The executor calls
 `softmax_stage` / `gelu_stage` / `softmax_operand` / `gelu_operand`, which
 fall back to the plain single-scaled kernels when ``ratio_shift == 0``.
+The graph op set (`simulator.int_ops`) calls `softmax_stage`,
+`activation_words` (any activation function of the graph) and
+`decode_operand` (a ``two_scaled`` quantizer's words -> GEMM operand).
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import numpy as np
 from numba import prange
 
 from simulator.int_nonlinear import GELU_INPUT_LIMIT
-from simulator.jit import gelu_q12, gelu_v2sf_code, parallel_kernel, saturate, softmax_v2sf_code, v2sf_decode
+from simulator.jit import (gelu_q12, gelu_v2sf_code, parallel_kernel, quick_gelu_q12, saturate, softmax_v2sf_code,
+                          v2sf_decode)
 from simulator.kernels.nonlinear import int_gelu, int_softmax, softmax_row_exp
 from simulator.two_scaled import operand_max
 
-__all__ = ["softmax_stage", "gelu_stage", "softmax_operand", "gelu_operand"]
+__all__ = ["softmax_stage", "gelu_stage", "softmax_operand", "gelu_operand", "activation_words", "decode_operand"]
 
 
 @parallel_kernel
@@ -36,6 +40,14 @@ def _gelu_v2sf(h, mult, shift, bits, ratio_shift, out):
         for j in range(h.shape[1]):
             x = saturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
             out[i, j] = gelu_v2sf_code(gelu_q12(x), mult, shift, bits, ratio_shift)
+
+
+@parallel_kernel
+def _quick_gelu_v2sf(h, mult, shift, bits, ratio_shift, out):
+    for i in prange(h.shape[0]):
+        for j in range(h.shape[1]):
+            x = saturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
+            out[i, j] = gelu_v2sf_code(quick_gelu_q12(x), mult, shift, bits, ratio_shift)
 
 
 @parallel_kernel
@@ -90,3 +102,19 @@ def gelu_operand(g, codes: np.ndarray) -> tuple[np.ndarray, int]:
     if not g.ratio_shift:
         return codes, 1 << (g.out_bits - 1)
     return _operand(codes, g.out_bits, g.ratio_shift, 1), operand_max(g.out_bits, g.ratio_shift, 1)
+
+
+def activation_words(function: str, g, h: np.ndarray) -> np.ndarray:
+    """Two-scaled words (``g.ratio_shift > 0``) of an activation of Q12 values ``h``:
+    ``gelu_v2sf_code(f_q12(h), M, k, b, r)`` with ``f_q12`` the integer erf-GELU
+    (``gelu_erf``, ``gelu_tanh``) or quick-GELU (`simulator.int_activations`)."""
+    h2 = _rows(np.ascontiguousarray(h))
+    out = np.empty(h2.shape, dtype=np.uint8 if g.out_bits <= 8 else np.uint16)
+    kern = _quick_gelu_v2sf if function == "quick_gelu" else _gelu_v2sf
+    kern(h2, np.int64(g.out_mult), np.int64(g.out_shift), np.int64(g.out_bits), np.int64(g.ratio_shift), out)
+    return out.reshape(h.shape)
+
+
+def decode_operand(qz, words: np.ndarray) -> np.ndarray:
+    """GEMM operand at the fine scale of a ``two_scaled`` quantizer's words (int32)."""
+    return _operand(np.ascontiguousarray(words), qz.bits, qz.ratio_shift, int(qz.signed))
