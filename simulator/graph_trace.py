@@ -15,6 +15,7 @@ from __future__ import annotations
 from math import prod
 
 from simulator import ir
+from simulator.igq_graph import group_records
 from simulator.trace import LayerRecord
 
 __all__ = ["graph_layers"]
@@ -26,7 +27,7 @@ def _rename(name: str) -> str:
 
 
 def _bits(qz) -> int:
-    return 32 if qz.kind != "static" else qz.bits
+    return 32 if qz.kind not in ("static", "grouped") else qz.bits
 
 
 def _linear(op, lin, x_shape, qg) -> list[LayerRecord]:
@@ -89,5 +90,5 @@ def graph_layers(qg) -> list[LayerRecord]:
     producers = qg.graph.producers()
     recs: list[LayerRecord] = []
     for op, ins, outs in ir.op_shapes(qg.graph, batch=1):
-        recs += _record(op, ins, outs, qg, producers)
+        recs += group_records(qg, op, ins, outs, _record(op, ins, outs, qg, producers))
     return recs

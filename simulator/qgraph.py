@@ -15,8 +15,12 @@ Quantizer slot (`Quantizer.kind`), one per tensor that holds integers:
   units), saturated to ``+-(2**(bits-1) - 1)``.
 * ``accumulator``: an int32 GEMM accumulator at ``scale`` (``q k^T`` before
   the integer softmax; per channel for a linear read by a ``split``).
+* ``grouped``: IGQ-ViT codes of ``bits``, per image each channel (or row,
+  ``rows``) in the finest group ``g`` that holds its range, value ``q *
+  scale * 2**-exps[g]`` (`simulator.igq_graph`; the executors record the
+  group maps as ``<tensor>.groups``).
 
-Later kinds (``two_scaled``, ``grouped``, ``predicted``) are new values of
+Later kinds (``two_scaled``, ``predicted``) are new values of
 this field with their own fields and kernels.
 
 Per-op parameters reuse the frozen dataclasses of `simulator.qvit`
@@ -43,7 +47,7 @@ from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatte
 __all__ = ["Quantizer", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
 
 FORMAT_VERSION = 2
-QUANTIZER_KINDS = ("static", "fixed_point", "accumulator")
+QUANTIZER_KINDS = ("static", "fixed_point", "accumulator", "grouped")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class Quantizer:
     scale: float | np.ndarray
     bits: int
     signed: bool = True
+    exps: tuple | None = None     # grouped (IGQ-ViT): group g at ``scale * 2**-exps[g]``, see simulator.igq_graph
+    rows: bool = False            # grouped: rows grouped over the last axis (softmax), else channels over tokens
 
     def __post_init__(self):
         if self.kind not in QUANTIZER_KINDS:
