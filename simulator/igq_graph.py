@@ -37,17 +37,15 @@ from math import prod
 
 import numpy as np
 
-from numba import prange
-
 from simulator.fixedpoint import saturate as np_saturate
 from simulator.igq import GroupQuantizer, _assign, _combine
-from simulator.int_nonlinear import GELU_INPUT_LIMIT, SOFTMAX_RECIP_BITS
-from simulator.jit import parallel_kernel, quick_gelu_q12, saturate
-from simulator.kernels.grouped import gelu_wide, group_quantize, layernorm_wide, requant_rows, softmax_wide
+from simulator.int_nonlinear import SOFTMAX_RECIP_BITS
+from simulator.kernels.grouped import (gelu_wide, group_quantize, layernorm_wide, quick_gelu_wide, requant_rows,
+                                       softmax_wide)
 from simulator.trace import LayerRecord
 
-__all__ = ["group_map", "group_quantizer", "grouped_output", "grouped_operand", "row_shifts", "matmul_rows", "grouped_matmul", "wide_value", "quick_gelu_wide", "group_records",
-           "GROUPED_PRODUCERS"]
+__all__ = ["group_map", "group_quantizer", "grouped_output", "grouped_operand", "grouped_matmul", "row_shifts",
+           "matmul_rows", "wide_value", "group_records", "GROUPED_PRODUCERS"]
 
 GROUPED_PRODUCERS = ("layer_norm", "softmax", "activation", "matmul")
 
@@ -73,21 +71,6 @@ def group_quantizer(op, params, qz) -> GroupQuantizer:
     """The `simulator.igq.GroupQuantizer` of ``op``'s grouped output ``qz``."""
     mult, base = group_map(op, params, qz)
     return GroupQuantizer(np.asarray(qz.exps, dtype=np.int64), mult, base, qz.lo, qz.hi, float(qz.scale))
-
-
-@parallel_kernel
-def _quick_gelu_wide(h, out):
-    for i in prange(h.shape[0]):
-        for j in range(h.shape[1]):
-            out[i, j] = quick_gelu_q12(saturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT))
-
-
-def quick_gelu_wide(h: np.ndarray) -> np.ndarray:
-    """quick-GELU of Q12 values, Q12 result (before the output requantization), int64."""
-    h2 = h.reshape(-1, h.shape[-1])
-    out = np.empty(h2.shape, dtype=np.int64)
-    _quick_gelu_wide(h2, out)
-    return out.reshape(h.shape)
 
 
 def wide_value(op, params, x, row_shift=None):

@@ -117,7 +117,9 @@ class IntOps:
         if op.name not in self._wt:
             self._wt[op.name] = np.ascontiguousarray(lin.w_q.T)
         lead, qi = x.shape[:-1], self.q[op.inputs[0]]
-        x, a_max = (x, qi.max_abs) if qi.kind != "grouped" else igq_graph.grouped_operand(x, self.groups[op.inputs[0]], qi)
+        a_max = qi.max_abs
+        if qi.kind == "grouped":                    # IGQ channel groups: shifted operand, one GEMM
+            x, a_max = igq_graph.grouped_operand(x, self.groups[op.inputs[0]], qi)
         acc = self._gemm(op.name, x.reshape(-1, x.shape[-1]), self._wt[op.name], a_max, 1 << (lin.w_bits - 1))
         r = None if residual is None else residual.reshape(-1, residual.shape[-1])
         out, over = linear_output(acc, lin.bias_q, lin.out_mult, lin.out_shift, qz.lo, qz.hi, _dtype(qz),

@@ -32,7 +32,7 @@ from simulator.igq import SITES, overhead_bops
 from simulator.int_ops import GraphIntegerExecutor
 from simulator.qgraph import QuantizedGraph
 from simulator.results import bit_exact_images, first_mismatch
-from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
+from strategies import BIT_WIDTHS, build_vit, int_arrays, lowering_configs, random_images
 from test_graph_static import _random_model
 
 SHARED = ["input", "x0", "norm", "logits"] + [f"blocks.{{i}}.{n}" for n in (
@@ -122,6 +122,49 @@ def test_both_graph_executors_give_identical_codes(drawn, bits, groups):
     assert ri.trace.layers == rf.trace.layers and ri.trace.overflows == rf.trace.overflows
     assert (overhead_bops(ri.trace.layers) > 0) == (groups > 1 and any(len(q.exps) > 1 for q in
                                                                          qg.quantizers.values() if q.exps))
+
+
+# --- kernels ---------------------------------------------------------------------------------
+@given(h=int_arrays(lo=-(1 << 20), hi=1 << 20, shape=st.tuples(st.integers(1, 4), st.integers(1, 9))),
+       mk=st.tuples(st.integers(1, (1 << 31) - 1), st.integers(20, 40)), bits=st.sampled_from([4, 8]))
+def test_quick_gelu_wide_is_the_activation_before_its_output_map(h, mk, bits):
+    """``quick_gelu_wide`` = the Q12 formula elementwise (saturated input), and the static activation is
+    ``saturate(requantize(wide, M, k))`` of it: a single group reproduces it."""
+    from simulator.fixedpoint import requantize, saturate
+    from simulator.int_activations import quick_gelu_q12
+    from simulator.int_nonlinear import GELU_INPUT_LIMIT
+    from simulator.int_ops import int_quick_gelu
+    from simulator.kernels.grouped import quick_gelu_wide
+    wide = quick_gelu_wide(h)
+    assert wide.tolist() == [[quick_gelu_q12(saturate(int(v), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)) for v in row]
+                             for row in h.tolist()]
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    assert np.array_equal(int_quick_gelu(h, *mk, lo, hi, np.int64), saturate(requantize(wide, *mk), lo, hi))
+
+
+@given(acc=int_arrays(lo=-(1 << 24), hi=1 << 24, shape=st.tuples(st.integers(1, 2), st.integers(1, 3),
+                                                                   st.integers(1, 5), st.integers(1, 4))),
+       data=st.data())
+def test_grouped_matmul_output_stage_numpy_equals_torch(acc, data):
+    """Row-grouped ``a`` x channel-grouped output: the numba op set's and the torch op set's stage agree."""
+    import torch
+    from reference.igq_graph_ops import grouped_matmul as torch_stage
+    from simulator import ir
+    from simulator.igq_graph import grouped_matmul, grouped_output
+    from simulator.qgraph import Quantizer
+    from simulator.qvit import Requant
+    ea = tuple(sorted(data.draw(st.sets(st.integers(1, 6), max_size=3)), reverse=True)) + (0,)
+    eo = tuple(sorted(data.draw(st.sets(st.integers(1, 5), max_size=3)), reverse=True)) + (0,)
+    qa = Quantizer("grouped", 2.0 ** -4, 4, signed=False, exps=ea, rows=True)
+    qz = Quantizer("grouped", 0.1, 4, exps=eo)
+    rq = Requant(mult=data.draw(st.integers(1 << 14, (1 << 15) - 1)), shift=data.draw(st.integers(12, 24)),
+                 out_bits=4, out_scale=0.1)
+    ga = data.draw(int_arrays(lo=0, hi=len(ea) - 1, shape=acc.shape[:-1]))
+    op = ir.MatMul("m", ("a", "b"), ("o",))
+    u, none = grouped_matmul(op, rq, qa, Quantizer("static", 0.1, 4), qz, ga, acc)
+    codes, g = grouped_output(op, rq, qz, u, np.int64)
+    tc, tg = torch_stage(op, rq, qa, Quantizer("static", 0.1, 4), qz, torch.as_tensor(ga), torch.as_tensor(acc))
+    assert none is None and np.array_equal(codes, tc.numpy()) and np.array_equal(g, tg.numpy())
 
 
 CFG = dict(depth=1, num_heads=2, embed_dim=16, mlp_ratio=2, img_size=8, patch_size=2, in_chans=3,
