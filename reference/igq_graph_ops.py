@@ -11,6 +11,7 @@ same frozen group scales (as the old executor's float-nonlinear mode).
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -37,6 +38,8 @@ def grouped_output(op, params, qz, x, nonlinear: str):
     gq = group_quantizer(op, params, qz)          # checks producer kind vs. rows
     ex = SimpleNamespace(nonlinear=nonlinear)
     if op.kind == "layer_norm":
+        if nonlinear == "float":                  # the graph's float params are read-only; torch wants writable
+            params = dataclasses.replace(params, gamma=np.array(params.gamma), beta=np.array(params.beta))
         return _layernorm(ex, params, gq, x.long())
     if op.kind == "softmax":
         return _softmax(ex, params, gq, x)

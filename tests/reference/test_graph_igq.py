@@ -202,6 +202,9 @@ def test_save_load_keeps_grouped_quantizers(tmp_path):
         {t: (q.kind, q.exps, q.rows) for t, q in qg.quantizers.items()}
     a, b = GraphIntegerExecutor(qg).run(images[6:]), GraphIntegerExecutor(back).run(images[6:])
     assert first_mismatch(a.codes, b.codes) is None
+    c = GraphFakeQuantExecutor(back).run(images[6:], batch_size=3)        # group maps batch by batch
+    assert c.codes.keys() == a.codes.keys() and first_mismatch(a.codes, c.codes) is None
+    assert a.codes["blocks.0.norm1.groups"].shape == (4, 16)
 
 
 def test_recipe_must_be_igq():
