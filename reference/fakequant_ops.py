@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from reference.fakequant import (ACC_HI, ACC_LO, exact_int_matmul, gelu_stage, layernorm_stage,
                                  linear_output_stage, softmax_stage)
 from reference import two_scaled_fq as v2sf
+from reference import igq_graph_ops
 from reference.tensor_primitives import quick_gelu_q12, requantize, round_half_up, rounding_mean, saturate
 from simulator import ir
 from simulator.int_nonlinear import GELU_FRAC_BITS
@@ -61,6 +62,7 @@ class FakeQuantOps:
         self.qg, self.q, self.p, self.float = qg, qg.quantizers, qg.params, nonlinear == "float"
         self.overflows: dict[str, int] = {}
         self._w: dict[str, tuple] = {}
+        self.groups: dict[str, torch.Tensor] = {}     # group index per grouped tensor (this batch)
 
     def _count(self, name: str, n: int) -> None:
         if n:
@@ -76,6 +78,12 @@ class FakeQuantOps:
             return acc.long()
         self._count(name, int(((acc < ACC_LO) | (acc > ACC_HI)).sum()))
         return saturate(acc, ACC_LO, ACC_HI)
+
+    def _grouped(self, op, x):
+        """Grouped codes (`reference.igq_graph_ops`); keeps the group map."""
+        codes, self.groups[op.outputs[0]] = igq_graph_ops.grouped_output(
+            op, self.p[op.name], self.q[op.outputs[0]], x, "float" if self.float else "integer")
+        return codes
 
     def patchify(self, op: ir.Patchify, images):
         qz = self.q[op.outputs[0]]
@@ -95,7 +103,10 @@ class FakeQuantOps:
             self._w[op.name] = (torch.from_numpy(np.ascontiguousarray(lin.w_q.T, dtype=np.int8)),
                                 _t(lin.bias_q), _t(lin.out_mult), _t(lin.out_shift))
         w8, bias, mult, shift = self._w[op.name]
-        acc = self._gemm(op.name, self._operand(op.inputs[0], x), w8)
+        x = self._operand(op.inputs[0], x)
+        if self.q[op.inputs[0]].kind == "grouped":
+            x = igq_graph_ops.grouped_operand(x, self.groups[op.inputs[0]], self.q[op.inputs[0]])
+        acc = self._gemm(op.name, x, w8)
         y, over = linear_output_stage(acc, bias, mult, shift, residual, lin.res_mult, lin.res_shift, qz.lo, qz.hi)
         self._count(op.name, int(over))
         return y
@@ -104,6 +115,8 @@ class FakeQuantOps:
 
     def layer_norm(self, op: ir.LayerNorm, x):
         ln, qz = self.p[op.name], self.q[op.outputs[0]]
+        if qz.kind == "grouped":
+            return self._grouped(op, x)
         if self.float:
             gamma, beta = (torch.tensor(np.array(v, dtype=np.float64)) for v in (ln.gamma, ln.beta))
             y = F.layer_norm(x.double() * ln.in_scale, (x.shape[-1],), gamma, beta, ln.eps)
@@ -130,20 +143,31 @@ class FakeQuantOps:
 
     def merge_heads(self, op: ir.MergeHeads, x):
         b, h, t, d = x.shape
+        if op.inputs[0] in self.groups:             # channel groups [B, H, d] -> [B, H*d]
+            self.groups[op.outputs[0]] = self.groups[op.inputs[0]].reshape(b, h * d)
         return x.transpose(1, 2).reshape(b, t, h * d)
 
     def matmul(self, op: ir.MatMul, a, b):
         qz = self.q[op.outputs[0]]
         acc = self._gemm(op.name, self._operand(op.inputs[0], a), b.transpose(-2, -1) if op.transpose_b else b)
-        if qz.kind == "accumulator":
+        kinds = (self.q[op.inputs[0]].kind, self.q[op.inputs[1]].kind, qz.kind)
+        if qz.kind == "accumulator" and "grouped" not in kinds:
             return acc
         rq = self.p[op.name]
+        if "grouped" in kinds:
+            codes, gidx = igq_graph_ops.grouped_matmul(op, rq, self.q[op.inputs[0]], self.q[op.inputs[1]], qz,
+                                                       self.groups.get(op.inputs[0]), acc)
+            if gidx is not None:
+                self.groups[op.outputs[0]] = gidx
+            return codes
         return saturate(requantize(acc, rq.mult, rq.shift), qz.lo, qz.hi)
 
     def softmax(self, op: ir.Softmax, acc):
         sm = self.p[op.name]
         if self.q[op.outputs[0]].kind == "two_scaled":
             return v2sf.softmax_words(sm, acc, "float" if self.float else "integer")
+        if self.q[op.outputs[0]].kind == "grouped":
+            return self._grouped(op, acc)
         if self.float:
             return _codes(torch.softmax(acc.double() * sm.in_scale, dim=-1) * (1 << sm.out_bits), self.q[op.outputs[0]])
         return softmax_stage(acc, sm.in_mult, sm.in_shift, sm.out_bits)
@@ -152,6 +176,8 @@ class FakeQuantOps:
         g, qz = self.p[op.name], self.q[op.outputs[0]]
         if qz.kind == "two_scaled":
             return v2sf.activation_words(op.function, g, h, "float" if self.float else "integer")
+        if qz.kind == "grouped":
+            return self._grouped(op, h)
         if self.float:
             return _codes(_FLOAT_ACT[op.function](h.double() * 2.0 ** -GELU_FRAC_BITS) / g.out_scale, qz)
         if op.function == "quick_gelu":
@@ -190,8 +216,11 @@ class GraphFakeQuantExecutor:
             if name != g.input:
                 codes.setdefault(name, []).append(t.long().numpy())
 
-        outs = [walk(g, ops, images[s:s + batch_size], keep if keep_codes else None)[self.qg.output]
-                for s in range(0, len(images), batch_size)]
+        outs = []
+        for s in range(0, len(images), batch_size):
+            outs.append(walk(g, ops, images[s:s + batch_size], keep if keep_codes else None)[self.qg.output])
+            for t, gidx in ops.groups.items() if keep_codes else ():
+                keep(t + ".groups", gidx)               # IGQ group maps (reference.igq_graph_ops)
         lc = torch.cat(outs).long().numpy() if outs else np.zeros((0,), np.int64)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
                       layers=graph_layers(self.qg), n_images=len(images), overflows=dict(ops.overflows))

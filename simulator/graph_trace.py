@@ -17,6 +17,7 @@ from __future__ import annotations
 from math import prod
 
 from simulator import ir
+from simulator.igq_graph import group_records
 from simulator.trace import LayerRecord
 
 __all__ = ["graph_layers"]
@@ -28,7 +29,7 @@ def _rename(name: str) -> str:
 
 
 def _bits(qz) -> int:
-    return qz.bits if qz.kind in ("static", "two_scaled") else 32
+    return qz.bits if qz.kind in ("static", "two_scaled", "grouped") else 32
 
 
 def _decode(op, elements, rows, qz) -> list[LayerRecord]:
@@ -101,5 +102,5 @@ def graph_layers(qg) -> list[LayerRecord]:
     producers = qg.graph.producers()
     recs: list[LayerRecord] = []
     for op, ins, outs in ir.op_shapes(qg.graph, batch=1):
-        recs += _record(op, ins, outs, qg, producers)
+        recs += group_records(qg, op, ins, outs, _record(op, ins, outs, qg, producers))
     return recs

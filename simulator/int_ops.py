@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from simulator import ir
+from simulator import igq_graph, ir
 from simulator.fixedpoint import requantize, saturate
 from simulator.graph_trace import graph_layers
 from simulator.int_activations import rounding_mean
@@ -76,7 +76,7 @@ def int_quick_gelu(h: np.ndarray, out_mult: int, out_shift: int, lo: int, hi: in
 def _dtype(qz) -> type:
     if qz.kind == "two_scaled":
         return np.uint8 if qz.bits <= 8 else np.uint16
-    if qz.kind != "static":
+    if qz.kind not in ("static", "grouped"):
         return np.int32 if qz.kind == "fixed_point" else np.int64
     if not qz.signed:
         return np.uint8 if qz.bits <= 8 else np.uint16
@@ -91,6 +91,7 @@ class IntOps:
         self.q, self.p = qg.quantizers, qg.params
         self.overflows: dict[str, int] = {}
         self._wt: dict[str, np.ndarray] = {}
+        self.groups: dict[str, np.ndarray] = {}       # group index per grouped tensor (this batch)
 
     def _count(self, name: str, n: int) -> None:
         if n:
@@ -100,11 +101,17 @@ class IntOps:
         qz = self.q[t]
         return decode_operand(qz, x) if qz.kind == "two_scaled" else x
 
-    def _gemm(self, name, a, b, a_qz, b_max):
-        acc = int_matmul(a, b, a_qz.max_abs, b_max, self.backend)
+    def _gemm(self, name, a, b, a_max, b_max):
+        acc = int_matmul(a, b, a_max, b_max, self.backend)
         acc, over = saturate_acc(acc)
         self._count(name, over)
         return acc
+
+    def _grouped(self, op, u):
+        """Grouped codes of the wide ``u`` (`simulator.igq_graph`); keeps the group map."""
+        qz = self.q[op.outputs[0]]
+        codes, self.groups[op.outputs[0]] = igq_graph.grouped_output(op, self.p[op.name], qz, u, _dtype(qz))
+        return codes
 
     def patchify(self, op: ir.Patchify, images):
         qz = self.q[op.outputs[0]]
@@ -119,9 +126,11 @@ class IntOps:
         lin, qz = self.p[op.name], self.q[op.outputs[0]]
         if op.name not in self._wt:
             self._wt[op.name] = np.ascontiguousarray(lin.w_q.T)
-        lead, x = x.shape[:-1], self._operand(op.inputs[0], x)
-        acc = self._gemm(op.name, x.reshape(-1, x.shape[-1]), self._wt[op.name], self.q[op.inputs[0]],
-                         1 << (lin.w_bits - 1))
+        lead, qi = x.shape[:-1], self.q[op.inputs[0]]
+        x, a_max = self._operand(op.inputs[0], x), qi.max_abs   # two_scaled: decoded, max_abs is its bound
+        if qi.kind == "grouped":                    # IGQ channel groups: shifted operand, one GEMM
+            x, a_max = igq_graph.grouped_operand(x, self.groups[op.inputs[0]], qi)
+        acc = self._gemm(op.name, x.reshape(-1, x.shape[-1]), self._wt[op.name], a_max, 1 << (lin.w_bits - 1))
         r = None if residual is None else residual.reshape(-1, residual.shape[-1])
         out, over = linear_output(acc, lin.bias_q, lin.out_mult, lin.out_shift, qz.lo, qz.hi, _dtype(qz),
                                   res=r, res_mult=lin.res_mult, res_shift=lin.res_shift)
@@ -132,6 +141,8 @@ class IntOps:
 
     def layer_norm(self, op: ir.LayerNorm, x):
         ln, qz = self.p[op.name], self.q[op.outputs[0]]
+        if qz.kind == "grouped":
+            return self._grouped(op, igq_graph.wide_value(op, ln, x))
         return int_layernorm(np.ascontiguousarray(x), ln.eps_q, ln.gamma_mult, ln.beta_q, ln.out_shift,
                              qz.lo, qz.hi, _dtype(qz))
 
@@ -162,27 +173,36 @@ class IntOps:
 
     def merge_heads(self, op: ir.MergeHeads, x):
         b, h, t, d = x.shape
+        if op.inputs[0] in self.groups:             # channel groups [B, H, d] -> [B, H*d]
+            self.groups[op.outputs[0]] = self.groups[op.inputs[0]].reshape(b, h * d)
         return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(b, t, h * d)
 
     def matmul(self, op: ir.MatMul, a, b):
         qa, qb, qz = self.q[op.inputs[0]], self.q[op.inputs[1]], self.q[op.outputs[0]]
         bt = b.swapaxes(-1, -2) if op.transpose_b else b
-        acc = self._gemm(op.name, self._operand(op.inputs[0], a), bt, qa, qb.max_abs)
-        if qz.kind == "accumulator":
+        acc = self._gemm(op.name, self._operand(op.inputs[0], a), bt, qa.max_abs, qb.max_abs)
+        if qz.kind == "accumulator" and "grouped" not in (qa.kind, qb.kind):
             return acc.astype(np.int64)
         rq = self.p[op.name]
+        if "grouped" in (qa.kind, qb.kind, qz.kind):
+            u, out = igq_graph.grouped_matmul(op, rq, qa, qb, qz, self.groups.get(op.inputs[0]), acc)
+            return self._grouped(op, u) if out is None else out.astype(_dtype(qz))
         return requant_output(acc, rq.mult, rq.shift, qz.lo, qz.hi, _dtype(qz))
 
     def softmax(self, op: ir.Softmax, acc):
         sm = self.p[op.name]
         if self.q[op.outputs[0]].kind == "two_scaled":
             return softmax_stage(sm, np.ascontiguousarray(acc))
+        if self.q[op.outputs[0]].kind == "grouped":
+            return self._grouped(op, igq_graph.wide_value(op, sm, acc))
         return int_softmax(np.ascontiguousarray(acc), sm.in_mult, sm.in_shift, sm.out_bits)
 
     def activation(self, op: ir.Activation, h):
         g, qz = self.p[op.name], self.q[op.outputs[0]]
         if qz.kind == "two_scaled":
             return activation_words(op.function, g, h)
+        if qz.kind == "grouped":
+            return self._grouped(op, igq_graph.wide_value(op, g, h))
         kern = int_quick_gelu if op.function == "quick_gelu" else int_gelu
         return kern(np.ascontiguousarray(h), g.out_mult, g.out_shift, qz.lo, qz.hi, _dtype(qz))
 
@@ -218,8 +238,11 @@ class GraphIntegerExecutor:
             if name != g.input:
                 codes.setdefault(name, []).append(np.asarray(arr).astype(np.int64))
 
-        outs = [walk(g, ops, images[s:s + batch_size], keep if keep_codes else None)[self.qg.output]
-                for s in range(0, len(images), batch_size)]
+        outs = []
+        for s in range(0, len(images), batch_size):
+            outs.append(walk(g, ops, images[s:s + batch_size], keep if keep_codes else None)[self.qg.output])
+            for t, gidx in ops.groups.items() if keep_codes else ():
+                keep(t + ".groups", gidx)               # IGQ group maps (simulator.igq_graph)
         lc = np.concatenate(outs).astype(np.int64) if outs else np.zeros((0,), np.int64)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
                       layers=graph_layers(self.qg), n_images=len(images), overflows=dict(ops.overflows))

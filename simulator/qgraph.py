@@ -20,8 +20,12 @@ Quantizer slot (`Quantizer.kind`), one per tensor that holds integers:
   ``signed`` = signed fine region (activations) or not (softmax). Words are in
   ``[0, 2**bits - 1]``; the reading GEMM decodes them to operands at ``scale``
   of magnitude at most `max_abs` (``b - 1 + r`` bits).
+* ``grouped``: IGQ-ViT codes of ``bits``, per image each channel (or row,
+  ``rows``) in the finest group ``g`` that holds its range, value ``q *
+  scale * 2**-exps[g]`` (`simulator.igq_graph`; the executors record the
+  group maps as ``<tensor>.groups``).
 
-Later kinds (``two_scaled``, ``grouped``, ``predicted``) are new values of
+Later kinds (``two_scaled``, ``predicted``) are new values of
 this field with their own fields and kernels.
 
 Per-op parameters reuse the frozen dataclasses of `simulator.qvit`
@@ -48,7 +52,7 @@ from simulator.two_scaled import operand_max
 __all__ = ["Quantizer", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
 
 FORMAT_VERSION = 2
-QUANTIZER_KINDS = ("static", "fixed_point", "accumulator", "two_scaled")
+QUANTIZER_KINDS = ("static", "fixed_point", "accumulator", "two_scaled", "grouped")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Quantizer:
     bits: int
     signed: bool = True
     ratio_shift: int = 0          # two_scaled: coarse scale = scale * 2**ratio_shift
+    exps: tuple | None = None     # grouped (IGQ-ViT): group g at ``scale * 2**-exps[g]``, see simulator.igq_graph
+    rows: bool = False            # grouped: rows grouped over the last axis (softmax), else channels over tokens
 
     def __post_init__(self):
         if self.kind not in QUANTIZER_KINDS:

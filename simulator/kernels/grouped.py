@@ -2,7 +2,7 @@
 
 ``wide`` kernels return the int64 intermediate that exists before a
 boundary's final quantization (LayerNorm ``n*G + B``, softmax
-``e * floor(2**62/sum e)``, GELU Q12, attn@V requantized per row);
+``e * floor(2**62/sum e)``, GELU / quick-GELU Q12, attn@V requantized per row);
 `group_quantize` assigns each channel of each instance to a group by integer
 comparisons and writes its codes with that group's map.
 """
@@ -14,10 +14,10 @@ from numba import prange
 
 from simulator import igq
 from simulator.int_nonlinear import GELU_INPUT_LIMIT
-from simulator.jit import _compile, gelu_q12, ln_normalize, parallel_kernel, requantize, saturate
+from simulator.jit import _compile, gelu_q12, ln_normalize, parallel_kernel, quick_gelu_q12, requantize, saturate
 from simulator.kernels.nonlinear import layernorm_row_stats, softmax_row_exp
 
-__all__ = ["group_quantize", "layernorm_wide", "softmax_wide", "gelu_wide", "requant_rows"]
+__all__ = ["group_quantize", "layernorm_wide", "softmax_wide", "gelu_wide", "quick_gelu_wide", "requant_rows"]
 
 _compile(igq.fits_group)
 assign_group = _compile(igq.assign_group)
@@ -110,6 +110,22 @@ def gelu_wide(h: np.ndarray) -> np.ndarray:
     out = np.empty(h2.shape, dtype=np.int64)
     _gelu_wide(h2, out)
     return out.reshape(h.shape)
+
+
+@parallel_kernel
+def _quick_gelu_wide(h, out):
+    for i in prange(h.shape[0]):
+        for j in range(h.shape[1]):
+            out[i, j] = quick_gelu_q12(saturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT))
+
+
+def quick_gelu_wide(h: np.ndarray) -> np.ndarray:
+    """quick-GELU of Q12 values, Q12 result (before the output requantization), int64."""
+    h2 = h.reshape(-1, h.shape[-1])
+    out = np.empty(h2.shape, dtype=np.int64)
+    _quick_gelu_wide(h2, out)
+    return out.reshape(h.shape)
+
 
 
 @parallel_kernel
