@@ -32,6 +32,7 @@ from reference.tensor_primitives import quick_gelu_q12, requantize, round_half_u
 from simulator import ir
 from simulator.int_nonlinear import GELU_FRAC_BITS
 from simulator.graph_trace import graph_layers
+from simulator.inputs import check_graph_images
 from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
 from simulator.trace import Trace
@@ -207,8 +208,7 @@ class GraphFakeQuantExecutor:
     @torch.no_grad()
     def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
         g = self.qg.graph
-        images = torch.as_tensor(np.asarray(images))
-        ir.check_images(g, images.shape)
+        images = torch.as_tensor(check_graph_images(images, self.qg))   # shape, real dtype, finite values
         ops = FakeQuantOps(self.qg, self.nonlinear)
         codes: dict[str, list] = {}
 

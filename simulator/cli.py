@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=64, metavar="N", help="executor batch size (default 64)")
     r.add_argument("--backend", default="auto", choices=("auto", "int_mm", "blas", "numba"),
                    help="simulator GEMM backend (all exact; default auto)")
+    r.add_argument("--engine", default="auto", choices=("auto", "legacy", "graph"),
+                   help="forward implementation: the integer graph lowered from the model (recipes static, tsptq, "
+                        "igq so far) or the legacy hand-written walk; auto: legacy where it applies, else the graph "
+                        "(docs/graph.md)")
     r.add_argument("--hw", nargs="+", default=None, metavar="NPU",
                    help="accelerator YAML(s) to cost the run on; a bare name (npu_int8) means configs/<name>.yaml")
     o = p.add_argument_group("outputs")
@@ -369,13 +373,21 @@ def run_main(args) -> int:
     with progress.phase(f"building {model_name}"):
         model = load_model_from_args(args)
     images, labels, calib = load_inputs(args, model, plan, args.images)
+    from simulator.engines import choose_engine, graph_executors, graph_quantizer
+
+    engine = choose_engine(args.engine, model, cfg.recipe)
+    log.info("engine: %s", engine)
     t0 = time.perf_counter()
-    with progress.phase(f"calibrating and freezing {cfg.label} on {len(calib)} images"):
-        qvit = quantize(model, calib, cfg, model_name=model_name)
+    with progress.phase(f"calibrating and freezing {cfg.label} on {len(calib)} images ({engine} engine)"):
+        freeze = quantize if engine == "legacy" else graph_quantizer(cfg.recipe)
+        qvit = freeze(model, calib, cfg, model_name=model_name)
     t_calib = time.perf_counter() - t0
 
-    fq_int, fq_float = FakeQuantExecutor(qvit, "integer"), FakeQuantExecutor(qvit, "float")
-    sim = IntegerExecutor(qvit, gemm_backend=args.backend)
+    if engine == "legacy":
+        fq_int, fq_float = FakeQuantExecutor(qvit, "integer"), FakeQuantExecutor(qvit, "float")
+        sim = IntegerExecutor(qvit, gemm_backend=args.backend)
+    else:
+        fq_int, fq_float, sim = graph_executors(qvit, args.backend)
     preds = {k: [] for k in ("fp32", "fq_int", "fq_float", "sim")}
     exact, mismatch, timings, trace, overflows = [], None, dict.fromkeys(("fp32", "fq_int", "fq_float", "sim"), 0.0), None, {}
     bs = args.batch_size
@@ -412,7 +424,7 @@ def run_main(args) -> int:
 
     summary = {
         "tool": tool_info(),
-        "model": model_name, "checkpoint": args.checkpoint, "data": args.data or "digits",
+        "model": model_name, "checkpoint": args.checkpoint, "data": args.data or "digits", "engine": engine,
         "model_config": _model_config(model, args),
         "images": int(len(images)), "recipe": cfg.__dict__ | {"label": cfg.label},
         "calib_images_used": int(len(calib)),

@@ -13,7 +13,7 @@ import numpy as np
 
 from simulator.errors import InputError
 
-__all__ = ["check_images"]
+__all__ = ["check_images", "check_graph_images"]
 
 
 def expected_image_shape(meta: dict) -> tuple[int, int, int]:
@@ -46,3 +46,10 @@ def check_images(images, meta: dict) -> np.ndarray:
         bad = tuple(int(i) for i in np.argwhere(~finite)[0])
         raise InputError(f"images: non-finite value {arr[bad]} at index {list(bad)}")
     return arr
+
+
+def check_graph_images(images, qgraph) -> np.ndarray:
+    """`check_images` for a `simulator.qgraph.QuantizedGraph`: the (C, H, W) it was lowered for."""
+    g = qgraph.graph
+    meta = {"img_size": list(g.image_size), "in_chans": g.in_chans, "model": qgraph.meta.get("model", "?")}
+    return check_images(images, meta)

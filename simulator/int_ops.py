@@ -42,6 +42,7 @@ from simulator import igq_graph, ir
 from simulator.fixedpoint import requantize, saturate
 from simulator.graph_trace import graph_layers
 from simulator.int_activations import rounding_mean
+from simulator.inputs import check_graph_images
 from simulator.int_nonlinear import GELU_INPUT_LIMIT
 from simulator.jit import parallel_kernel, quick_gelu_q12
 from simulator.jit import requantize as jrequantize
@@ -229,8 +230,7 @@ class GraphIntegerExecutor:
     def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
         from simulator.walk import walk
         g = self.qg.graph
-        images = np.asarray(images)
-        ir.check_images(g, images.shape)
+        images = check_graph_images(images, self.qg)   # shape, real dtype, finite values
         ops = IntOps(self.qg, self.backend)
         codes: dict[str, list] = {}
 

@@ -140,6 +140,12 @@ class QuantizedGraph:
     def save(self, path: str | os.PathLike, label: str | None = None) -> None:
         """One ``.npz`` (arrays + a JSON header), written atomically with the user's umask
         (`simulator.atomic_files`); an OS error is an `InputError` naming ``label`` (default: the path)."""
+        from simulator.atomic_files import write_bytes
+
+        write_bytes(os.fspath(path), self.npz_writer(), label)
+
+    def npz_writer(self):
+        """A function writing this graph's ``.npz`` into a binary file (for `atomic_files.Batch`)."""
         arrays: dict[str, np.ndarray] = {}
         g = self.graph
         tree = {
@@ -152,9 +158,7 @@ class QuantizedGraph:
         }
         header = {"format_version": FORMAT_VERSION, "kind": "QuantizedGraph", "tree": tree}
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        from simulator.atomic_files import write_bytes
-
-        write_bytes(os.fspath(path), lambda f: np.savez(f, **arrays), label)
+        return lambda f: np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "QuantizedGraph":

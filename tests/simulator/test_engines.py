@@ -1,0 +1,83 @@
+"""`simulate --engine`: the integer graph and the legacy walks from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simulator.cli import main
+from simulator.engines import GRAPH_RECIPES, choose_engine
+
+pytestmark = pytest.mark.slow
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _rgb_folder(root: Path, classes: int, per_class: int, size: int) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_graph_engine_reproduces_the_legacy_run(tmp_path, capsys):
+    """Same images, same recipe: the two engines print the same accuracies and cost the same cycles."""
+    results = {}
+    for engine in ("legacy", "graph"):
+        js = tmp_path / f"{engine}.json"
+        code, out, err = _run(capsys, "--engine", engine, "--images", "48", "--recipe", "static_w4a4",
+                              "--hw", "npu_int8", "--json", str(js), "--no-progress", "--quiet")
+        assert code == 0, err
+        assert "bit-exact: 48/48 images" in out
+        results[engine] = json.loads(js.read_text())
+    legacy, graph = results["legacy"], results["graph"]
+    assert legacy["engine"] == "legacy" and graph["engine"] == "graph"
+    assert graph["top1"] == legacy["top1"]
+    assert graph["bops_per_image"] == legacy["bops_per_image"]
+    assert graph["hardware"][0]["per_image"]["cycles"] == legacy["hardware"][0]["per_image"]["cycles"]
+
+
+def test_auto_engine_runs_a_model_the_legacy_walk_refuses(tmp_path, capsys):
+    """DeiT-III (no_embed_class, LayerScale) is refused by the legacy walk; auto takes the graph."""
+    data = _rgb_folder(tmp_path / "imgs", classes=2, per_class=3, size=32)
+    js = tmp_path / "r.json"
+    code, out, err = _run(capsys, "--model", "deit3_small_patch16_224", "--img-size", "32", "--num-classes", "2",
+                          "--data", str(data), "--json", str(js), "--no-progress", "--quiet")
+    assert code == 0, err
+    assert "bit-exact: 6/6 images" in out
+    assert json.loads(js.read_text())["engine"] == "graph"
+
+
+def test_legacy_engine_keeps_its_refusal(tmp_path, capsys):
+    data = _rgb_folder(tmp_path / "imgs", classes=2, per_class=1, size=32)
+    code, _, err = _run(capsys, "--engine", "legacy", "--model", "deit3_small_patch16_224", "--img-size", "32",
+                        "--num-classes", "2", "--data", str(data), "--no-progress", "--quiet")
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("simulate: error:")]
+    assert len(errors) == 1 and "no_embed_class=True" in errors[0], err   # (after the random-weights warnings)
+
+
+def test_graph_engine_names_the_recipes_it_lacks(capsys):
+    code, _, err = _run(capsys, "--engine", "graph", "--recipe", "apq", "--images", "4", "--no-progress", "--quiet")
+    assert code == 2
+    assert "does not run on the integer graph yet" in err and "use --engine legacy" in err
+
+
+def test_choose_engine_prefers_legacy_where_it_applies():
+    from reference.models import load_model
+
+    model = load_model(None)
+    assert choose_engine("auto", model, "static") == "legacy"
+    assert choose_engine("graph", model, "static") == "graph"
+    assert set(GRAPH_RECIPES) >= {"static", "tsptq", "igq"}
