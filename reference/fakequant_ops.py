@@ -28,6 +28,8 @@ from reference.tensor_primitives import quick_gelu_q12, requantize, round_half_u
 from simulator import ir
 from simulator.int_nonlinear import GELU_FRAC_BITS
 from simulator.graph_trace import graph_layers
+from reference.fakequant_predicted import predict_log2
+from simulator.predicted_graph import observing, with_predicted_scales
 from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
 from simulator.trace import Trace
@@ -85,9 +87,8 @@ class FakeQuantOps:
     def linear(self, op: ir.Linear, x, residual=None):
         lin, qz = self.p[op.name], self.q[op.outputs[0]]
         if op.name not in self._w:
-            self._w[op.name] = (torch.from_numpy(np.ascontiguousarray(lin.w_q.T, dtype=np.int8)),
-                                _t(lin.bias_q), _t(lin.out_mult), _t(lin.out_shift))
-        w8, bias, mult, shift = self._w[op.name]
+            self._w[op.name] = (torch.from_numpy(np.ascontiguousarray(lin.w_q.T, dtype=np.int8)), _t(lin.bias_q))
+        (w8, bias), mult, shift = self._w[op.name], _t(lin.out_mult), _t(lin.out_shift)   # per image: predicted
         acc = self._gemm(op.name, x, w8)
         y, over = linear_output_stage(acc, bias, mult, shift, residual, lin.res_mult, lin.res_shift, qz.lo, qz.hi)
         self._count(op.name, int(over))
@@ -172,14 +173,15 @@ class GraphFakeQuantExecutor:
         g = self.qg.graph
         images = torch.as_tensor(np.asarray(images))
         ir.check_images(g, images.shape)
-        ops = FakeQuantOps(self.qg, self.nonlinear)
+        ops = with_predicted_scales(FakeQuantOps(self.qg, self.nonlinear),
+                                    lambda x, sp: predict_log2(x, sp)[1].numpy(), torch.cat)
         codes: dict[str, list] = {}
 
         def keep(name, t):
             if name != g.input:
                 codes.setdefault(name, []).append(t.long().numpy())
 
-        outs = [walk(g, ops, images[s:s + batch_size], keep if keep_codes else None)[self.qg.output]
+        outs = [walk(g, ops, images[s:s + batch_size], observing(ops, keep if keep_codes else None))[self.qg.output]
                 for s in range(0, len(images), batch_size)]
         lc = torch.cat(outs).long().numpy() if outs else np.zeros((0,), np.int64)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),

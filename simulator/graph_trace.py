@@ -15,6 +15,7 @@ from __future__ import annotations
 from math import prod
 
 from simulator import ir
+from simulator.predicted_graph import predictor_records
 from simulator.trace import LayerRecord
 
 __all__ = ["graph_layers"]
@@ -26,7 +27,7 @@ def _rename(name: str) -> str:
 
 
 def _bits(qz) -> int:
-    return 32 if qz.kind != "static" else qz.bits
+    return qz.bits if qz.kind in ("static", "predicted") else 32
 
 
 def _linear(op, lin, x_shape, qg) -> list[LayerRecord]:
@@ -90,4 +91,4 @@ def graph_layers(qg) -> list[LayerRecord]:
     recs: list[LayerRecord] = []
     for op, ins, outs in ir.op_shapes(qg.graph, batch=1):
         recs += _record(op, ins, outs, qg, producers)
-    return recs
+    return recs + predictor_records(qg)

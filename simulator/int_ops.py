@@ -46,6 +46,8 @@ from simulator.jit import saturate as jsaturate
 from simulator.kernels.gemm import int_matmul, saturate_acc
 from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
 from simulator.kernels.output_stage import code_dtype, linear_output, quantize_patches, requant_output
+from simulator.predicted_graph import observing, with_predicted_scales
+from simulator.predicted_scales import predict_log2
 from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
 from simulator.trace import Trace
@@ -70,7 +72,7 @@ def int_quick_gelu(h: np.ndarray, out_mult: int, out_shift: int, lo: int, hi: in
 
 
 def _dtype(qz) -> type:
-    if qz.kind != "static":
+    if qz.kind not in ("static", "predicted"):
         return np.int32 if qz.kind == "fixed_point" else np.int64
     if not qz.signed:
         return np.uint8 if qz.bits <= 8 else np.uint16
@@ -197,14 +199,15 @@ class GraphIntegerExecutor:
         g = self.qg.graph
         images = np.asarray(images)
         ir.check_images(g, images.shape)
-        ops = IntOps(self.qg, self.backend)
+        ops = with_predicted_scales(IntOps(self.qg, self.backend), lambda x, sp: predict_log2(np.asarray(x), sp)[1],
+                                    np.concatenate)
         codes: dict[str, list] = {}
 
         def keep(name, arr):
             if name != g.input:
                 codes.setdefault(name, []).append(np.asarray(arr).astype(np.int64))
 
-        outs = [walk(g, ops, images[s:s + batch_size], keep if keep_codes else None)[self.qg.output]
+        outs = [walk(g, ops, images[s:s + batch_size], observing(ops, keep if keep_codes else None))[self.qg.output]
                 for s in range(0, len(images), batch_size)]
         lc = np.concatenate(outs).astype(np.int64) if outs else np.zeros((0,), np.int64)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),

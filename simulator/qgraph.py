@@ -16,8 +16,12 @@ Quantizer slot (`Quantizer.kind`), one per tensor that holds integers:
 * ``accumulator``: an int32 GEMM accumulator at ``scale`` (``q k^T`` before
   the integer softmax; per channel for a linear read by a ``split``).
 
-Later kinds (``two_scaled``, ``grouped``, ``predicted``) are new values of
-this field with their own fields and kernels.
+* ``predicted`` (ScalePredictor): codes like ``static`` at a per-image scale
+  ``scale * 2**(d / 2**15)``, ``d`` predicted from a statistic of ``predictor.source``
+  (`PredictedScale`; executed by `simulator.predicted_graph`).
+
+Later kinds (``two_scaled``, ``grouped``) are new values of this field with
+their own fields and kernels.
 
 Per-op parameters reuse the frozen dataclasses of `simulator.qvit`
 (`Linear`, `LayerNormQ`, `SoftmaxQ`, `Requant`, `GeluQ`) plus `ConstCodes`
@@ -40,10 +44,10 @@ from simulator import ir
 from simulator.errors import InputError
 from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatten
 
-__all__ = ["Quantizer", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
+__all__ = ["Quantizer", "PredictedScale", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
 
 FORMAT_VERSION = 2
-QUANTIZER_KINDS = ("static", "fixed_point", "accumulator")
+QUANTIZER_KINDS = ("static", "fixed_point", "accumulator", "predicted")
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,13 @@ class Quantizer:
     scale: float | np.ndarray
     bits: int
     signed: bool = True
+    predictor: "PredictedScale | None" = None     # kind "predicted" only
 
     def __post_init__(self):
         if self.kind not in QUANTIZER_KINDS:
             raise ValueError(f"quantizer kind {self.kind!r} is not one of {QUANTIZER_KINDS}")
+        if (self.kind == "predicted") != (self.predictor is not None):
+            raise ValueError("a predictor is given exactly for kind 'predicted'")
 
     @property
     def lo(self) -> int:
@@ -72,6 +79,20 @@ class Quantizer:
     def max_abs(self) -> int:
         """Largest magnitude a value can have (the GEMM backends' exactness bound)."""
         return max(-self.lo, self.hi)
+
+
+@dataclass(frozen=True)
+class PredictedScale:
+    """ScalePredictor (`simulator.scale_predictor`): the per-image scale is ``scale * 2**(d / 2**15)``,
+    ``d = horner_log2(normalise_statistic(S, center, norm_shift), *coeffs)`` with ``S`` the
+    ``permille``-th order statistic of ``|codes of source|``; ``coeffs`` int64 Q15 ``[4]`` (per
+    tensor) or ``[C, 4]`` (per channel on the last axis: the qkv output)."""
+    source: str
+    permille: int
+    center: int
+    norm_shift: int
+    degree: int
+    coeffs: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -94,7 +115,7 @@ class RescaleSum:
     shift: np.ndarray
 
 
-_CLASSES = {c.__name__: c for c in (Quantizer, ConstCodes, ChannelRequant, RescaleSum, Linear, LayerNormQ, SoftmaxQ, Requant,
+_CLASSES = {c.__name__: c for c in (Quantizer, PredictedScale, ConstCodes, ChannelRequant, RescaleSum, Linear, LayerNormQ, SoftmaxQ, Requant,
                                     GeluQ)}
 _OPS = {c.__name__: c for c in (ir.Patchify, ir.Linear, ir.Head, ir.LayerNorm, ir.TokenConcat, ir.AddConst,
                                 ir.Split, ir.SplitHeads, ir.MergeHeads, ir.MatMul, ir.Softmax, ir.Activation,
