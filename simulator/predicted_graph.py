@@ -108,9 +108,6 @@ class PredictedOps:
         self._touch = {op.name for op in rewritten_ops(qg, self._varying)}
 
     # --- the per-image log2 ratios --------------------------------------------------
-    def _may_vary(self, t: str) -> bool:
-        return t in self._varying
-
     def observe(self, name: str, arr) -> None:
         """Called with every tensor the walk produces: predicts ``d`` for the tensors ``name`` is the source of."""
         ts = self._sources.get(name)
@@ -135,7 +132,7 @@ class PredictedOps:
         """Per-image ``d`` of tensor ``t``: int64 [B] or [B, C]; None when its scale is static."""
         if t in self._pred:
             return self._d[t]
-        if not self._may_vary(t):
+        if t not in self._varying:
             return None
         p = self._prod[t]
         if p.kind == "linear":
@@ -158,8 +155,9 @@ class PredictedOps:
         p, k, ins, out = self.base.qg.params[op.name], op.kind, op.inputs, op.outputs
         rep = dataclasses.replace
         if k in ("linear", "head"):
-            m, s = _scaled(p.out_mult, p.out_shift, self._gain(i, ins[:1], out))
-            p = rep(p, out_mult=m, out_shift=s, out_scale=p.out_scale / gain_factor(self._gain(i, ins[:1], out)))
+            g = self._gain(i, ins[:1], out)
+            m, s = _scaled(p.out_mult, p.out_shift, g)
+            p = rep(p, out_mult=m, out_shift=s, out_scale=p.out_scale / gain_factor(g))
             if len(ins) == 2:
                 g = self._gain(i, ins[1:], out)
                 p = rep(p, res_mult=_scalar(scale_multiplier(p.res_mult, p.res_shift, g)),

@@ -3,7 +3,8 @@
 * On the bundled default model (64 digits test images) ``scalepredictor_w4a4``
   and ``scalepredictor_w6a6`` give the same coefficients and identical codes
   at every shared boundary as the old executor, the same overflow counts and
-  trace totals (predictor records included); both graph executors agree.
+  trace totals (predictor records included); both graph executors agree,
+  and the float-nonlinear mode equals the old one's.
 * Degree 0 equals the static recipe on the graph, at every tensor.
 * On random timm configurations x bit-widths x degree both graph executors
   give identical codes and traces.
@@ -68,6 +69,10 @@ def test_codes_identical_to_the_old_scalepredictor_executor(digits, recipe):
         assert sum(getattr(r, attr) for r in rn.trace.layers) == sum(getattr(r, attr) for r in ro.trace.layers)
     rf = GraphFakeQuantExecutor(qg).run(test[:16])
     assert first_mismatch({k: v[:16] for k, v in rn.codes.items()}, rf.codes) is None
+    # float-nonlinear mode: the per-image float scales equal the old executor's too
+    fo = reference.FakeQuantExecutor(old, nonlinear="float").run(test[:16])
+    fn = GraphFakeQuantExecutor(qg, nonlinear="float").run(test[:16])
+    assert first_mismatch({k: fo.codes[k] for k in shared}, {k: fn.codes[k] for k in shared}) is None
 
 
 def test_degree_0_equals_static_on_the_graph():
