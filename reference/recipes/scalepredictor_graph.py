@@ -39,7 +39,6 @@ from reference.quantizers import calibrate
 from reference.recipes.config import RecipeConfig
 from reference.recipes.scalepredictor import _bound_beta, _fit, parse_params, x0_statistic
 from reference.recipes.static_graph import _consumers, owners, quantize_graph
-from simulator import ir
 from simulator.errors import InputError
 from simulator.fixedpoint import round_half_up
 from simulator.qgraph import PredictedScale, QuantizedGraph, Quantizer
