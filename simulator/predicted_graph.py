@@ -45,8 +45,8 @@ import numpy as np
 
 from simulator.scale_predictor import gain_mantissa, gain_shift, scale_multiplier, scale_shift
 
-__all__ = ["PredictedOps", "with_predicted_scales", "observing", "predicted_tensors", "predictor_records",
-           "gain_factor"]
+__all__ = ["PredictedOps", "with_predicted_scales", "observing", "predicted_tensors", "varying_tensors",
+           "rewritten_ops", "predictor_records", "gain_factor"]
 
 _REWRITTEN = ("linear", "head", "layer_norm", "matmul", "softmax", "activation", "split", "add", "mean")
 
@@ -71,9 +71,12 @@ def varying_tensors(qg) -> set[str]:
 
 
 def rewritten_ops(qg, varying: set[str] | None = None) -> list:
-    """Ops with frozen multipliers that read or write a per-image scale (they run per image)."""
+    """Ops with frozen multipliers that read or write a per-image scale (they run per image).
+    A linear into an int32 accumulator (ViT-22B's in_proj, before its ``split``) is not one:
+    the accumulator's scale moves with its input, so its gain is 0."""
     varying = varying_tensors(qg) if varying is None else varying
-    return [op for op in qg.graph.ops if op.kind in _REWRITTEN and op.name in qg.params
+    acc_linear = lambda op: op.kind == "linear" and qg.quantizers[op.outputs[0]].kind == "accumulator"  # noqa: E731
+    return [op for op in qg.graph.ops if op.kind in _REWRITTEN and op.name in qg.params and not acc_linear(op)
             and any(t in varying for t in op.inputs + op.outputs)]
 
 

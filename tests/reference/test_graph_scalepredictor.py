@@ -43,7 +43,6 @@ def digits():
     return model, calib, test
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["scalepredictor_w4a4", "scalepredictor_w6a6"])
 def test_codes_identical_to_the_old_scalepredictor_executor(digits, recipe):
     model, calib, test = digits
