@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hwmodels
 import reference
 from reference.fakequant_ops import GraphFakeQuantExecutor
 from reference.lowering import lower
@@ -66,6 +67,10 @@ def test_codes_identical_to_the_old_scalepredictor_executor(digits, recipe):
     assert pred(rn.trace.layers) == pred(ro.trace.layers) and len(pred(ro.trace.layers)) == 2
     for attr in ("macs", "bops", "elements"):
         assert sum(getattr(r, attr) for r in rn.trace.layers) == sum(getattr(r, attr) for r in ro.trace.layers)
+    npu = hwmodels.load("configs/npu_int8.yaml")
+    co, cn = hwmodels.estimate(ro.trace, npu), hwmodels.estimate(rn.trace, npu)
+    sp_cycles = lambda rep: sum(c.cycles for c in rep.layers if c.kind == "scale_predictor")   # noqa: E731
+    assert (cn.cycles, sp_cycles(cn)) == (co.cycles, sp_cycles(co))
     rf = GraphFakeQuantExecutor(qg).run(test[:16])
     assert first_mismatch({k: v[:16] for k, v in rn.codes.items()}, rf.codes) is None
     # float-nonlinear mode: the per-image float scales equal the old executor's too
