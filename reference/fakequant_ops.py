@@ -33,6 +33,8 @@ from simulator import ir
 from simulator.int_nonlinear import GELU_FRAC_BITS
 from simulator.graph_trace import graph_layers
 from simulator.inputs import check_graph_images
+from reference.fakequant_predicted import predict_log2
+from simulator.predicted_graph import observing, with_predicted_scales
 from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
 from simulator.trace import Trace
@@ -101,9 +103,8 @@ class FakeQuantOps:
     def linear(self, op: ir.Linear, x, residual=None):
         lin, qz = self.p[op.name], self.q[op.outputs[0]]
         if op.name not in self._w:
-            self._w[op.name] = (torch.from_numpy(np.ascontiguousarray(lin.w_q.T, dtype=np.int8)),
-                                _t(lin.bias_q), _t(lin.out_mult), _t(lin.out_shift))
-        w8, bias, mult, shift = self._w[op.name]
+            self._w[op.name] = (torch.from_numpy(np.ascontiguousarray(lin.w_q.T, dtype=np.int8)), _t(lin.bias_q))
+        (w8, bias), mult, shift = self._w[op.name], _t(lin.out_mult), _t(lin.out_shift)   # per image: predicted
         x = self._operand(op.inputs[0], x)
         if self.q[op.inputs[0]].kind == "grouped":
             x = igq_graph_ops.grouped_operand(x, self.groups[op.inputs[0]], self.q[op.inputs[0]])
@@ -209,7 +210,8 @@ class GraphFakeQuantExecutor:
     def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
         g = self.qg.graph
         images = torch.as_tensor(check_graph_images(images, self.qg))   # shape, real dtype, finite values
-        ops = FakeQuantOps(self.qg, self.nonlinear)
+        base = FakeQuantOps(self.qg, self.nonlinear)
+        ops = with_predicted_scales(base, lambda x, sp: predict_log2(x, sp)[1].numpy(), torch.cat)
         codes: dict[str, list] = {}
 
         def keep(name, t):
@@ -218,8 +220,9 @@ class GraphFakeQuantExecutor:
 
         outs = []
         for s in range(0, len(images), batch_size):
-            outs.append(walk(g, ops, images[s:s + batch_size], keep if keep_codes else None)[self.qg.output])
-            for t, gidx in ops.groups.items() if keep_codes else ():
+            outs.append(walk(g, ops, images[s:s + batch_size],
+                             observing(ops, keep if keep_codes else None))[self.qg.output])
+            for t, gidx in base.groups.items() if keep_codes else ():
                 keep(t + ".groups", gidx)               # IGQ group maps (reference.igq_graph_ops)
         lc = torch.cat(outs).long().numpy() if outs else np.zeros((0,), np.int64)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),

@@ -18,6 +18,7 @@ from math import prod
 
 from simulator import ir
 from simulator.igq_graph import group_records
+from simulator.predicted_graph import predictor_records
 from simulator.trace import LayerRecord
 
 __all__ = ["graph_layers"]
@@ -29,7 +30,7 @@ def _rename(name: str) -> str:
 
 
 def _bits(qz) -> int:
-    return qz.bits if qz.kind in ("static", "two_scaled", "grouped") else 32
+    return qz.bits if qz.kind in ("static", "two_scaled", "grouped", "predicted") else 32
 
 
 def _decode(op, elements, rows, qz) -> list[LayerRecord]:
@@ -103,4 +104,4 @@ def graph_layers(qg) -> list[LayerRecord]:
     recs: list[LayerRecord] = []
     for op, ins, outs in ir.op_shapes(qg.graph, batch=1):
         recs += group_records(qg, op, ins, outs, _record(op, ins, outs, qg, producers))
-    return recs
+    return recs + predictor_records(qg)

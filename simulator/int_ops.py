@@ -51,6 +51,8 @@ from simulator.kernels.gemm import int_matmul, saturate_acc
 from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
 from simulator.kernels.output_stage import code_dtype, linear_output, quantize_patches, requant_output
 from simulator.kernels.two_scaled import activation_words, decode_operand, softmax_stage
+from simulator.predicted_graph import observing, with_predicted_scales
+from simulator.predicted_scales import predict_log2
 from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
 from simulator.trace import Trace
@@ -77,7 +79,7 @@ def int_quick_gelu(h: np.ndarray, out_mult: int, out_shift: int, lo: int, hi: in
 def _dtype(qz) -> type:
     if qz.kind == "two_scaled":
         return np.uint8 if qz.bits <= 8 else np.uint16
-    if qz.kind not in ("static", "grouped"):
+    if qz.kind not in ("static", "grouped", "predicted"):
         return np.int32 if qz.kind == "fixed_point" else np.int64
     if not qz.signed:
         return np.uint8 if qz.bits <= 8 else np.uint16
@@ -231,7 +233,8 @@ class GraphIntegerExecutor:
         from simulator.walk import walk
         g = self.qg.graph
         images = check_graph_images(images, self.qg)   # shape, real dtype, finite values
-        ops = IntOps(self.qg, self.backend)
+        base = IntOps(self.qg, self.backend)
+        ops = with_predicted_scales(base, lambda x, sp: predict_log2(np.asarray(x), sp)[1], np.concatenate)
         codes: dict[str, list] = {}
 
         def keep(name, arr):
@@ -240,8 +243,9 @@ class GraphIntegerExecutor:
 
         outs = []
         for s in range(0, len(images), batch_size):
-            outs.append(walk(g, ops, images[s:s + batch_size], keep if keep_codes else None)[self.qg.output])
-            for t, gidx in ops.groups.items() if keep_codes else ():
+            outs.append(walk(g, ops, images[s:s + batch_size],
+                             observing(ops, keep if keep_codes else None))[self.qg.output])
+            for t, gidx in base.groups.items() if keep_codes else ():
                 keep(t + ".groups", gidx)               # IGQ group maps (simulator.igq_graph)
         lc = np.concatenate(outs).astype(np.int64) if outs else np.zeros((0,), np.int64)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),

@@ -25,8 +25,12 @@ Quantizer slot (`Quantizer.kind`), one per tensor that holds integers:
   scale * 2**-exps[g]`` (`simulator.igq_graph`; the executors record the
   group maps as ``<tensor>.groups``).
 
-Later kinds (``two_scaled``, ``predicted``) are new values of
-this field with their own fields and kernels.
+* ``predicted`` (ScalePredictor): codes like ``static`` at a per-image scale
+  ``scale * 2**(d / 2**15)``, ``d`` predicted from a statistic of ``predictor.source``
+  (`PredictedScale`; executed by `simulator.predicted_graph`).
+
+Exits (APQ) are the next mechanism to port; a new kind is a new value of this
+field with its own fields and kernels (docs/graph.md, "Adding a mechanism").
 
 Per-op parameters reuse the frozen dataclasses of `simulator.qvit`
 (`Linear`, `LayerNormQ`, `SoftmaxQ`, `Requant`, `GeluQ`) plus `ConstCodes`
@@ -49,10 +53,10 @@ from simulator.errors import InputError
 from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatten, read_npz_tree
 from simulator.two_scaled import operand_max
 
-__all__ = ["Quantizer", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
+__all__ = ["Quantizer", "PredictedScale", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
 
 FORMAT_VERSION = 2
-QUANTIZER_KINDS = ("static", "fixed_point", "accumulator", "two_scaled", "grouped")
+QUANTIZER_KINDS = ("static", "fixed_point", "accumulator", "two_scaled", "grouped", "predicted")
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,13 @@ class Quantizer:
     ratio_shift: int = 0          # two_scaled: coarse scale = scale * 2**ratio_shift
     exps: tuple | None = None     # grouped (IGQ-ViT): group g at ``scale * 2**-exps[g]``, see simulator.igq_graph
     rows: bool = False            # grouped: rows grouped over the last axis (softmax), else channels over tokens
+    predictor: "PredictedScale | None" = None     # kind "predicted" only
 
     def __post_init__(self):
         if self.kind not in QUANTIZER_KINDS:
             raise ValueError(f"quantizer kind {self.kind!r} is not one of {QUANTIZER_KINDS}")
+        if (self.kind == "predicted") != (self.predictor is not None):
+            raise ValueError("a predictor is given exactly for kind 'predicted'")
 
     @property
     def lo(self) -> int:
@@ -93,6 +100,20 @@ class Quantizer:
 
 
 @dataclass(frozen=True)
+class PredictedScale:
+    """ScalePredictor (`simulator.scale_predictor`): the per-image scale is ``scale * 2**(d / 2**15)``,
+    ``d = horner_log2(normalise_statistic(S, center, norm_shift), *coeffs)`` with ``S`` the
+    ``permille``-th order statistic of ``|codes of source|``; ``coeffs`` int64 Q15 ``[4]`` (per
+    tensor) or ``[C, 4]`` (per channel on the last axis: the qkv output)."""
+    source: str
+    permille: int
+    center: int
+    norm_shift: int
+    degree: int
+    coeffs: np.ndarray
+
+
+@dataclass(frozen=True)
 class ConstCodes:
     """Constant codes (prefix tokens [P, D], position embedding [T, D]) at the output's scale."""
     codes: np.ndarray
@@ -112,7 +133,7 @@ class RescaleSum:
     shift: np.ndarray
 
 
-_CLASSES = {c.__name__: c for c in (Quantizer, ConstCodes, ChannelRequant, RescaleSum, Linear, LayerNormQ, SoftmaxQ, Requant,
+_CLASSES = {c.__name__: c for c in (Quantizer, PredictedScale, ConstCodes, ChannelRequant, RescaleSum, Linear, LayerNormQ, SoftmaxQ, Requant,
                                     GeluQ)}
 _OPS = {c.__name__: c for c in (ir.Patchify, ir.Linear, ir.Head, ir.LayerNorm, ir.TokenConcat, ir.AddConst,
                                 ir.Split, ir.SplitHeads, ir.MergeHeads, ir.MatMul, ir.Softmax, ir.Activation,

@@ -71,6 +71,7 @@ RANKS = (
     ("simulator.cli", 4),            # commands: the composition root, upstream imports lazily
     ("simulator.cost_command", 4),
     ("simulator.summary", 4),        # the main command's console/CSV/accelerator records
+    ("simulator.engines", 4),        # --engine: picks the graph or the legacy executors
     ("reports.sweep", 5),            # the `simulate sweep` command, on top: uses the CLI's parser and logging
     ("simulator.vectors", 4),        # export-/verify-vectors commands
 )
@@ -160,7 +161,7 @@ def test_fixedpoint_imports_nothing():
     assert _imports(ROOT / "simulator" / "fixedpoint.py") == []
 
 
-COMPOSITION_ROOT = ("cli.py", "cost_command.py", "preflight.py", "summary.py")   # commands: may import upstream, lazily
+COMPOSITION_ROOT = ("cli.py", "cost_command.py", "preflight.py", "summary.py", "engines.py")   # commands: may import upstream, lazily
 
 
 def test_composition_root_imports_upstream_lazily():

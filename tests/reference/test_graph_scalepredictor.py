@@ -1,0 +1,149 @@
+"""ScalePredictor on the lowered graph: the ``predicted`` quantizer kind.
+
+* On the bundled default model (64 digits test images) ``scalepredictor_w4a4``
+  and ``scalepredictor_w6a6`` give the same coefficients and identical codes
+  at every shared boundary as the old executor, the same overflow counts and
+  trace totals (predictor records included); both graph executors agree,
+  and the float-nonlinear mode equals the old one's.
+* Degree 0 equals the static recipe on the graph, at every tensor.
+* On random timm configurations x bit-widths x degree both graph executors
+  give identical codes and traces.
+* Save/load round-trips a predicted graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hwmodels
+import reference
+from reference.fakequant_ops import GraphFakeQuantExecutor
+from reference.lowering import lower
+from reference.recipes.config import RecipeConfig, load_recipe
+from reference.recipes.scalepredictor_graph import predicted_boundaries, quantize_scalepredictor_graph
+from reference.recipes.static_graph import quantize_graph
+from simulator.executor import IntegerExecutor
+from simulator.int_ops import GraphIntegerExecutor
+from simulator.predicted_graph import gain_factor, predicted_tensors
+from simulator.qgraph import QuantizedGraph
+from simulator.results import bit_exact_images, first_mismatch
+from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
+from test_graph_static import SHARED, SMALL, _random_model
+
+PREDICTED = ("norm1", "q", "k", "v", "attn_out", "norm2", "gelu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model = reference.load_model()
+    calib, _ = reference.load_dataset("digits", model, "calib")
+    test, _ = reference.load_dataset("digits", model, "test", limit=64)
+    return model, calib, test
+
+
+@pytest.mark.parametrize("recipe", ["scalepredictor_w4a4", "scalepredictor_w6a6"])
+def test_codes_identical_to_the_old_scalepredictor_executor(digits, recipe):
+    model, calib, test = digits
+    cfg = load_recipe(f"configs/recipes/{recipe}.yaml")
+    old, qg = reference.quantize(model, calib, cfg), quantize_scalepredictor_graph(model, calib, cfg)
+    depth = len(model.blocks)
+    names = qg.meta["scale_predictor"]["boundaries"]
+    assert names == [f"blocks.{i}.{b}" for i in range(depth) for b in PREDICTED]
+    sp = old.extras["scale_predictor"]
+    assert np.array_equal(np.stack([qg.quantizers[n].predictor.coeffs for n in names]), sp.coeffs)
+    assert (qg.quantizers["x0"].kind, qg.quantizers["blocks.0.attn.qkv"].predictor.coeffs.shape) == (
+        "static", (3 * model.embed_dim, 4))
+    ro, rn = IntegerExecutor(old).run(test), GraphIntegerExecutor(qg).run(test)
+    shared = {k: ro.codes[k] for k in ro.codes if k in rn.codes}
+    assert shared.keys() == {n.format(i=i) for n in SHARED for i in range(depth)}
+    ok = bit_exact_images(shared, {k: rn.codes[k] for k in shared})
+    assert ok.all() and len(ok) == 64, first_mismatch(shared, {k: rn.codes[k] for k in shared})
+    assert np.array_equal(ro.logit_codes, rn.logit_codes) and ro.trace.overflows == rn.trace.overflows
+    pred = lambda ls: [(r.name, r.elements, r.rows, r.in_bits, r.out_bits) for r in ls   # noqa: E731
+                       if r.kind == "scale_predictor"]
+    assert pred(rn.trace.layers) == pred(ro.trace.layers) and len(pred(ro.trace.layers)) == 2
+    for attr in ("macs", "bops", "elements"):
+        assert sum(getattr(r, attr) for r in rn.trace.layers) == sum(getattr(r, attr) for r in ro.trace.layers)
+    npu = hwmodels.load("configs/npu_int8.yaml")
+    co, cn = hwmodels.estimate(ro.trace, npu), hwmodels.estimate(rn.trace, npu)
+    sp_cycles = lambda rep: sum(c.cycles for c in rep.layers if c.kind == "scale_predictor")   # noqa: E731
+    assert (cn.cycles, sp_cycles(cn)) == (co.cycles, sp_cycles(co))
+    rf = GraphFakeQuantExecutor(qg).run(test[:16])
+    assert first_mismatch({k: v[:16] for k, v in rn.codes.items()}, rf.codes) is None
+    # float-nonlinear mode: the per-image float scales equal the old executor's too
+    fo = reference.FakeQuantExecutor(old, nonlinear="float").run(test[:16])
+    fn = GraphFakeQuantExecutor(qg, nonlinear="float").run(test[:16])
+    assert first_mismatch({k: fo.codes[k] for k in shared}, {k: fn.codes[k] for k in shared}) is None
+
+
+def test_degree_0_equals_static_on_the_graph():
+    model = build_vit(SMALL, seed=3)
+    images = random_images(SMALL, 20, seed=3)
+    base = dict(w_bits=4, a_bits=4, calib_images=12)
+    qs = quantize_graph(model, images[:12], RecipeConfig(**base))
+    qp = quantize_scalepredictor_graph(model, images[:12], RecipeConfig(recipe="scalepredictor", params={"degree": 0},
+                                                                         **base))
+    assert len(predicted_tensors(qp)) > 0 and all(not p.coeffs.any() for p in predicted_tensors(qp).values())
+    rs, rp = GraphIntegerExecutor(qs).run(images[12:]), GraphIntegerExecutor(qp).run(images[12:])
+    assert first_mismatch(rs.codes, rp.codes) is None
+    assert [r for r in rp.trace.layers if r.kind != "scale_predictor"] == rs.trace.layers
+
+
+@settings(max_examples=20, deadline=None)
+@given(drawn=lowering_configs(), bits=st.sampled_from(BIT_WIDTHS), degree=st.integers(0, 3))
+def test_both_graph_executors_give_identical_codes(drawn, bits, degree):
+    model, image_size, images = _random_model(drawn)
+    graph = lower(model, image_size=image_size)
+    cfg = RecipeConfig(recipe="scalepredictor", w_bits=bits[0], a_bits=bits[1], calib_images=6,
+                       params={"degree": degree, "permille": 990})
+    qg = quantize_scalepredictor_graph(graph, images[:6], cfg)
+    ri, rf = GraphIntegerExecutor(qg).run(images[6:]), GraphFakeQuantExecutor(qg).run(images[6:])
+    assert ri.codes.keys() == rf.codes.keys() == set(graph.tensor_names()[1:])
+    assert first_mismatch(ri.codes, rf.codes) is None
+    assert ri.trace.layers == rf.trace.layers and ri.trace.overflows == rf.trace.overflows
+
+
+def test_predicted_boundaries_and_save_load(tmp_path):
+    model = build_vit(SMALL, seed=4, qk_norm=True)
+    images = random_images(SMALL, 16, seed=4)
+    qg = quantize_scalepredictor_graph(model, images[:10], RecipeConfig(recipe="scalepredictor", calib_images=10,
+                                                                         a_bits=6, w_bits=6))
+    names = qg.meta["scale_predictor"]["boundaries"]
+    assert predicted_boundaries(qg) == []         # it picks static quantizers: all of them are predicted now
+    # qk_norm: q_raw / k_raw feed a LayerNorm (eps frozen at their scale) and stay static; q, k are predicted
+    assert sorted(n for n in names if n.startswith("blocks.0.")) == sorted(f"blocks.0.{b}" for b in PREDICTED)
+    assert qg.quantizers["blocks.0.q_raw"].kind == "static"
+    path = tmp_path / "sp.qgraph.npz"
+    qg.save(path)
+    back = QuantizedGraph.load(path)
+    assert predicted_tensors(back).keys() == predicted_tensors(qg).keys()
+    a, b = GraphIntegerExecutor(qg).run(images[10:]), GraphIntegerExecutor(back).run(images[10:])
+    assert first_mismatch(a.codes, b.codes) is None and a.trace.layers == b.trace.layers
+
+
+def test_gain_factor_is_the_real_factor_of_the_integer_gain():
+    g = np.array([0, 1, -1, 1 << 15, -(1 << 15), 12345, -98765, 8 << 15, -(8 << 15)])
+    f = gain_factor(g)
+    assert f[0] == 1.0 and f[3] == 2.0 and f[4] == 0.5
+    assert np.all(np.abs(f / np.exp2(g / 2.0 ** 15) - 1) < 3e-4)
+
+
+def test_fitted_predictor_changes_codes_and_both_executors_agree():
+    """Degree 2 on a small random model: non-zero coefficients and per-image gains that move the
+    codes away from static, identically in both op sets (the rewrite is exercised, not only zero gains)."""
+    model = build_vit(SMALL, seed=7)
+    images = random_images(SMALL, 40, seed=7)
+    images[:, :, :4] *= np.linspace(0.2, 3.0, 40)[:, None, None, None]          # images with different ranges
+    base = dict(w_bits=4, a_bits=4, calib_images=30)
+    qp = quantize_scalepredictor_graph(model, images[:30], RecipeConfig(recipe="scalepredictor", **base,
+                                                                         params={"degree": 2, "permille": 990}))
+    assert any(p.coeffs[..., 1:].any() for p in predicted_tensors(qp).values())
+    ri, rf = GraphIntegerExecutor(qp).run(images[30:]), GraphFakeQuantExecutor(qp).run(images[30:])
+    assert first_mismatch(ri.codes, rf.codes) is None and ri.trace.overflows == rf.trace.overflows
+    rs = GraphIntegerExecutor(quantize_graph(model, images[:30], RecipeConfig(**base))).run(images[30:])
+    assert np.array_equal(rs.codes["x0"], ri.codes["x0"])                # before the predictor: static
+    changed = [t for t in qp.meta["scale_predictor"]["boundaries"] if not np.array_equal(rs.codes[t], ri.codes[t])]
+    assert len(changed) >= len(qp.meta["scale_predictor"]["boundaries"]) // 2, changed
