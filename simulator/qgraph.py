@@ -38,6 +38,7 @@ import numpy as np
 
 from simulator import ir
 from simulator.errors import InputError
+from simulator.graph_exits import ExitQ
 from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatten
 
 __all__ = ["Quantizer", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
@@ -95,10 +96,10 @@ class RescaleSum:
 
 
 _CLASSES = {c.__name__: c for c in (Quantizer, ConstCodes, ChannelRequant, RescaleSum, Linear, LayerNormQ, SoftmaxQ, Requant,
-                                    GeluQ)}
+                                    GeluQ, ExitQ)}
 _OPS = {c.__name__: c for c in (ir.Patchify, ir.Linear, ir.Head, ir.LayerNorm, ir.TokenConcat, ir.AddConst,
                                 ir.Split, ir.SplitHeads, ir.MergeHeads, ir.MatMul, ir.Softmax, ir.Activation,
-                                ir.Add, ir.Pool, ir.Mean)}
+                                ir.Add, ir.Pool, ir.Mean, ir.Exit)}
 
 
 @dataclass(frozen=True)
