@@ -23,6 +23,8 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 import reference
+from hwmodels.cost import estimate
+from hwmodels.load import load
 from reference.fakequant_ops import GraphFakeQuantExecutor
 from reference.float_ops import float_forward
 from reference.lowering import lower
@@ -84,16 +86,22 @@ def _assert_identical(old, qg, test):
     assert np.array_equal(ro.trace.layer_ran, rn.trace.layer_ran)
     assert ro.trace.overflows == rn.trace.overflows
     assert _trace_key(ro.trace.layers) == _trace_key(rn.trace.layers)
+    npu = load("configs/npu_int8.yaml")       # hwmodels charges each image the depth it executed
+    co, cn = estimate(ro.trace, npu), estimate(rn.trace, npu)
+    for metric in ("bops", "cycles", "energy_uj"):
+        assert np.array_equal(co.per_image(metric), cn.per_image(metric)), metric
     rf = GraphFakeQuantExecutor(qg).run(test)
     assert first_mismatch(rn.codes, rf.codes) is None and np.array_equal(rn.logits, rf.logits)
     return rn.trace.extras["exit_depth"]
 
 
 @pytest.mark.slow
-def test_shipped_apq_exits_w8a8_identical_to_the_old_executor(digits):
+@pytest.mark.parametrize("recipe", ["apq_exits_w8a8", "apq"])
+def test_shipped_recipes_identical_to_the_old_executor(digits, recipe):
+    """The old search's choice (here tau = 1 and W8A8 everywhere: no image exits), frozen on the graph."""
     model, calib, test = digits
-    cfg = load_recipe("configs/recipes/apq_exits_w8a8.yaml")
-    old = reference.quantize(model, calib, cfg)          # the old search picks the threshold
+    cfg = load_recipe(f"configs/recipes/{recipe}.yaml")
+    old = reference.quantize(model, calib, cfg, "vit_digits")     # the old search picks the threshold
     qg = quantize_apq_graph(model, calib, cfg, "vit_digits", block_bits=old.meta["block_bits"],
                             thresholds=old.meta["exit_thresholds"])
     assert qg.meta["exit_threshold_codes"] == old.meta["exit_threshold_codes"]
