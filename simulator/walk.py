@@ -21,7 +21,7 @@ is cut to the remaining rows, so the ops that follow run on the others only.
 not reach the tensor; graph outputs are kept once at the end, merged (the
 final head's rows for the images that stayed, the exits' for the others).
 When every image has left, the remaining ops do not run: their tensors are
-kept as zeros of their shapes (`simulator.ir.tensor_shapes`).
+kept as zeros of their shapes (`Op.out_shapes` from the input's shape).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from simulator.ir import Graph, GraphError, tensor_shapes
+from simulator.ir import Graph, GraphError
 
 __all__ = ["walk", "last_reads", "Leave"]
 
@@ -58,6 +58,14 @@ def _as_tuple(result, op) -> tuple:
     if len(out) != len(op.outputs):
         raise GraphError(f"{op.name}: op set returned {len(out)} arrays for {len(op.outputs)} outputs")
     return out
+
+
+def _shapes(graph: Graph, input_shape) -> dict[str, tuple]:
+    """Every tensor's shape, propagated from the input's."""
+    shapes = {graph.input: tuple(input_shape)}
+    for o in graph.ops:
+        shapes.update(zip(o.outputs, o.out_shapes(graph.params.get(o.name, {}), *(shapes[t] for t in o.inputs))))
+    return shapes
 
 
 def _zeros(like, shape):
@@ -112,7 +120,7 @@ def walk(graph: Graph, opset: Any, inputs: Any, keep: Callable[[str, Any], None]
     for i, op in enumerate(graph.ops):
         if not len(batch.active):      # everyone has left: what follows is not computed
             if keep is not None:
-                shapes = shapes or tensor_shapes(graph, tuple(x.shape[2:]), batch.n)
+                shapes = shapes or _shapes(graph, x.shape)
                 for name in op.outputs:
                     if name not in wanted:
                         keep(name, _zeros(batch.left[-1][1], shapes[name]))
@@ -134,7 +142,7 @@ def walk(graph: Graph, opset: Any, inputs: Any, keep: Callable[[str, Any], None]
             if last[t] == i and t not in wanted:
                 env.pop(t, None)
     if len(batch.active) == 0:
-        shapes = shapes or tensor_shapes(graph, tuple(x.shape[2:]), batch.n)
+        shapes = shapes or _shapes(graph, x.shape)
     out = {name: batch.output(env.get(name) if len(batch.active) else None,
                               None if shapes is None else shapes[name]) for name in graph.outputs}
     if keep is not None:

@@ -37,6 +37,7 @@ from simulator.graph_exits import add_exits, graph_depth
 from simulator.int_ops import GraphIntegerExecutor
 from simulator.qgraph import QuantizedGraph
 from simulator.results import bit_exact_images, first_mismatch
+from simulator.walk import Leave, walk
 from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
 
 MIXED = [(8, 8), (4, 4), (4, 8), (6, 6), (8, 8), (4, 4)]
@@ -213,6 +214,9 @@ def test_none_some_and_all_images_leave(small):
     d = some.trace.extras["exit_depth"]
     assert 0 < (d == 1).sum() < len(d)
     _check_departures(some_qg, some)
+    split = GraphIntegerExecutor(some_qg).run(images, batch_size=5)      # departures across batches
+    assert first_mismatch(some.codes, split.codes) is None
+    assert np.array_equal(split.trace.extras["exit_depth"], d) and np.array_equal(split.logits, some.logits)
     keep = d == 3          # images that stayed: the same codes as without exits
     for name in ("blocks.2.x_out", "logits"):
         assert np.array_equal(some.codes[name][keep], never.codes[name][keep])
@@ -263,3 +267,33 @@ def test_rewrite_refusals(small):
         add_exits(graph, [2, 0], heads, [1.0, 1.0])
     with pytest.raises(ir.GraphError, match="1 blocks, 2 heads"):
         add_exits(graph, [0], heads, [1.0, 1.0])
+
+
+class _RowOps:
+    """A numpy op set for a hand-made graph: ``exit`` lets rows whose value is >= threshold leave."""
+
+    def linear(self, op, x, residual=None):
+        return x + 1 if residual is None else x + residual
+
+    def exit(self, op, x):
+        return Leave(x[:, :1], x[:, 0] >= op.threshold)
+
+    head = linear
+
+
+def test_walk_cuts_the_batch_and_merges_outputs():
+    ops = (ir.Linear("a", ("images",), ("a",)), ir.Exit("e", ("a",), ("c",), threshold=3.0),
+           ir.Linear("b", ("a",), ("b",)), ir.Exit("f", ("b",), ("d",), threshold=3.5),
+           ir.Linear("out", ("b", "a"), ("out",)))
+    w = {"weight": np.zeros((1, 1)), "bias": np.zeros(1)}
+    g = ir.Graph(ops=ops, input="images", outputs=("out",), params={o.name: w for o in ops if o.kind == "linear"})
+    x = np.array([[0.0], [5.0], [1.0], [1.5]])
+    seen, left = {}, []
+    out = walk(g, _RowOps(), x, seen.__setitem__, lambda op, rows: left.append((op.name, list(rows))))
+    assert left == [("e", [1]), ("f", [3])]           # row 1 leaves at e (6 >= 3), row 3 at f (3.5 >= 3.5)
+    assert seen["b"].tolist() == [[2.0], [0.0], [3.0], [3.5]]      # full batch, 0 where not reached
+    assert out["out"].tolist() == [[3.0], [6.0], [5.0], [3.5]] and seen["out"] is out["out"]
+    left = []
+    out = walk(g, _RowOps(), x + 10, seen.__setitem__, lambda op, rows: left.append(list(rows)))
+    assert left == [[0, 1, 2, 3]] and not seen["b"].any() and not seen["d"].any()   # nobody ran further
+    assert out["out"].tolist() == (x + 11).tolist()
