@@ -297,3 +297,21 @@ def test_walk_cuts_the_batch_and_merges_outputs():
     out = walk(g, _RowOps(), x + 10, seen.__setitem__, lambda op, rows: left.append(list(rows)))
     assert left == [[0, 1, 2, 3]] and not seen["b"].any() and not seen["d"].any()   # nobody ran further
     assert out["out"].tolist() == (x + 11).tolist()
+
+
+def test_distilled_heads_on_a_small_random_vit_identical_to_the_old_executor():
+    """``exit_heads: distill`` (heads fitted on unlabeled images) on a non-default model."""
+    cfg_model = {**SMALL, "depth": 4}
+    model = build_vit(cfg_model, seed=3)
+    images = random_images(cfg_model, 96, seed=3)
+    cfg = RecipeConfig(recipe="apq", calib_images=64, edge_bits=8,
+                       params={"exit_heads": "distill", "threshold": 0.3, "allocation": "uniform"})
+    old = reference.quantize(model, images[:64], cfg)
+    qg = quantize_apq_graph(model, images[:64], cfg)
+    ro, rn = IntegerExecutor(old).run(images[64:]), GraphIntegerExecutor(qg).run(images[64:])
+    shared = set(ro.codes) & set(rn.codes)
+    assert len(shared) == 2 + 11 * 4 + 2 + 3 * 1    # input x0 / 11 per block / norm logits / 1 exit (after block 1)
+    assert first_mismatch({k: ro.codes[k] for k in shared}, {k: rn.codes[k] for k in shared}) is None
+    d = rn.trace.extras["exit_depth"]
+    assert np.array_equal(ro.trace.extras["exit_depth"], d) and set(np.unique(d)) == {2, 4}
+    assert np.array_equal(ro.logits, rn.logits) and np.array_equal(ro.trace.layer_ran, rn.trace.layer_ran)
