@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -54,7 +55,7 @@ from simulator.qgraph import QuantizedGraph, Quantizer
 from simulator.qvit import SoftmaxQ
 from simulator.walk import walk
 
-__all__ = ["quantize_apq_graph", "freeze_apq_graph", "assemble_blocks", "head_params", "exit_features",
+__all__ = ["quantize_apq_graph", "freeze_apq_graph", "Candidates", "assemble_blocks", "head_params", "exit_features",
            "timm_exit_features"]
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
@@ -132,6 +133,46 @@ def _freeze_exit(op: ir.Exit, g: ir.Graph, q: dict, feats: dict, cfg: RecipeConf
     return quantizers, params
 
 
+class Candidates:
+    """Everything a candidate model is assembled from: one exit-free static variant per width
+    (``keys``), the graph with exits (never taken) and the frozen exit quantizers/params."""
+
+    def __init__(self, graph: ir.Graph, calib: np.ndarray, cfg: RecipeConfig, after, heads: list[dict], keys,
+                 model_name: str = "model", features=None):
+        self.keys = [tuple(k) for k in keys]
+        self.depth = graph_depth(graph)
+        stats = collect_graph_stats(graph, calib, stat_names(graph))
+        self.variants = [freeze_graph(graph, stats, cfg.with_bits(*b), model_name, len(calib)) for b in self.keys]
+        self.egraph = add_exits(graph, after, heads, [1.0] * len(after))
+        self.after = [int(a) for a in after]
+        feats = exit_features(self.egraph, calib) if features is None else features
+        self.exit_q, self.exit_p = {}, {}
+        for op in self.egraph.ops:
+            if op.kind == "exit":
+                eq, ep = _freeze_exit(op, self.egraph, self.variants[0].quantizers, feats, cfg)
+                self.exit_q.update(eq)
+                self.exit_p.update(ep)
+
+    def build(self, choice, taus=None) -> QuantizedGraph:
+        """Block ``i`` at width ``keys[choice[i]]``; exits with thresholds ``taus`` (default: never taken)."""
+        taus = [1.0] * len(self.after) if taus is None else [float(t) for t in taus]
+        q, params = assemble_blocks(self.variants, choice)
+        q.update(self.exit_q)
+        params.update(self.exit_p)
+        it = iter(taus)
+        ops = tuple(replace(o, threshold=next(it)) if o.kind == "exit" else o for o in self.egraph.ops)
+        for o in ops:
+            if o.kind == "exit":
+                params[o.name] = replace(params[o.name], threshold_q=threshold_code(o.threshold))
+        g = self.egraph
+        graph = ir.Graph(ops=ops, input=g.input, outputs=g.outputs, params=g.params, image_size=g.image_size,
+                         in_chans=g.in_chans)
+        meta = {**self.variants[0].meta, "recipe": "apq", "block_bits": [list(self.keys[c]) for c in choice],
+                "exit_after_blocks": list(self.after), "exit_thresholds": taus,
+                "exit_threshold_codes": [threshold_code(t) for t in taus]}
+        return QuantizedGraph(graph=graph, quantizers=q, params=params, meta=meta)
+
+
 def freeze_apq_graph(graph: ir.Graph, calib: np.ndarray, cfg: RecipeConfig, after, heads: list[dict], taus,
                      block_bits=None, model_name: str = "model", features=None) -> QuantizedGraph:
     """Calibrate the exit-free ``graph`` on ``calib``, freeze one static variant per width in ``block_bits``
@@ -142,20 +183,8 @@ def freeze_apq_graph(graph: ir.Graph, calib: np.ndarray, cfg: RecipeConfig, afte
     if len(block_bits) != depth:
         raise InputError(f"block_bits: {len(block_bits)} entries for {depth} blocks")
     keys = list(dict.fromkeys(block_bits))
-    stats = collect_graph_stats(graph, calib, stat_names(graph))
-    variants = [freeze_graph(graph, stats, cfg.with_bits(*b), model_name, len(calib)) for b in keys]
-    q, params = assemble_blocks(variants, [keys.index(b) for b in block_bits])
-    egraph = add_exits(graph, after, heads, taus)
-    feats = exit_features(egraph, calib) if features is None else features
-    for op in egraph.ops:
-        if op.kind == "exit":
-            eq, ep = _freeze_exit(op, egraph, q, feats, cfg)
-            q.update(eq)
-            params.update(ep)
-    meta = {**variants[0].meta, "recipe": "apq", "block_bits": [list(b) for b in block_bits],
-            "exit_after_blocks": [int(a) for a in after], "exit_thresholds": [float(t) for t in taus],
-            "exit_threshold_codes": [threshold_code(t) for t in taus]}
-    return QuantizedGraph(graph=egraph, quantizers=q, params=params, meta=meta)
+    c = Candidates(graph, calib, cfg, after, heads, keys, model_name, features)
+    return c.build([keys.index(b) for b in block_bits], taus)
 
 
 def quantize_apq_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model_name: str = "model",
