@@ -25,10 +25,10 @@ design in docs/recipes/apq.md), with the same formulas:
    float32 heads), because the walk's float32 tokens differ from timm's in
    the last bits and ``max|logits|`` sets the logit scale;
 4. thresholds and widths: given (``threshold: <tau>``, uniform widths or a
-   given ``block_bits``), or -- ``threshold: search`` -- chosen by the old
-   search (`reference.apq_run.search`, run on the old simulator through
-   `reference.recipes.apq.build`), whose choice is then frozen here. The
-   search itself has not been ported to the graph yet.
+   given ``block_bits``), or -- ``threshold: search`` -- chosen by the
+   search of the old recipe run on graph candidates
+   (`reference.recipes.apq_graph_search`: same driver and formulas,
+   profiles by the graph integer executor, costs from the graph's trace).
 """
 
 from __future__ import annotations
@@ -191,28 +191,27 @@ def quantize_apq_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model
                        block_bits=None, thresholds=None) -> QuantizedGraph:
     """The ``apq`` recipe on the graph for a timm ViT: heads, widths and thresholds as the recipe says.
 
-    ``threshold: search`` without ``thresholds``/``block_bits`` runs the old search (old simulator) and
-    freezes its choice; given ``thresholds`` (one per exit) and ``block_bits`` (one pair per block)
-    override the recipe's."""
+    ``threshold: search`` (and no ``thresholds``/``block_bits`` given) runs the search on graph
+    candidates; given ``thresholds`` (one per exit) and ``block_bits`` (one pair per block) override it."""
     if cfg.recipe != "apq":
         raise InputError(f"recipe {cfg.recipe!r}: quantize_apq_graph implements 'apq'")
     from reference.lowering import lower
     p = parse_params(cfg.params, where=f"recipe {cfg.label}")
     calib = np.asarray(calib_images[: cfg.calib_images], dtype=np.float32)
     heads = _heads(model, calib, p, model_name)
-    report = None
-    if thresholds is None and p.threshold == "search":
-        from reference.recipes.apq import build
-        old = build(model, calib, cfg, model_name)
-        thresholds, report = old.meta["exit_thresholds"], old.meta.get("apq")
-        block_bits = block_bits or old.meta["block_bits"]
-    elif thresholds is None:
-        thresholds = [float(p.threshold)] * len(heads.after)
     graph = lower(model)
     pools = [o for o in graph.ops if o.kind == "pool"]
     feats = timm_exit_features(model, heads, calib) if pools[0].mode == "token" and pools[0].index == 0 else None
-    qg = freeze_apq_graph(graph, calib, cfg, heads.after, head_params(heads), thresholds, block_bits,
-                          model_name, feats)
-    if report is not None:
-        qg = QuantizedGraph(qg.graph, qg.quantizers, qg.params, {**qg.meta, "apq": report})
-    return qg
+    if thresholds is None and block_bits is None and p.threshold == "search":
+        from reference.recipes.apq_graph_search import search_graph
+        keys = ((cfg.w_bits, cfg.a_bits),) if p.allocation == "uniform" else p.bit_candidates
+        cands = Candidates(graph, calib, cfg, heads.after, head_params(heads), keys, model_name, feats)
+        choice, taus, report = search_graph(model, calib, cands, p)
+        qg = cands.build(choice, taus)
+        return QuantizedGraph(qg.graph, qg.quantizers, qg.params, {**qg.meta, "apq": report})
+    if thresholds is None:
+        if p.threshold == "search":
+            raise InputError(f"recipe {cfg.label}: threshold: search with given block_bits needs thresholds")
+        thresholds = [float(p.threshold)] * len(heads.after)
+    return freeze_apq_graph(graph, calib, cfg, heads.after, head_params(heads), thresholds, block_bits,
+                            model_name, feats)

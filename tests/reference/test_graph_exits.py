@@ -99,12 +99,16 @@ def _assert_identical(old, qg, test):
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["apq_exits_w8a8", "apq"])
 def test_shipped_recipes_identical_to_the_old_executor(digits, recipe):
-    """The old search's choice (here tau = 1 and W8A8 everywhere: no image exits), frozen on the graph."""
+    """As shipped (both searches pick tau = 1 and W8A8 everywhere on this model: no image exits)."""
     model, calib, test = digits
     cfg = load_recipe(f"configs/recipes/{recipe}.yaml")
-    old = reference.quantize(model, calib, cfg, "vit_digits")     # the old search picks the threshold
-    qg = quantize_apq_graph(model, calib, cfg, "vit_digits", block_bits=old.meta["block_bits"],
-                            thresholds=old.meta["exit_thresholds"])
+    old = reference.quantize(model, calib, cfg, "vit_digits")
+    if recipe == "apq_exits_w8a8":         # the search on the graph (1 model profiled)
+        qg = quantize_apq_graph(model, calib, cfg, "vit_digits")
+        assert qg.meta["apq"] == old.meta["apq"]
+    else:                                  # the old search's choice (33 models profiled) frozen on the graph
+        qg = quantize_apq_graph(model, calib, cfg, "vit_digits", block_bits=old.meta["block_bits"],
+                                thresholds=old.meta["exit_thresholds"])
     assert qg.meta["exit_threshold_codes"] == old.meta["exit_threshold_codes"]
     _assert_identical(old, qg, test)
 
@@ -122,6 +126,23 @@ def test_fixed_thresholds_and_per_block_bits_identical_to_the_old_executor(digit
     assert set(np.unique(depth)) == {2, 4, 6}          # images leave at both exits, others run to the end
     assert [qg.quantizers[f"blocks.{i}.gelu"].bits for i in range(6)] == [a for _, a in block_bits]
     assert [qg.params[f"blocks.{i}.mlp.fc1"].w_bits for i in range(6)] == [w for w, _ in block_bits]
+
+
+@pytest.mark.slow
+def test_search_on_the_graph_equals_the_old_search(digits):
+    """Same Pareto report, choice and thresholds (images exit at the chosen tau); identical codes after."""
+    model, calib, test = digits
+    cfg = load_recipe("configs/recipes/apq.yaml")
+    cfg = replace(cfg, calib_images=300, params={**cfg.params, "risk_bound": 0.2, "bop_budgets": [1.0, 0.5],
+                                                 "threshold_grid": [0.9, 0.7, 0.5]})
+    old = reference.quantize(model, calib, cfg, "vit_digits")
+    qg = quantize_apq_graph(model, calib, cfg, "vit_digits")
+    assert qg.meta["apq"] == old.meta["apq"]           # every candidate's disagreements, BOPs, bounds
+    assert qg.meta["apq"]["models_profiled"] == 21 and qg.meta["apq"]["chosen"]["threshold"] == 0.5
+    assert qg.meta["exit_threshold_codes"] == old.meta["exit_threshold_codes"]
+    assert qg.meta["block_bits"] == old.meta["block_bits"]
+    depth = _assert_identical(old, qg, test)
+    assert (depth < 6).any()
 
 
 def _heads(dim, classes, n, seed):
