@@ -190,7 +190,7 @@ def _check_departures(qg, r):
     assert not r.codes[f"blocks.{depth - 1}.x_out"][d < depth].any()   # unreached: zeros
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(drawn=lowering_configs(), depth=st.integers(2, 3), classes=st.sampled_from([3, 7]), data=st.data())
 def test_both_graph_executors_identical_with_random_exits(drawn, depth, classes, data):
     graph, images, dim = _exit_model(drawn, depth, classes)
