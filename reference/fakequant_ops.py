@@ -31,14 +31,15 @@ from reference import igq_graph_ops
 from reference.tensor_primitives import quick_gelu_q12, requantize, round_half_up, rounding_mean, saturate
 from simulator import ir
 from simulator.int_nonlinear import GELU_FRAC_BITS
-from simulator.graph_trace import graph_layers
+from simulator.graph_exits import ExitRecorder
+from simulator.graph_trace import graph_layer_ops
 from simulator.inputs import check_graph_images
 from reference.fakequant_predicted import predict_log2
 from simulator.predicted_graph import observing, with_predicted_scales
 from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
 from simulator.trace import Trace
-from simulator.walk import walk
+from simulator.walk import Leave, walk
 
 __all__ = ["FakeQuantOps", "GraphFakeQuantExecutor"]
 
@@ -199,6 +200,16 @@ class FakeQuantOps:
         rows = x[:, op.num_prefix_tokens:].long()
         return rounding_mean(rows.sum(dim=1), rows.shape[1])
 
+    def exit(self, op: ir.Exit, logits):
+        e = self.p[op.name]
+        c = e.confidence
+        if self.float:
+            conf = _codes(torch.softmax(logits.double() * c.in_scale, dim=-1) * (1 << c.out_bits),
+                          self.q[op.outputs[0]]).amax(-1)
+        else:
+            conf = softmax_stage(logits, c.in_mult, c.in_shift, c.out_bits).amax(-1)
+        return Leave(conf[:, None], (conf >= e.threshold_q).numpy())
+
 
 class GraphFakeQuantExecutor:
     """``GraphFakeQuantExecutor(qgraph, nonlinear="integer").run(images)`` -> `RunResult` (codes of every tensor)."""
@@ -218,14 +229,17 @@ class GraphFakeQuantExecutor:
             if name != g.input:
                 codes.setdefault(name, []).append(t.long().numpy())
 
+        exits = ExitRecorder(self.qg, len(images))
         outs = []
         for s in range(0, len(images), batch_size):
-            outs.append(walk(g, ops, images[s:s + batch_size],
-                             observing(ops, keep if keep_codes else None))[self.qg.output])
+            outs.append(walk(g, ops, images[s:s + batch_size], observing(ops, keep if keep_codes else None),
+                             exits.at(s))[self.qg.output])
             for t, gidx in base.groups.items() if keep_codes else ():
                 keep(t + ".groups", gidx)               # IGQ group maps (reference.igq_graph_ops)
         lc = torch.cat(outs).long().numpy() if outs else np.zeros((0,), np.int64)
+        layers = graph_layer_ops(self.qg)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
-                      layers=graph_layers(self.qg), n_images=len(images), overflows=dict(ops.overflows))
-        return RunResult(logits=lc * self.qg.output_scale(), logit_codes=lc, trace=trace,
+                      layers=[r for r, _ in layers], n_images=len(images), overflows=dict(ops.overflows))
+        logits = exits.finish(trace, [i for _, i in layers], lc)
+        return RunResult(logits=logits, logit_codes=lc, trace=trace,
                          codes={k: np.concatenate(v) for k, v in codes.items()})

@@ -9,11 +9,12 @@ and computes every op kind of `simulator.ir` the way timm's modules do
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from simulator import ir
-from simulator.walk import walk
+from simulator.walk import Leave, walk
 
 __all__ = ["FloatOps", "float_forward"]
 
@@ -89,6 +90,12 @@ class FloatOps:
         if op.mode == "token":
             return x[:, op.index]
         return x[:, op.num_prefix_tokens:].mean(dim=1)
+
+    def exit(self, op: ir.Exit, logits):
+        """Confidence = max softmax probability; leave when it reaches ``threshold`` (< 1)."""
+        conf = torch.softmax(logits.double(), dim=-1).amax(-1)
+        leave = (conf >= op.threshold).numpy() if op.threshold < 1 else np.zeros(len(conf), dtype=bool)
+        return Leave(conf[:, None].to(logits.dtype), leave)
 
     def mean(self, op: ir.Mean, *xs):
         total = xs[0]

@@ -21,7 +21,7 @@ from simulator.igq_graph import group_records
 from simulator.predicted_graph import predictor_records
 from simulator.trace import LayerRecord
 
-__all__ = ["graph_layers"]
+__all__ = ["graph_layers", "graph_layer_ops"]
 
 
 def _rename(name: str) -> str:
@@ -91,6 +91,9 @@ def _record(op, ins, outs, qg, producers) -> list[LayerRecord]:
     if k == "split":     # per-part output stages of the fused in_proj's accumulators
         return [LayerRecord(name=op.name, kind="requantize", elements=prod(ins[0][1:]), rows=prod(ins[0][1:-1]),
                             in_bits=32, out_bits=max(_bits(q[t]) for t in op.outputs))]
+    if k == "exit":      # integer softmax of the exit's logits; the max/compare is not charged
+        return [LayerRecord(name=op.name, kind="softmax", elements=ins[0][-1], rows=1,
+                            in_bits=_bits(q[op.inputs[0]]), out_bits=q[op.outputs[0]].bits)]
     if k == "pool" and op.mode == "avg":
         t = ins[0][1] - op.num_prefix_tokens
         return [LayerRecord(name=op.name, kind="add", elements=t * ins[0][2], rows=1,
@@ -100,8 +103,21 @@ def _record(op, ins, outs, qg, producers) -> list[LayerRecord]:
 
 def graph_layers(qg) -> list[LayerRecord]:
     """Every computing op of ``qg`` (a `simulator.qgraph.QuantizedGraph`) in execution order, per image."""
+    return [r for r, _ in graph_layer_ops(qg)]
+
+
+def graph_layer_ops(qg) -> list[tuple[LayerRecord, int]]:
+    """``(record, index of its op in the graph)`` for every record of `graph_layers`."""
     producers = qg.graph.producers()
-    recs: list[LayerRecord] = []
-    for op, ins, outs in ir.op_shapes(qg.graph, batch=1):
-        recs += group_records(qg, op, ins, outs, _record(op, ins, outs, qg, producers))
-    return recs + predictor_records(qg)
+    recs: list[tuple[LayerRecord, int]] = []
+    for i, (op, ins, outs) in enumerate(ir.op_shapes(qg.graph, batch=1)):
+        recs += [(r, i) for r in group_records(qg, op, ins, outs, _record(op, ins, outs, qg, producers))]
+    return recs + [(r, _predictor_op_index(qg)) for r in predictor_records(qg)]
+
+
+def _predictor_op_index(qg) -> int:
+    """ScalePredictor's records run once its statistic's source tensor exists (every image gets
+    there): the index of that tensor's producer."""
+    sources = {qz.predictor.source for qz in qg.quantizers.values() if qz.kind == "predicted"}
+    found = [i for i, op in enumerate(qg.graph.ops) if set(op.outputs) & sources]
+    return min(found) if found else 0

@@ -31,6 +31,8 @@ half up; one saturation rule) per op kind:
 * ``two_scaled`` quantizers (TSPTQ V-2SF, `simulator.kernels.two_scaled`): a
   softmax / activation writing one emits two-scaled words; a linear / matmul
   reading one decodes them (``m`` or ``m << r``) into its operand first.
+* ``exit``: ``conf = max_c int_softmax(logits)_c``; rows with ``conf >= threshold_q``
+  leave the batch (`simulator.walk.Leave`, `simulator.graph_exits`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from numba import prange
 
 from simulator import igq_graph, ir
 from simulator.fixedpoint import requantize, saturate
-from simulator.graph_trace import graph_layers
+from simulator.graph_exits import ExitRecorder
+from simulator.graph_trace import graph_layer_ops
 from simulator.int_activations import rounding_mean
 from simulator.inputs import check_graph_images
 from simulator.int_nonlinear import GELU_INPUT_LIMIT
@@ -222,6 +225,14 @@ class IntOps:
         rows = x[:, op.num_prefix_tokens:].astype(np.int64)
         return rounding_mean(rows.sum(axis=1), rows.shape[1]).astype(x.dtype)
 
+    def exit(self, op: ir.Exit, logits):
+        from simulator.walk import Leave
+        e = self.p[op.name]
+        c = e.confidence
+        conf = int_softmax(np.ascontiguousarray(logits), c.in_mult, c.in_shift, c.out_bits).max(axis=-1)
+        conf = conf.astype(np.int64)
+        return Leave(conf[:, None], conf >= e.threshold_q)
+
 
 class GraphIntegerExecutor:
     """``GraphIntegerExecutor(qgraph).run(images)`` -> `RunResult` (codes of every tensor)."""
@@ -241,14 +252,17 @@ class GraphIntegerExecutor:
             if name != g.input:
                 codes.setdefault(name, []).append(np.asarray(arr).astype(np.int64))
 
+        exits = ExitRecorder(self.qg, len(images))
         outs = []
         for s in range(0, len(images), batch_size):
-            outs.append(walk(g, ops, images[s:s + batch_size],
-                             observing(ops, keep if keep_codes else None))[self.qg.output])
+            outs.append(walk(g, ops, images[s:s + batch_size], observing(ops, keep if keep_codes else None),
+                             exits.at(s))[self.qg.output])
             for t, gidx in base.groups.items() if keep_codes else ():
                 keep(t + ".groups", gidx)               # IGQ group maps (simulator.igq_graph)
         lc = np.concatenate(outs).astype(np.int64) if outs else np.zeros((0,), np.int64)
+        layers = graph_layer_ops(self.qg)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
-                      layers=graph_layers(self.qg), n_images=len(images), overflows=dict(ops.overflows))
-        return RunResult(logits=lc * self.qg.output_scale(), logit_codes=lc, trace=trace,
+                      layers=[r for r, _ in layers], n_images=len(images), overflows=dict(ops.overflows))
+        logits = exits.finish(trace, [i for _, i in layers], lc)
+        return RunResult(logits=logits, logit_codes=lc, trace=trace,
                          codes={k: np.concatenate(v) for k, v in codes.items()})

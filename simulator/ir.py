@@ -34,6 +34,8 @@ add             ``a + b``                                         --
 pool            token: ``x[:, index]``; avg: mean over tokens     --
                 ``num_prefix_tokens:``
 mean            ``(a + b + ...) / n`` (distilled DeiT's heads)    --
+exit            confidence ``max softmax(logits)``; images with   --
+                confidence >= threshold leave the batch
 ==============  ================================================  ===========================
 """
 
@@ -47,7 +49,7 @@ import numpy as np
 from simulator.errors import InputError
 
 __all__ = ["Op", "Patchify", "Linear", "Head", "LayerNorm", "TokenConcat", "AddConst", "Split", "SplitHeads",
-           "MergeHeads", "MatMul", "Softmax", "Activation", "Add", "Pool", "Mean", "Graph", "GraphError",
+           "MergeHeads", "MatMul", "Softmax", "Activation", "Add", "Pool", "Mean", "Exit", "Graph", "GraphError",
            "ACTIVATIONS", "tensor_shapes", "op_shapes", "check_images"]
 
 ACTIVATIONS = ("gelu_erf", "gelu_tanh", "quick_gelu")
@@ -274,6 +276,21 @@ class Mean(Op):
         if len(set(shapes)) != 1:
             raise GraphError(f"{self.name}: cannot average shapes {shapes}")
         return (shapes[0],)
+
+
+@dataclass(frozen=True)
+class Exit(Op):
+    """An early exit's decision on its logits ``[B, N]``: confidence = max
+    softmax probability ``[B, 1]``; an image whose confidence reaches
+    ``threshold`` (``threshold >= 1``: never) leaves the batch here, its
+    logits becoming its output (see `simulator.walk`). ``after_block``: the
+    block whose residual stream the exit reads (its depth is ``after_block + 1``)."""
+    threshold: float = 1.0
+    after_block: int = 0
+    kind: ClassVar[str] = "exit"
+
+    def out_shapes(self, params, logits):
+        return ((logits[0], 1),)
 
 
 @dataclass(frozen=True)

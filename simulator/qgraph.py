@@ -50,6 +50,7 @@ import numpy as np
 
 from simulator import ir
 from simulator.errors import InputError
+from simulator.graph_exits import ExitQ
 from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatten, read_npz_tree
 from simulator.two_scaled import operand_max
 
@@ -133,11 +134,11 @@ class RescaleSum:
     shift: np.ndarray
 
 
-_CLASSES = {c.__name__: c for c in (Quantizer, PredictedScale, ConstCodes, ChannelRequant, RescaleSum, Linear, LayerNormQ, SoftmaxQ, Requant,
-                                    GeluQ)}
+_CLASSES = {c.__name__: c for c in (Quantizer, PredictedScale, ConstCodes, ChannelRequant, RescaleSum, Linear,
+                                    LayerNormQ, SoftmaxQ, Requant, GeluQ, ExitQ)}
 _OPS = {c.__name__: c for c in (ir.Patchify, ir.Linear, ir.Head, ir.LayerNorm, ir.TokenConcat, ir.AddConst,
                                 ir.Split, ir.SplitHeads, ir.MergeHeads, ir.MatMul, ir.Softmax, ir.Activation,
-                                ir.Add, ir.Pool, ir.Mean)}
+                                ir.Add, ir.Pool, ir.Mean, ir.Exit)}
 
 
 @dataclass(frozen=True)

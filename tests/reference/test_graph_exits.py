@@ -1,0 +1,338 @@
+"""APQ/MAQEE early exits + per-block bit-widths on the lowered graph (issue 13, exits port).
+
+* Default model, 64 digits test images: the graph's codes equal the old
+  `IntegerExecutor`'s at every shared boundary (incl. ``exits.*``), as do
+  the exit decisions, depths, logits, overflows and ``layer_ran`` -- for the
+  shipped ``apq_exits_w8a8`` (its searched threshold), a fixed threshold
+  with images leaving at both exits, and mixed per-block widths.
+* Random timm configurations x exits after random blocks x random
+  thresholds x random per-block widths: both graph executors identical
+  codes, depths and traces; some / none / all images leaving.
+* The float walk with exits; save/load; the rewrite's refusals.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, event, given, settings
+from hypothesis import strategies as st
+
+import reference
+from hwmodels.cost import estimate
+from hwmodels.load import load
+from reference.fakequant_ops import GraphFakeQuantExecutor
+from reference.float_ops import float_forward
+from reference.lowering import lower
+from reference.lowering.coverage import perturb_
+from reference.recipes.apq_graph import freeze_apq_graph, quantize_apq_graph
+from reference.recipes.config import RecipeConfig, load_recipe
+from simulator import ir
+from simulator.executor import IntegerExecutor
+from simulator.graph_exits import add_exits, graph_depth
+from simulator.int_ops import GraphIntegerExecutor
+from simulator.qgraph import QuantizedGraph
+from simulator.results import bit_exact_images, first_mismatch
+from simulator.walk import Leave, walk
+from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
+
+MIXED = [(8, 8), (4, 4), (4, 8), (6, 6), (8, 8), (4, 4)]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model = reference.load_model()
+    calib, _ = reference.load_dataset("digits", model, "calib")
+    test, _ = reference.load_dataset("digits", model, "test", limit=64)
+    return model, calib, test
+
+
+def _old_apq(model, calib, cfg, taus, block_bits):
+    """The old recipe's QuantizedViT with the given thresholds and per-block widths (its own functions)."""
+    from reference.calibration import collect_boundaries
+    from reference.recipes.apq import _heads, assemble, freeze_exits, parse_params
+    from reference.recipes.static import freeze_static
+    from reference.vit_float import vit_arch
+    p = parse_params(cfg.params)
+    heads = _heads(model, calib, p, "vit_digits")
+    stats = collect_boundaries(model, calib)
+    keys = list(dict.fromkeys(block_bits))
+    variants = {b: freeze_static(model, stats, cfg.with_bits(*b), vit_arch(model), "vit_digits", len(calib))
+                for b in keys}
+    exits = freeze_exits(model, heads, calib, variants[keys[0]], cfg, [1.0] * len(heads.after))
+    return assemble(variants, [keys.index(b) for b in block_bits], exits, taus)
+
+
+def _trace_key(layers):
+    """Record names with the old fused-residual names (``blocks.i.add1/2``) mapped to the graph's."""
+    fused = {"add1": "attn.proj.add", "add2": "mlp.fc2.add"}
+    return [(re.sub(r"\.(add[12])$", lambda m: "." + fused[m.group(1)], r.name), r.kind, r.macs, r.bops)
+            for r in layers]
+
+
+def _assert_identical(old, qg, test):
+    ro, rn = IntegerExecutor(old).run(test), GraphIntegerExecutor(qg).run(test)
+    shared = sorted(set(ro.codes) & set(rn.codes))
+    assert {f"exits.{j}.{n}" for j in range(len(old.exits)) for n in ("norm", "logits", "confidence")} <= set(shared)
+    assert len(shared) == 76       # 70 static boundaries + 2 exits x 3
+    a, b = {k: ro.codes[k] for k in shared}, {k: rn.codes[k] for k in shared}
+    ok = bit_exact_images(a, b)
+    assert ok.all() and len(ok) == 64, first_mismatch(a, b)
+    assert np.array_equal(ro.trace.extras["exit_depth"], rn.trace.extras["exit_depth"])
+    assert np.array_equal(ro.logit_codes, rn.logit_codes) and np.array_equal(ro.logits, rn.logits)
+    assert np.array_equal(ro.trace.layer_ran, rn.trace.layer_ran)
+    assert ro.trace.overflows == rn.trace.overflows
+    assert _trace_key(ro.trace.layers) == _trace_key(rn.trace.layers)
+    npu = load("configs/npu_int8.yaml")       # hwmodels charges each image the depth it executed
+    co, cn = estimate(ro.trace, npu), estimate(rn.trace, npu)
+    for metric in ("bops", "cycles", "energy_uj"):
+        assert np.array_equal(co.per_image(metric), cn.per_image(metric)), metric
+    rf = GraphFakeQuantExecutor(qg).run(test)
+    assert first_mismatch(rn.codes, rf.codes) is None and np.array_equal(rn.logits, rf.logits)
+    return rn.trace.extras["exit_depth"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["apq_exits_w8a8", "apq"])
+def test_shipped_recipes_identical_to_the_old_executor(digits, recipe):
+    """As shipped (both searches pick tau = 1 and W8A8 everywhere on this model: no image exits)."""
+    model, calib, test = digits
+    cfg = load_recipe(f"configs/recipes/{recipe}.yaml")
+    old = reference.quantize(model, calib, cfg, "vit_digits")
+    if recipe == "apq_exits_w8a8":         # the search on the graph (1 model profiled)
+        qg = quantize_apq_graph(model, calib, cfg, "vit_digits")
+        assert qg.meta["apq"] == old.meta["apq"]
+    else:                                  # the old search's choice (33 models profiled) frozen on the graph
+        qg = quantize_apq_graph(model, calib, cfg, "vit_digits", block_bits=old.meta["block_bits"],
+                                thresholds=old.meta["exit_thresholds"])
+    assert qg.meta["exit_threshold_codes"] == old.meta["exit_threshold_codes"]
+    _assert_identical(old, qg, test)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tau, block_bits", [(0.9, [(8, 8)] * 6), (0.8, MIXED)])
+def test_fixed_thresholds_and_per_block_bits_identical_to_the_old_executor(digits, tau, block_bits):
+    model, calib, test = digits
+    cfg = load_recipe("configs/recipes/apq_exits_w8a8.yaml")
+    cfg = replace(cfg, calib_images=512, params={**cfg.params, "threshold": tau})
+    calib = calib[:512]
+    old = _old_apq(model, calib, cfg, [tau, tau], block_bits)
+    qg = quantize_apq_graph(model, calib, cfg, "vit_digits", block_bits=block_bits)
+    depth = _assert_identical(old, qg, test)
+    assert set(np.unique(depth)) == {2, 4, 6}          # images leave at both exits, others run to the end
+    assert [qg.quantizers[f"blocks.{i}.gelu"].bits for i in range(6)] == [a for _, a in block_bits]
+    assert [qg.params[f"blocks.{i}.mlp.fc1"].w_bits for i in range(6)] == [w for w, _ in block_bits]
+
+
+@pytest.mark.slow
+def test_search_on_the_graph_equals_the_old_search(digits):
+    """Same Pareto report, choice and thresholds (images exit at the chosen tau); identical codes after."""
+    model, calib, test = digits
+    cfg = load_recipe("configs/recipes/apq.yaml")
+    cfg = replace(cfg, calib_images=300, params={**cfg.params, "risk_bound": 0.2, "bop_budgets": [1.0, 0.5],
+                                                 "threshold_grid": [0.9, 0.7, 0.5]})
+    old = reference.quantize(model, calib, cfg, "vit_digits")
+    qg = quantize_apq_graph(model, calib, cfg, "vit_digits")
+    assert qg.meta["apq"] == old.meta["apq"]           # every candidate's disagreements, BOPs, bounds
+    assert qg.meta["apq"]["models_profiled"] == 21 and qg.meta["apq"]["chosen"]["threshold"] == 0.5
+    assert qg.meta["exit_threshold_codes"] == old.meta["exit_threshold_codes"]
+    assert qg.meta["block_bits"] == old.meta["block_bits"]
+    depth = _assert_identical(old, qg, test)
+    assert (depth < 6).any()
+
+
+def _heads(dim, classes, n, seed):
+    rng = np.random.default_rng(seed)
+    return [{"norm_weight": 1 + 0.1 * rng.standard_normal(dim), "norm_bias": 0.1 * rng.standard_normal(dim),
+             "eps": 1e-6, "head_weight": rng.standard_normal((classes, dim)) * 2 / np.sqrt(dim),
+             "head_bias": 0.1 * rng.standard_normal(classes)} for _ in range(n)]
+
+
+def _exit_model(drawn, depth, classes):
+    model_cls, kwargs, image_size, seed = drawn
+    kwargs = {**kwargs, "depth": depth, "num_classes": classes}
+    torch.manual_seed(seed)
+    model = model_cls(**kwargs).eval()
+    perturb_(model, seed + 1)
+    images = np.random.default_rng(seed).standard_normal((14, kwargs["in_chans"], *image_size)).astype(np.float32)
+    return lower(model, image_size=image_size), images, kwargs["embed_dim"]
+
+
+def _check_executors(qg, images):
+    ri, rf = GraphIntegerExecutor(qg).run(images), GraphFakeQuantExecutor(qg).run(images)
+    assert ri.codes.keys() == rf.codes.keys() == set(qg.graph.tensor_names()[1:])
+    assert first_mismatch(ri.codes, rf.codes) is None
+    assert np.array_equal(ri.logit_codes, rf.logit_codes) and np.array_equal(ri.logits, rf.logits)
+    assert ri.trace.layers == rf.trace.layers and ri.trace.overflows == rf.trace.overflows
+    assert np.array_equal(ri.trace.extras["exit_depth"], rf.trace.extras["exit_depth"])
+    assert np.array_equal(ri.trace.layer_ran, rf.trace.layer_ran)
+    return ri
+
+
+def _check_departures(qg, r):
+    """Exit rule, outputs and zeros of unreached tensors, read off the codes."""
+    depth, exits = graph_depth(qg.graph), [o for o in qg.graph.ops if o.kind == "exit"]
+    d = r.trace.extras["exit_depth"]
+    took = np.full(len(d), -1)
+    for j in reversed(range(len(exits))):
+        took[d == exits[j].after_block + 1] = j
+    for j, e in enumerate(exits):
+        conf = r.codes[e.outputs[0]][:, 0]
+        reached = d > e.after_block
+        fired = reached & (conf >= qg.params[e.name].threshold_q)
+        assert np.array_equal(fired, took == j)
+        assert not conf[~reached].any()
+        assert np.array_equal(r.logit_codes[took == j], r.codes[e.inputs[0]][took == j])
+    assert not r.codes[f"blocks.{depth - 1}.x_out"][d < depth].any()   # unreached: zeros
+
+
+@settings(max_examples=50, deadline=None)
+@given(drawn=lowering_configs(), depth=st.integers(2, 3), classes=st.sampled_from([3, 7]), data=st.data())
+def test_both_graph_executors_identical_with_random_exits(drawn, depth, classes, data):
+    graph, images, dim = _exit_model(drawn, depth, classes)
+    assume(any(o.kind == "pool" for o in graph.ops))
+    after = sorted(data.draw(st.sets(st.integers(0, depth - 2), min_size=1)))
+    taus = data.draw(st.lists(st.sampled_from([0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 0.95, 1.0]),
+                              min_size=len(after), max_size=len(after)))
+    bits = data.draw(st.lists(st.sampled_from(BIT_WIDTHS), min_size=depth, max_size=depth))
+    cfg = RecipeConfig(recipe="apq", w_bits=8, a_bits=8, calib_images=6)
+    qg = freeze_apq_graph(graph, images[:6], cfg, after, _heads(dim, classes, len(after), drawn[3]), taus, bits)
+    r = _check_executors(qg, images[6:])
+    _check_departures(qg, r)
+    d = r.trace.extras["exit_depth"]
+    event("all images leave" if (d < depth).all() else "no image leaves" if (d == depth).all() else "some leave")
+
+
+SMALL = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=48, depth=3, num_heads=3, num_classes=10,
+             mlp_ratio=4, init_values=None)
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = build_vit(SMALL, seed=3)
+    images = random_images(SMALL, 40, seed=3)
+    return lower(model), images
+
+
+def _small_qg(small, taus, bits=None):
+    graph, images = small
+    cfg = RecipeConfig(recipe="apq", calib_images=16)
+    return freeze_apq_graph(graph, images[:16], cfg, [0, 1], _heads(48, 10, 2, 7), taus, bits)
+
+
+def test_none_some_and_all_images_leave(small):
+    images = small[1][16:]
+    never = _check_executors(_small_qg(small, [1.0, 1.0]), images)
+    assert (never.trace.extras["exit_depth"] == 3).all() and never.trace.layer_ran.all()
+    conf = never.codes["exits.0.confidence"][:, 0]
+    tau = float(np.median(conf)) / 4096 + 1e-9
+    some_qg = _small_qg(small, [tau, 1.0])
+    some = _check_executors(some_qg, images)
+    d = some.trace.extras["exit_depth"]
+    assert 0 < (d == 1).sum() < len(d)
+    _check_departures(some_qg, some)
+    split = GraphIntegerExecutor(some_qg).run(images, batch_size=5)      # departures across batches
+    assert first_mismatch(some.codes, split.codes) is None
+    assert np.array_equal(split.trace.extras["exit_depth"], d) and np.array_equal(split.logits, some.logits)
+    keep = d == 3          # images that stayed: the same codes as without exits
+    for name in ("blocks.2.x_out", "logits"):
+        assert np.array_equal(some.codes[name][keep], never.codes[name][keep])
+    allq = _small_qg(small, [0.0, 0.5])
+    every = _check_executors(allq, images)
+    assert (every.trace.extras["exit_depth"] == 1).all()
+    assert not every.codes["blocks.1.x_out"].any() and not every.codes["exits.1.confidence"].any()
+    assert np.array_equal(every.logit_codes, every.codes["exits.0.logits"])
+    scale = float(allq.quantizers["exits.0.logits"].scale)
+    assert np.array_equal(every.logits, every.logit_codes * scale)
+    ran = every.trace.layer_ran
+    names = [r.name for r in every.trace.layers]
+    assert ran[:, names.index("exits.0.confidence")].all() and not ran[:, names.index("blocks.1.norm1")].any()
+    assert every.trace.overflows == {} or all(not k.startswith("blocks.1") for k in every.trace.overflows)
+
+
+def test_float_walk_with_exits(small):
+    graph, images = small
+    heads = _heads(48, 10, 2, 7)
+    plain = float_forward(graph, images, torch.float64)
+    never = float_forward(add_exits(graph, [0, 1], heads, [1.0, 1.0]), images, torch.float64)
+    assert torch.equal(plain, never)
+    seen = {}
+    out = float_forward(add_exits(graph, [0, 1], heads, [0.5, 0.5]), images, torch.float64,
+                        keep=seen.__setitem__)
+    conf0 = seen["exits.0.confidence"][:, 0]
+    left = (conf0 >= 0.5).numpy()
+    assert 0 < left.sum() < len(left)
+    assert torch.equal(out[left], seen["exits.0.logits"][left])
+    stay = (~left) & (seen["exits.1.confidence"][:, 0] < 0.5).numpy()
+    assert torch.allclose(out[stay], plain[stay])
+
+
+def test_save_load_round_trip(small, tmp_path):
+    qg = _small_qg(small, [0.4, 0.6], [(8, 8), (4, 4), (6, 6)])
+    qg.save(tmp_path / "e.npz")
+    back = QuantizedGraph.load(tmp_path / "e.npz")
+    assert back.graph.ops == qg.graph.ops and back.meta == qg.meta
+    a, b = GraphIntegerExecutor(qg).run(small[1][16:]), GraphIntegerExecutor(back).run(small[1][16:])
+    assert first_mismatch(a.codes, b.codes) is None
+    assert np.array_equal(a.trace.extras["exit_depth"], b.trace.extras["exit_depth"])
+
+
+def test_rewrite_refusals(small):
+    graph = small[0]
+    heads = _heads(48, 10, 2, 7)
+    with pytest.raises(ir.GraphError, match=r"exits after blocks \[2, 0\]: expected increasing blocks in \[0, 1\]"):
+        add_exits(graph, [2, 0], heads, [1.0, 1.0])
+    with pytest.raises(ir.GraphError, match="1 blocks, 2 heads"):
+        add_exits(graph, [0], heads, [1.0, 1.0])
+
+
+class _RowOps:
+    """A numpy op set for a hand-made graph: ``exit`` lets rows whose value is >= threshold leave."""
+
+    def linear(self, op, x, residual=None):
+        return x + 1 if residual is None else x + residual
+
+    def exit(self, op, x):
+        return Leave(x[:, :1], x[:, 0] >= op.threshold)
+
+    head = linear
+
+
+def test_walk_cuts_the_batch_and_merges_outputs():
+    ops = (ir.Linear("a", ("images",), ("a",)), ir.Exit("e", ("a",), ("c",), threshold=3.0),
+           ir.Linear("b", ("a",), ("b",)), ir.Exit("f", ("b",), ("d",), threshold=3.5),
+           ir.Linear("out", ("b", "a"), ("out",)))
+    w = {"weight": np.zeros((1, 1)), "bias": np.zeros(1)}
+    g = ir.Graph(ops=ops, input="images", outputs=("out",), params={o.name: w for o in ops if o.kind == "linear"})
+    x = np.array([[0.0], [5.0], [1.0], [1.5]])
+    seen, left = {}, []
+    out = walk(g, _RowOps(), x, seen.__setitem__, lambda op, rows: left.append((op.name, list(rows))))
+    assert left == [("e", [1]), ("f", [3])]           # row 1 leaves at e (6 >= 3), row 3 at f (3.5 >= 3.5)
+    assert seen["b"].tolist() == [[2.0], [0.0], [3.0], [3.5]]      # full batch, 0 where not reached
+    assert out["out"].tolist() == [[3.0], [6.0], [5.0], [3.5]] and seen["out"] is out["out"]
+    left = []
+    out = walk(g, _RowOps(), x + 10, seen.__setitem__, lambda op, rows: left.append(list(rows)))
+    assert left == [[0, 1, 2, 3]] and not seen["b"].any() and not seen["d"].any()   # nobody ran further
+    assert out["out"].tolist() == (x + 11).tolist()
+
+
+def test_distilled_heads_on_a_small_random_vit_identical_to_the_old_executor():
+    """``exit_heads: distill`` (heads fitted on unlabeled images) on a non-default model."""
+    cfg_model = {**SMALL, "depth": 4}
+    model = build_vit(cfg_model, seed=3)
+    images = random_images(cfg_model, 96, seed=3)
+    cfg = RecipeConfig(recipe="apq", calib_images=64, edge_bits=8,
+                       params={"exit_heads": "distill", "threshold": 0.3, "allocation": "uniform"})
+    old = reference.quantize(model, images[:64], cfg)
+    qg = quantize_apq_graph(model, images[:64], cfg)
+    ro, rn = IntegerExecutor(old).run(images[64:]), GraphIntegerExecutor(qg).run(images[64:])
+    shared = set(ro.codes) & set(rn.codes)
+    assert len(shared) == 2 + 11 * 4 + 2 + 3 * 1    # input x0 / 11 per block / norm logits / 1 exit (after block 1)
+    assert first_mismatch({k: ro.codes[k] for k in shared}, {k: rn.codes[k] for k in shared}) is None
+    d = rn.trace.extras["exit_depth"]
+    assert np.array_equal(ro.trace.extras["exit_depth"], d) and set(np.unique(d)) == {2, 4}
+    assert np.array_equal(ro.logits, rn.logits) and np.array_equal(ro.trace.layer_ran, rn.trace.layer_ran)
