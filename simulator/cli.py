@@ -142,9 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", default="auto", choices=("auto", "int_mm", "blas", "numba"),
                    help="simulator GEMM backend (all exact; default auto)")
     r.add_argument("--engine", default="auto", choices=("auto", "legacy", "graph"),
-                   help="forward implementation: the integer graph lowered from the model (recipes static, tsptq, "
-                        "igq so far) or the legacy hand-written walk; auto: legacy where it applies, else the graph "
-                        "(docs/graph.md)")
+                   help="forward implementation: the integer graph lowered from the model (every recipe) or the "
+                        "legacy hand-written walk; auto: legacy where it applies, else the graph (docs/graph.md)")
     r.add_argument("--hw", nargs="+", default=None, metavar="NPU",
                    help="accelerator YAML(s) to cost the run on; a bare name (npu_int8) means configs/<name>.yaml")
     o = p.add_argument_group("outputs")

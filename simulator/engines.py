@@ -8,13 +8,13 @@ mechanism is ported, the hand-written per-model walks (`simulator.executor`,
 * ``legacy``: the hand-written walks (every recipe; the ViT features listed in
   `reference.vit_float.check_supported` only);
 * ``graph``: the lowered graph (every lowered timm ViT configuration, see
-  docs/graph.md; the recipes in `GRAPH_RECIPES`);
+  docs/graph.md; all five recipes, `GRAPH_RECIPES`);
 * ``auto`` (default): ``legacy`` where it applies, so the published tables
   keep their exact provenance, else ``graph`` (e.g. DeiT-III, CLIP, register
   tokens, avg pooling, distilled DeiT), else the legacy refusal.
 
-Both engines give identical codes where both apply (static, tsptq and igq on
-the bundled model: tests/reference/test_graph_*.py). Part of the CLI's
+Both engines give identical codes where both apply (every recipe on the
+bundled model: tests/reference/test_graph_*.py). Part of the CLI's
 composition root: upstream modules are imported lazily.
 """
 
@@ -31,6 +31,8 @@ GRAPH_RECIPES = {
     "static": "reference.recipes.static_graph:quantize_graph",
     "tsptq": "reference.recipes.tsptq_graph:quantize_graph_tsptq",
     "igq": "reference.recipes.igq_graph:quantize_igq_graph",
+    "scalepredictor": "reference.recipes.scalepredictor_graph:quantize_scalepredictor_graph",
+    "apq": "reference.recipes.apq_graph:quantize_apq_graph",
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from simulator.cli import main
 from simulator.engines import GRAPH_RECIPES, choose_engine
+from simulator.errors import InputError
 
 pytestmark = pytest.mark.slow
 
@@ -68,10 +69,11 @@ def test_legacy_engine_keeps_its_refusal(tmp_path, capsys):
     assert len(errors) == 1 and "no_embed_class=True" in errors[0], err   # (after the random-weights warnings)
 
 
-def test_graph_engine_names_the_recipes_it_lacks(capsys):
-    code, _, err = _run(capsys, "--engine", "graph", "--recipe", "apq", "--images", "4", "--no-progress", "--quiet")
-    assert code == 2
-    assert "does not run on the integer graph yet" in err and "use --engine legacy" in err
+def test_graph_engine_names_the_recipes_it_lacks():
+    from reference.models import load_model
+
+    with pytest.raises(InputError, match="does not run on the integer graph yet.*use --engine legacy"):
+        choose_engine("graph", load_model(None), "a_future_recipe")
 
 
 def test_choose_engine_prefers_legacy_where_it_applies():
@@ -80,4 +82,4 @@ def test_choose_engine_prefers_legacy_where_it_applies():
     model = load_model(None)
     assert choose_engine("auto", model, "static") == "legacy"
     assert choose_engine("graph", model, "static") == "graph"
-    assert set(GRAPH_RECIPES) >= {"static", "tsptq", "igq"}
+    assert set(GRAPH_RECIPES) == {"static", "tsptq", "igq", "scalepredictor", "apq"}
