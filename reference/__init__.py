@@ -9,7 +9,7 @@ Public API (documented in README, kept stable)::
     reference.FakeQuantExecutor(qvit).run(images)   # -> RunResult
     graph = reference.lower(model)                  # the typed float graph (simulator.ir.Graph)
     reference.float_forward(graph, images, torch.float64)   # its float function, == timm's forward
-    qg = reference.quantize_graph(model, calib_images, load_recipe(path))   # static recipe on the graph
+    qg = reference.quantize_graph(model, calib_images, load_recipe(path))   # static / tsptq / igq / mechanisms
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def __getattr__(name):
         from reference.lowering import lower
         return lower
     if name == "quantize_graph":
-        from reference.recipes.static_graph import quantize_graph
+        from reference.recipes.composed import quantize_graph
         return quantize_graph
     if name == "float_forward":
         from reference.float_ops import float_forward

@@ -36,6 +36,9 @@ def quantize(model, calib_images, recipe="configs/recipes/static_w8a8.yaml", mod
         cfg = recipe_from_dict(recipe)
     else:
         cfg = recipe
+    if cfg.mechanisms:
+        raise InputError(f"recipe {cfg.label}: mechanisms compose on the integer graph only "
+                         "(reference.quantize_graph)")
     from reference.quantizers import DyadicRangeError
 
     try:

@@ -11,6 +11,9 @@ A recipe file (``configs/recipes/*.yaml``)::
     act_calibration: mse      # minmax | percentile | mse
     percentile: 99.99
     calib_images: 128
+    mechanisms:               # static + composed mechanisms (recipe: static only), applied in
+      - two_scaled: {}        # precedence order (reference.recipes.mechanisms); params as tsptq's
+      - groups: {groups: 2}   # ... and igq's
 
 Every problem is reported as ``<file>: <field>: <what was expected>``.
 """
@@ -47,6 +50,7 @@ class RecipeConfig:
     percentile: float = 99.99
     calib_images: int = 128
     params: dict = field(default_factory=dict)
+    mechanisms: tuple = ()      # ((name, frozen params), ...) in precedence order
 
     @property
     def label(self) -> str:
@@ -56,6 +60,8 @@ class RecipeConfig:
             if self.params.get("allocation", "apq") == "apq":
                 return "apq_mixed"
             return f"apq_exits_w{self.w_bits}a{self.a_bits}"
+        if self.mechanisms:
+            return "+".join(n for n, _ in self.mechanisms) + f"_w{self.w_bits}a{self.a_bits}"
         return f"{self.recipe}_w{self.w_bits}a{self.a_bits}"
 
     def with_bits(self, w_bits: int | None = None, a_bits: int | None = None) -> "RecipeConfig":
@@ -86,7 +92,9 @@ def recipe_from_dict(d, where: str = "recipe") -> RecipeConfig:
     values = {}
     for key, val in d.items():
         default = known[key].default if key != "params" else {}
-        if key == "recipe":
+        if key == "mechanisms":
+            val = _params.parse_mechanisms(val, where)
+        elif key == "recipe":
             if val not in RECIPE_NAMES:
                 hint = difflib.get_close_matches(str(val), RECIPE_NAMES, n=1)
                 raise InputError(f"{where}: recipe: unknown recipe {val!r}, expected one of "
@@ -110,6 +118,11 @@ def recipe_from_dict(d, where: str = "recipe") -> RecipeConfig:
                 raise InputError(f"{where}: {key}: expected a value in [{lo}, {hi}], got {val!r}")
         values[key] = val
     cfg = RecipeConfig(**values)
+    if cfg.mechanisms and cfg.recipe != "static":
+        raise InputError(f"{where}: mechanisms: compose on recipe static, got recipe {cfg.recipe!r} "
+                         "(tsptq is static + [two_scaled], igq is static + [groups])")
+    if cfg.mechanisms and cfg.params:
+        raise InputError(f"{where}: params: a recipe with mechanisms takes its params per mechanism")
     if cfg.recipe in PARAM_CHECKS:
         PARAM_CHECKS[cfg.recipe](cfg.params, where)
     return cfg

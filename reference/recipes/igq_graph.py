@@ -35,8 +35,8 @@ import torch
 from reference.float_ops import FloatOps
 from reference.recipes.config import RecipeConfig
 from reference.recipes.igq import choose_exps, parse_params
-from reference.recipes.static_graph import _consumers, _freeze_op, collect_graph_stats, freeze_graph, owners, \
-    stat_names
+from reference.recipes.mechanisms import register_mechanism
+from reference.recipes.static_graph import _consumers, _freeze_op, calibrate_static, owners
 from simulator import ir
 from simulator.errors import InputError
 from simulator.igq_graph import GROUPED_PRODUCERS
@@ -44,7 +44,7 @@ from simulator.int_nonlinear import SOFTMAX_RECIP_BITS
 from simulator.qgraph import QuantizedGraph
 from simulator.walk import walk
 
-__all__ = ["grouped_sites", "instance_maxima", "GraphGroupBuilder", "quantize_igq_graph"]
+__all__ = ["grouped_sites", "instance_maxima", "GraphGroupBuilder", "quantize_igq_graph", "group"]
 
 
 def _site_of(shapes: dict, own: dict, cons: dict, prod: dict, q: dict, t: str) -> tuple[str, bool] | None:
@@ -141,7 +141,7 @@ class GraphGroupBuilder:
         for op in s.graph.ops:
             if op.kind == "linear" and q[op.inputs[0]].kind == "grouped" and q[op.inputs[0]].exps[0] > 0:
                 params[op.name] = self._linear(op, q)
-        meta = dict(s.meta, recipe="igq", label=self.cfg.label,
+        meta = dict(s.meta, recipe=self.cfg.recipe, label=self.cfg.label,
                     igq_groups={site: len(q[site].exps) for site in self.sites})
         return QuantizedGraph(graph=s.graph, quantizers=q, params=params, meta=meta)
 
@@ -154,17 +154,21 @@ def quantize_igq_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model
     if cfg.recipe != "igq":
         raise InputError(f"recipe {cfg.recipe!r}: quantize_igq_graph implements 'igq'")
     params = parse_params(cfg)
-    if isinstance(model, ir.Graph):
-        graph = model
-    else:
-        from reference.lowering import lower
-        graph = lower(model, image_size=image_size) if image_size else lower(model)
-    calib = np.asarray(calib_images)[: cfg.calib_images]
-    ir.check_images(graph, calib.shape)
-    static = freeze_graph(graph, collect_graph_stats(graph, calib, stat_names(graph)), cfg, model_name, len(calib))
-    sites = grouped_sites(static)
-    builder = GraphGroupBuilder(static, instance_maxima(graph, calib, sites), cfg, params, sites)
+    calib, _, static = calibrate_static(model, calib_images, cfg, model_name, image_size)
+    return group(static, model, calib, cfg, params)
+
+
+def group(base: QuantizedGraph, model, calib: np.ndarray, cfg: RecipeConfig, params, owned=None) -> QuantizedGraph:
+    """Make the groupable boundaries of ``base`` (only those in ``owned`` when given) ``grouped``:
+    fixed G, or allocated under ``params.bop_budget`` against ``model``'s logits."""
+    sites = {t: s for t, s in grouped_sites(base).items() if owned is None or t in owned}
+    builder = GraphGroupBuilder(base, instance_maxima(base.graph, calib, sites), cfg, params, sites)
     if params.groups is not None:
         return builder.build({site: params.groups for site in sites})
     from reference.recipes.igq_graph_allocation import allocate_graph
     return allocate_graph(builder, model, calib[: params.allocation_images], cfg)
+
+
+@register_mechanism("groups", claims=lambda qg, params: dict.fromkeys(grouped_sites(qg), 1))
+def _groups_step(qg: QuantizedGraph, ctx, params, cfg: RecipeConfig, owned) -> QuantizedGraph:
+    return group(qg, ctx.model, ctx.images, cfg, params, owned)

@@ -20,7 +20,8 @@ from simulator.errors import InputError
 from simulator.scale_predictor import MAX_DEGREE
 
 __all__ = ["GROUP_CHOICES", "IgqParams", "APQParams", "ScalePredictorParams", "TsptqParams", "parse_igq",
-           "parse_apq", "parse_scalepredictor", "parse_tsptq", "CHECKS", "SWEEP_DEFAULT_PARAMS"]
+           "parse_apq", "parse_scalepredictor", "parse_tsptq", "CHECKS", "SWEEP_DEFAULT_PARAMS",
+           "MECHANISM_PARSERS", "parse_mechanisms"]
 
 GROUP_CHOICES = (1, 2, 4, 8, 16)
 
@@ -169,8 +170,9 @@ def parse_tsptq(d: dict, where: str = "recipe") -> TsptqParams:
     out = {}
     for key, val in d.items():
         if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
             raise InputError(f"{where}: params.{key}: unknown tsptq parameter, expected one of "
-                             f"{', '.join(known)}")
+                             f"{', '.join(known)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
         if key in ("softmax", "gelu", "layernorm"):
             if not isinstance(val, bool):
                 raise InputError(f"{where}: params.{key}: expected true or false, got {val!r}")
@@ -201,3 +203,36 @@ CHECKS = {"igq": parse_igq, "apq": parse_apq, "scalepredictor": parse_scalepredi
 #: apq with the recipe's own w_bits/a_bits on every block (exits + risk-controlled threshold),
 #: so the sweep's bit-widths mean the same for apq as for the others.
 SWEEP_DEFAULT_PARAMS = {"igq": {"groups": 2}, "apq": {"allocation": "uniform"}}
+
+
+#: mechanism name -> params parser, in precedence order (see `reference.recipes.mechanisms`): the
+#: torch-free half of the mechanism registry, so a recipe's ``mechanisms:`` is checked at load.
+#: ``two_scaled`` takes tsptq's params, ``groups`` igq's.
+MECHANISM_PARSERS = {"two_scaled": parse_tsptq, "groups": parse_igq}
+
+
+def parse_mechanisms(items, where: str = "recipe") -> tuple:
+    """``mechanisms:`` of a recipe -> ``((name, frozen params), ...)`` in precedence order.
+
+    Each item is a registered name or a one-key mapping ``{name: {params}}``."""
+    if not isinstance(items, list):
+        raise InputError(f"{where}: mechanisms: expected a list of mechanism names, got {type(items).__name__}")
+    seen = {}
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and len(item) == 1:
+            (name, params), = item.items()
+            params = {} if params is None else params
+        elif isinstance(item, str):
+            name, params = item, {}
+        else:
+            raise InputError(f"{where}: mechanisms[{i}]: expected a name or {{name: {{params}}}}, got {item!r}")
+        if name not in MECHANISM_PARSERS:
+            hint = difflib.get_close_matches(str(name), MECHANISM_PARSERS, n=1)
+            raise InputError(f"{where}: mechanisms[{i}]: unknown mechanism {name!r}, expected one of "
+                             f"{', '.join(MECHANISM_PARSERS)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        if name in seen:
+            raise InputError(f"{where}: mechanisms[{i}]: {name} is listed twice")
+        if not isinstance(params, dict):
+            raise InputError(f"{where}: mechanisms.{name}: expected a mapping of params, got {params!r}")
+        seen[name] = MECHANISM_PARSERS[name](params, f"{where}: mechanisms.{name}")
+    return tuple((n, seen[n]) for n in MECHANISM_PARSERS if n in seen)

@@ -61,7 +61,7 @@ from simulator.qvit import GeluQ, Requant, SoftmaxQ
 from simulator.walk import walk
 
 __all__ = ["quantize_graph", "freeze_graph", "assign_quantizers", "collect_graph_stats", "owners", "freeze_op",
-           "consumers"]
+           "consumers", "calibrate_static"]
 
 _SHARING = ("token_concat", "add_const", "merge_heads")   # their input is written at their output's scale
 _RESIDUAL_MAKERS = ("head", "add", "mean", "token_concat", "add_const")
@@ -236,12 +236,11 @@ def freeze_graph(graph: ir.Graph, stats: dict[str, BoundaryStats], cfg: RecipeCo
     return QuantizedGraph(graph=graph, quantizers=q, params=params, meta=meta)
 
 
-def quantize_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model_name: str = "model",
-                   image_size: tuple[int, int] | None = None) -> QuantizedGraph:
-    """Lower ``model`` (a timm ViT, or an already lowered `ir.Graph`), calibrate the static recipe on
-    the first ``cfg.calib_images`` of ``calib_images`` and freeze it."""
-    if cfg.recipe != "static":
-        raise InputError(f"recipe {cfg.recipe!r}: the graph quantizer implements 'static' only so far")
+def calibrate_static(model, calib_images: np.ndarray, cfg: RecipeConfig, model_name: str = "model",
+                     image_size: tuple[int, int] | None = None):
+    """Lower ``model`` (or take an `ir.Graph`) and calibrate the static recipe on the first
+    ``cfg.calib_images`` of ``calib_images``: ``(calib, stats, static QuantizedGraph)``, the base
+    every mechanism rewrites."""
     if isinstance(model, ir.Graph):
         graph = model
     else:
@@ -250,4 +249,15 @@ def quantize_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model_nam
     calib = np.asarray(calib_images)[: cfg.calib_images]
     ir.check_images(graph, calib.shape)
     stats = collect_graph_stats(graph, calib, stat_names(graph))
-    return freeze_graph(graph, stats, cfg, model_name, len(calib))
+    return calib, stats, freeze_graph(graph, stats, cfg, model_name, len(calib))
+
+
+def quantize_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model_name: str = "model",
+                   image_size: tuple[int, int] | None = None) -> QuantizedGraph:
+    """Lower ``model`` (a timm ViT, or an already lowered `ir.Graph`), calibrate the static recipe on
+    the first ``cfg.calib_images`` of ``calib_images`` and freeze it (other recipes and mechanisms:
+    `reference.recipes.composed.quantize_graph`)."""
+    if cfg.recipe != "static" or cfg.mechanisms:
+        raise InputError(f"recipe {cfg.label}: static_graph.quantize_graph implements 'static' only "
+                         "(reference.quantize_graph dispatches every graph recipe)")
+    return calibrate_static(model, calib_images, cfg, model_name, image_size)[2]

@@ -44,8 +44,9 @@ import torch
 from reference.float_ops import FloatOps
 from reference.quantizers import dyadic
 from reference.recipes.config import RecipeConfig
+from reference.recipes.mechanisms import register_mechanism
 from reference.recipes.static import freeze_layernorm, freeze_linear
-from reference.recipes.static_graph import collect_graph_stats, consumers, freeze_graph, freeze_op, owners, stat_names
+from reference.recipes.static_graph import calibrate_static, consumers, freeze_op, owners
 from reference.recipes.tsptq import TsptqParams, parse_params, search_gelu, search_outliers, search_softmax
 from simulator import ir
 from simulator.errors import InputError
@@ -54,7 +55,7 @@ from simulator.qgraph import QuantizedGraph, Quantizer
 from simulator.qvit import GeluQ
 from simulator.walk import walk
 
-__all__ = ["quantize_graph_tsptq", "two_scale", "v2sf_tensors", "o2sf_norms"]
+__all__ = ["quantize_graph_tsptq", "two_scale", "two_scaled_claims", "v2sf_tensors", "o2sf_norms"]
 
 
 def _sole_owner(graph: ir.Graph, t: str) -> bool:
@@ -159,13 +160,15 @@ def _o2sf(op, readers, q, p, g, x, cfg: RecipeConfig, params: TsptqParams):
 
 
 def two_scale(base: QuantizedGraph, calib: np.ndarray, stats: dict, cfg: RecipeConfig,
-              params: TsptqParams) -> QuantizedGraph:
-    """Rewrite the quantizers / params of ``base`` (a static calibration on ``calib``) with V-2SF and O-2SF."""
+              params: TsptqParams, owned=None) -> QuantizedGraph:
+    """Rewrite the quantizers / params of ``base`` (a static calibration on ``calib``) with V-2SF and O-2SF;
+    only the tensors in ``owned`` when given (`reference.recipes.mechanisms`)."""
     g = base.graph
+    mine = (lambda t: True) if owned is None else owned.__contains__
     cons, prod = consumers(g), g.producers()
     q, p, info = dict(base.quantizers), dict(base.params), {}
     v2sf = [t for t in v2sf_tensors(g)
-            if (params.softmax if prod[t].kind == "softmax" else params.gelu)]
+            if mine(t) and (params.softmax if prod[t].kind == "softmax" else params.gelu)]
     if params.objective == "output" and v2sf:
         extra = [c[0][0].inputs[1] for t in v2sf if len(c := cons[t]) == 1 and c[0][0].kind == "matmul"]
         fl = _float_tensors(g, calib[: params.objective_images], v2sf + extra, False)
@@ -177,7 +180,7 @@ def two_scale(base: QuantizedGraph, calib: np.ndarray, stats: dict, cfg: RecipeC
                    else _activation(t, op, c, q, p, g, fl, stats, params))
         for reader, _ in c:
             p[reader.name] = freeze_op(reader, g, q, cfg, prod)
-    norms = o2sf_norms(g, base) if params.layernorm else []
+    norms = [op for op in o2sf_norms(g, base) if mine(op.outputs[0])] if params.layernorm else []
     fl_ln = _float_tensors(g, calib, [op.outputs[0] for op in norms], True)
     for op in norms:
         t = op.outputs[0]
@@ -195,13 +198,23 @@ def quantize_graph_tsptq(model, calib_images: np.ndarray, cfg: RecipeConfig, mod
     if cfg.recipe != "tsptq":
         raise InputError(f"recipe {cfg.recipe!r}: quantize_graph_tsptq implements 'tsptq' only")
     params = parse_params(cfg.params)
-    if isinstance(model, ir.Graph):
-        graph = model
-    else:
-        from reference.lowering import lower
-        graph = lower(model, image_size=image_size) if image_size else lower(model)
-    calib = np.asarray(calib_images)[: cfg.calib_images]
-    ir.check_images(graph, calib.shape)
-    stats = collect_graph_stats(graph, calib, stat_names(graph))
-    base = freeze_graph(graph, stats, cfg, model_name, len(calib))
+    calib, stats, base = calibrate_static(model, calib_images, cfg, model_name, image_size)
     return two_scale(base, calib, stats, cfg, params)
+
+
+def two_scaled_claims(qg: QuantizedGraph, params: TsptqParams) -> dict[str, str]:
+    """The tensors `two_scale` would rewrite on static ``qg``: tensor -> ``"v2sf"`` / ``"o2sf"``."""
+    g, prod = qg.graph, qg.graph.producers()
+    out = {t: "v2sf" for t in v2sf_tensors(g) if (params.softmax if prod[t].kind == "softmax" else params.gelu)}
+    if params.layernorm:
+        out.update({op.outputs[0]: "o2sf" for op in o2sf_norms(g, qg)})
+    return out
+
+
+def _two_scaled_ranks(qg: QuantizedGraph, params: TsptqParams) -> dict[str, int]:
+    return {t: 2 if how == "v2sf" else 0 for t, how in two_scaled_claims(qg, params).items()}
+
+
+@register_mechanism("two_scaled", claims=_two_scaled_ranks)
+def _two_scaled_step(qg: QuantizedGraph, ctx, params: TsptqParams, cfg: RecipeConfig, owned) -> QuantizedGraph:
+    return two_scale(qg, ctx.images, ctx.stats, cfg, params, owned)

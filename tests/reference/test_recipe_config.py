@@ -51,9 +51,12 @@ def test_bundled_recipes_exist():
 def test_bundled_recipe_loads(path):
     cfg = load_recipe(path)
     recipe = os.path.basename(path).rsplit("_w", 1)[0]           # <recipe>_w<W>a<A>.yaml
-    assert isinstance(cfg, RecipeConfig) and cfg.recipe == recipe
     w, a = os.path.basename(path)[len(recipe) + 2:-len(".yaml")].split("a")
     assert (cfg.w_bits, cfg.a_bits) == (int(w), int(a))
+    if cfg.mechanisms:                                            # composed: static + mechanisms
+        assert cfg.recipe == "static" and cfg.label == "+".join(n for n, _ in cfg.mechanisms) + f"_w{w}a{a}"
+        return
+    assert isinstance(cfg, RecipeConfig) and cfg.recipe == recipe
     assert cfg.label == f"{recipe}_w{w}a{a}"
 
 
@@ -173,4 +176,5 @@ def test_every_bundled_recipe_yaml_loads(path):
     from reference.recipes import RECIPES
 
     cfg = load_recipe(path)
-    assert cfg.recipe in RECIPES and os.path.basename(path).startswith(cfg.recipe)
+    assert cfg.recipe in RECIPES
+    assert os.path.basename(path).startswith(cfg.recipe) or cfg.mechanisms    # composed: tsptq_groups_*
