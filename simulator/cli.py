@@ -20,6 +20,7 @@ through `logging` (``--quiet``, ``--verbose``, ``--no-progress``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -229,6 +230,8 @@ def _json_default(o):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):   # frozen recipe params (mechanisms)
+        return dataclasses.asdict(o)
     raise TypeError(type(o).__name__)
 
 
@@ -374,7 +377,7 @@ def run_main(args) -> int:
     images, labels, calib = load_inputs(args, model, plan, args.images)
     from simulator.engines import choose_engine, graph_executors, graph_quantizer
 
-    engine = choose_engine(args.engine, model, cfg.recipe)
+    engine = choose_engine(args.engine, model, cfg.recipe, cfg.mechanisms)
     log.info("engine: %s", engine)
     t0 = time.perf_counter()
     with progress.phase(f"calibrating and freezing {cfg.label} on {len(calib)} images ({engine} engine)"):

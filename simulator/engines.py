@@ -28,9 +28,9 @@ ENGINES = ("auto", "legacy", "graph")
 
 # recipe name -> "module:function" of its graph calibrator
 GRAPH_RECIPES = {
-    "static": "reference.recipes.static_graph:quantize_graph",
-    "tsptq": "reference.recipes.tsptq_graph:quantize_graph_tsptq",
-    "igq": "reference.recipes.igq_graph:quantize_igq_graph",
+    "static": "reference.recipes.composed:quantize_graph",   # + any `mechanisms:` list
+    "tsptq": "reference.recipes.composed:quantize_graph",
+    "igq": "reference.recipes.composed:quantize_graph",
     "scalepredictor": "reference.recipes.scalepredictor_graph:quantize_scalepredictor_graph",
     "apq": "reference.recipes.apq_graph:quantize_apq_graph",
 }
@@ -43,12 +43,18 @@ def _graph_refusal(recipe: str) -> str | None:
             f"{', '.join(sorted(GRAPH_RECIPES))}); use --engine legacy")
 
 
-def choose_engine(requested: str, model, recipe: str) -> str:
-    """``legacy`` or ``graph`` for this model and recipe, or an `InputError` saying why neither."""
+def choose_engine(requested: str, model, recipe: str, mechanisms=()) -> str:
+    """``legacy`` or ``graph`` for this model and recipe, or an `InputError` saying why neither.
+    A recipe composing ``mechanisms`` runs on the graph only."""
     from reference.vit_float import check_supported
 
     if requested not in ENGINES:
         raise InputError(f"--engine: expected one of {', '.join(ENGINES)}, got {requested!r}")
+    if mechanisms:
+        if requested == "legacy":
+            raise InputError(f"--engine legacy: a recipe with mechanisms ({', '.join(n for n, _ in mechanisms)}) "
+                             "runs on the integer graph only; use --engine graph or auto")
+        return "graph"
     if requested == "graph":
         refusal = _graph_refusal(recipe)
         if refusal:

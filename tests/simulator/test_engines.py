@@ -83,3 +83,16 @@ def test_choose_engine_prefers_legacy_where_it_applies():
     assert choose_engine("auto", model, "static") == "legacy"
     assert choose_engine("graph", model, "static") == "graph"
     assert set(GRAPH_RECIPES) == {"static", "tsptq", "igq", "scalepredictor", "apq"}
+
+
+def test_composed_mechanisms_run_on_the_graph(tmp_path, capsys):
+    """`mechanisms: [two_scaled, groups]` (configs/recipes/tsptq_groups_w4a4.yaml) from the command line."""
+    js = tmp_path / "r.json"
+    code, out, err = _run(capsys, "--recipe", "tsptq_groups_w4a4", "--images", "24", "--json", str(js),
+                          "--no-progress", "--quiet")
+    assert code == 0, err
+    assert "bit-exact: 24/24 images" in out and "recipe two_scaled+groups_w4a4" in out
+    assert json.loads(js.read_text())["engine"] == "graph"
+    code, _, err = _run(capsys, "--engine", "legacy", "--recipe", "tsptq_groups_w4a4", "--images", "4",
+                        "--no-progress", "--quiet")
+    assert code == 2 and "runs on the integer graph only" in err
