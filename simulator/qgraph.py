@@ -52,6 +52,7 @@ from simulator import ir
 from simulator.errors import InputError
 from simulator.graph_exits import ExitQ
 from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatten, read_npz_tree
+from simulator.qvit import _unflatten as _unflatten_tree
 from simulator.two_scaled import operand_max
 
 __all__ = ["Quantizer", "PredictedScale", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
@@ -220,15 +221,4 @@ def _op_from_tree(node: dict) -> ir.Op:
 
 
 def _unflatten(node, arrays: dict):
-    if isinstance(node, dict):
-        if "__array__" in node:
-            return arrays[node["__array__"]]
-        if "__tuple__" in node:
-            return tuple(_unflatten(v, arrays) for v in node["__tuple__"])
-        if "__list__" in node:
-            return [_unflatten(v, arrays) for v in node["__list__"]]
-        if "__dict__" in node:
-            return {k: _unflatten(v, arrays) for k, v in node["__dict__"].items()}
-        cls = _CLASSES[node["__class__"]]
-        return cls(**{k: _unflatten(v, arrays) for k, v in node.items() if k != "__class__"})
-    return node
+    return _unflatten_tree(node, arrays, _CLASSES)

@@ -269,16 +269,18 @@ def _flatten(obj, prefix: str, arrays: dict):
     return obj
 
 
-def _unflatten(node, arrays: dict):
+def _unflatten(node, arrays: dict, classes: dict | None = None):
+    """Inverse of `_flatten`: dataclasses are looked up by name in ``classes`` (default: this module's)."""
+    classes = _CLASSES if classes is None else classes
     if isinstance(node, dict):
         if "__array__" in node:
             return arrays[node["__array__"]]
         if "__tuple__" in node:
-            return tuple(_unflatten(v, arrays) for v in node["__tuple__"])
+            return tuple(_unflatten(v, arrays, classes) for v in node["__tuple__"])
         if "__list__" in node:
-            return [_unflatten(v, arrays) for v in node["__list__"]]
+            return [_unflatten(v, arrays, classes) for v in node["__list__"]]
         if "__dict__" in node:
-            return {k: _unflatten(v, arrays) for k, v in node["__dict__"].items()}
-        cls = _CLASSES[node["__class__"]]
-        return cls(**{k: _unflatten(v, arrays) for k, v in node.items() if k != "__class__"})
+            return {k: _unflatten(v, arrays, classes) for k, v in node["__dict__"].items()}
+        cls = classes[node["__class__"]]
+        return cls(**{k: _unflatten(v, arrays, classes) for k, v in node.items() if k != "__class__"})
     return node

@@ -39,3 +39,15 @@ def parallel_numba():
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     yield numba.get_num_threads()
     numba.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The bundled model, its digits calibration split and 64 test images: the graph-vs-legacy
+    identity tests of every recipe (tests/reference/test_graph_*.py) share one load."""
+    import reference
+
+    model = reference.load_model()
+    calib, _ = reference.load_dataset("digits", model, "calib")
+    test, _ = reference.load_dataset("digits", model, "test", limit=64)
+    return model, calib, test

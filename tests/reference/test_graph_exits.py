@@ -43,14 +43,6 @@ from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
 MIXED = [(8, 8), (4, 4), (4, 8), (6, 6), (8, 8), (4, 4)]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    model = reference.load_model()
-    calib, _ = reference.load_dataset("digits", model, "calib")
-    test, _ = reference.load_dataset("digits", model, "test", limit=64)
-    return model, calib, test
-
-
 def _old_apq(model, calib, cfg, taus, block_bits):
     """The old recipe's QuantizedViT with the given thresholds and per-block widths (its own functions)."""
     from reference.calibration import collect_boundaries

@@ -40,14 +40,6 @@ SHARED = ["input", "x0", "norm", "logits"] + [f"blocks.{{i}}.{n}" for n in (
     f"blocks.{{i}}.{s}.groups" for s in SITES]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    model = reference.load_model()
-    calib, _ = reference.load_dataset("digits", model, "calib")
-    test, _ = reference.load_dataset("digits", model, "test", limit=64)
-    return model, calib, test
-
-
 def _igq(groups=None, w=4, a=4, **params):
     p = {"groups": groups} if groups is not None else {}
     return recipe_from_dict({"recipe": "igq", "w_bits": w, "a_bits": a, "params": {**p, **params}})

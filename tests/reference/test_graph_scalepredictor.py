@@ -36,14 +36,6 @@ from test_graph_static import SHARED, SMALL, _random_model
 PREDICTED = ("norm1", "q", "k", "v", "attn_out", "norm2", "gelu")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    model = reference.load_model()
-    calib, _ = reference.load_dataset("digits", model, "calib")
-    test, _ = reference.load_dataset("digits", model, "test", limit=64)
-    return model, calib, test
-
-
 @pytest.mark.parametrize("recipe", ["scalepredictor_w4a4", "scalepredictor_w6a6"])
 def test_codes_identical_to_the_old_scalepredictor_executor(digits, recipe):
     model, calib, test = digits

@@ -35,14 +35,6 @@ SHARED = ["input", "x0", "norm", "logits"] + [f"blocks.{{i}}.{n}" for n in (
     "norm1", "q", "k", "v", "attn", "attn_out", "x_mid", "norm2", "fc1", "gelu", "x_out")]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    model = reference.load_model()
-    calib, _ = reference.load_dataset("digits", model, "calib")
-    test, _ = reference.load_dataset("digits", model, "test", limit=64)
-    return model, calib, test
-
-
 @pytest.mark.parametrize("recipe", ["static_w8a8", "static_w4a4"])
 def test_codes_identical_to_the_old_static_executor(digits, recipe):
     model, calib, test = digits

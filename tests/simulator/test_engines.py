@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from simulator.cli import main
+from test_cli_interface import _rgb_folder   # one random RGB ImageFolder writer for the CLI tests
 from simulator.engines import GRAPH_RECIPES, choose_engine
 from simulator.errors import InputError
 
@@ -19,17 +18,6 @@ def _run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def _rgb_folder(root: Path, classes: int, per_class: int, size: int) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(1)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / f"class{c}" / f"{i}.png")
-    return root
 
 
 def test_graph_engine_reproduces_the_legacy_run(tmp_path, capsys):
