@@ -43,10 +43,13 @@ def verify(folder: Path, recipe: str | None = None) -> tuple[int, list[str], lis
     with np.load(folder / "vectors.npz") as z:
         stored = {k: z[k] for k in z.files}
     result = GraphIntegerExecutor(qg).run(stored["images"])
+    produced = dict(result.codes)
+    if "exit_depth" in result.trace.extras:    # the legacy walk kept the exit depths as a [N, 1] tensor
+        produced["exit_depth"] = np.asarray(result.trace.extras["exit_depth"]).reshape(-1, 1)
     names = [n for n in stored if n != "images" and not n.startswith(("params.", "trace.", "qvit."))]
-    missing = [n for n in names if n not in result.codes]
-    differ = [n for n in names if n in result.codes
-              and not np.array_equal(np.asarray(result.codes[n]).astype(np.int64), stored[n].astype(np.int64))]
+    missing = [n for n in names if n not in produced]
+    differ = [n for n in names if n in produced
+              and not np.array_equal(np.asarray(produced[n]).astype(np.int64), stored[n].astype(np.int64))]
     return len(names) - len(missing), differ, missing
 
 

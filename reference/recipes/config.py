@@ -86,7 +86,8 @@ def recipe_from_dict(d, where: str = "recipe") -> RecipeConfig:
     for key in d:
         if key not in known:
             hint = difflib.get_close_matches(str(key), known, n=1)
-            raise InputError(f"{where}: {key}: unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            shown = key if isinstance(key, str) and key.isprintable() else repr(key)   # one line, always
+            raise InputError(f"{where}: {shown}: unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     if "recipe" not in d:
         raise InputError(f"{where}: recipe: missing (one of {', '.join(RECIPE_NAMES)})")
     values = {}

@@ -214,7 +214,12 @@ MECHANISM_PARSERS = {"two_scaled": parse_tsptq, "groups": parse_igq}
 def parse_mechanisms(items, where: str = "recipe") -> tuple:
     """``mechanisms:`` of a recipe -> ``((name, frozen params), ...)`` in precedence order.
 
-    Each item is a registered name or a one-key mapping ``{name: {params}}``."""
+    Each item is a registered name or a one-key mapping ``{name: {params}}``. An already parsed
+    tuple (a `RecipeConfig`'s own ``mechanisms``, e.g. when ``--wbits`` rebuilds the config from
+    its fields) is returned as it is once its names are checked."""
+    if isinstance(items, tuple) and all(isinstance(x, tuple) and len(x) == 2 and x[0] in MECHANISM_PARSERS
+                                        and not isinstance(x[1], (dict, list)) for x in items):
+        return items
     if not isinstance(items, list):
         raise InputError(f"{where}: mechanisms: expected a list of mechanism names, got {type(items).__name__}")
     seen = {}
