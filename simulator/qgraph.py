@@ -41,7 +41,6 @@ of a ``split``) and `RescaleSum` (``add``, ``mean``); ops without parameters (vi
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -51,7 +50,7 @@ import numpy as np
 from simulator import ir
 from simulator.errors import InputError
 from simulator.graph_exits import ExitQ
-from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatten, read_npz_tree
+from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatten, npz_tree_writer, read_npz_tree
 from simulator.qvit import _unflatten as _unflatten_tree
 from simulator.two_scaled import operand_max
 
@@ -179,9 +178,7 @@ class QuantizedGraph:
             "params": _flatten(dict(self.params), "params", arrays),
             "meta": self.meta,
         }
-        header = {"format_version": FORMAT_VERSION, "kind": "QuantizedGraph", "tree": tree}
-        arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        return lambda f: np.savez(f, **arrays)
+        return npz_tree_writer({"format_version": FORMAT_VERSION, "kind": "QuantizedGraph", "tree": tree}, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "QuantizedGraph":

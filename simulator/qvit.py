@@ -204,9 +204,7 @@ class QuantizedViT:
         """A function writing this model's ``.npz`` into a binary file (for `atomic_files.Batch`)."""
         arrays: dict[str, np.ndarray] = {}
         header = _flatten(self, "", arrays)
-        header = {"format_version": FORMAT_VERSION, "tree": header}
-        arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        return lambda f: np.savez(f, **arrays)
+        return npz_tree_writer({"format_version": FORMAT_VERSION, "tree": header}, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "QuantizedViT":
@@ -226,6 +224,13 @@ class QuantizedViT:
 
         check_qvit(q, path)   # shapes, dtypes and ranges before any kernel runs
         return q
+
+
+def npz_tree_writer(header: dict, arrays: dict):
+    """A function writing ``arrays`` + the JSON ``header`` (as ``__header__``) into a binary file:
+    the one file layout of `QuantizedViT` and `simulator.qgraph.QuantizedGraph` (read by `read_npz_tree`)."""
+    arrays = {**arrays, "__header__": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
+    return lambda f: np.savez(f, **arrays)
 
 
 def read_npz_tree(path: str, what: str) -> tuple[object, dict]:
