@@ -35,7 +35,7 @@ from simulator.graph_exits import ExitRecorder
 from simulator.graph_trace import graph_layer_ops
 from simulator.inputs import check_graph_images
 from reference.fakequant_predicted import predict_log2
-from simulator.predicted_graph import observing, with_predicted_scales
+from simulator.predicted_graph import leaving, observing, with_predicted_scales
 from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
 from simulator.trace import Trace
@@ -233,9 +233,10 @@ class GraphFakeQuantExecutor:
         outs = []
         for s in range(0, len(images), batch_size):
             outs.append(walk(g, ops, images[s:s + batch_size], observing(ops, keep if keep_codes else None),
-                             exits.at(s))[self.qg.output])
-            for t, gidx in base.groups.items() if keep_codes else ():
-                keep(t + ".groups", gidx)               # IGQ group maps (reference.igq_graph_ops)
+                             leaving(ops, exits.at(s)))[self.qg.output])
+            for t, gidx in (exits.group_maps(base.groups, s, len(outs[-1])) if keep_codes else {}).items():
+                keep(t + ".groups", torch.as_tensor(gidx))    # IGQ group maps (reference.igq_graph_ops)
+            base.groups.clear()
         lc = torch.cat(outs).long().numpy() if outs else np.zeros((0,), np.int64)
         layers = graph_layer_ops(self.qg)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),

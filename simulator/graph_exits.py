@@ -90,6 +90,21 @@ def add_exits(graph: ir.Graph, after_blocks, heads, thresholds) -> ir.Graph:
                     image_size=graph.image_size, in_chans=graph.in_chans)
 
 
+def _group_map_shapes(qg) -> dict[str, tuple[int, tuple]]:
+    """Tensor -> (index of its producer, per-image shape of its group map) for every tensor with an
+    IGQ group map (`simulator.igq_graph`): channels ``[..., C]`` (over the tokens), rows ``[..., R]``."""
+    from simulator.igq_graph import GROUPED_PRODUCERS
+    g = qg.graph
+    shapes, index = ir.tensor_shapes(g, batch=1), {}
+    for i, op in enumerate(g.ops):
+        for t in op.outputs:
+            qz = qg.quantizers.get(t)
+            if qz is not None and qz.kind == "grouped" and op.kind in GROUPED_PRODUCERS + ("merge_heads",):
+                s = shapes[t][1:]
+                index[t] = (i, s[:-1] if qz.rows else s[:-2] + s[-1:])
+    return index
+
+
 def _ro(a) -> np.ndarray:
     a = np.array(a, dtype=np.float64)
     a.setflags(write=False)
@@ -109,6 +124,7 @@ class ExitRecorder:
         self.scale = np.full(n, qg.output_scale())
         self._index = {o.name: i for i, o in enumerate(g.ops)}
         self.has_exits = bool(exit_ops(g))
+        self._maps = _group_map_shapes(qg) if self.has_exits else {}
 
     def at(self, offset: int):
         """``on_leave`` for the batch starting at image ``offset``."""
@@ -118,6 +134,20 @@ class ExitRecorder:
             self.left_at[rows] = self._index[op.name]
             self.scale[rows] = float(np.asarray(self.qg.quantizers[op.inputs[0]].scale))
         return on_leave
+
+    def group_maps(self, groups: dict, offset: int, n: int) -> dict:
+        """The IGQ group maps of the batch of ``n`` images at ``offset`` (``groups``: the op set's, rows of
+        the images that ran each producer) as full-batch arrays: 0 in the rows of images that left
+        before the producer, all 0 when none reached it (as the walk keeps codes). No exits: ``groups``."""
+        if not self.has_exits:
+            return dict(groups)
+        left, out = self.left_at[offset:offset + n], {}
+        for t, (i, shape) in self._maps.items():
+            full = np.zeros((n, *shape), dtype=np.int64)
+            if t in groups:
+                full[left > i] = np.asarray(groups[t])
+            out[t] = full
+        return out
 
     def finish(self, trace, layer_ops: list[int], logit_codes: np.ndarray) -> np.ndarray:
         """Set ``layer_ran`` / ``extras["exit_depth"]`` on an exit model's trace; return the real logits."""

@@ -54,7 +54,7 @@ from simulator.kernels.gemm import int_matmul, saturate_acc
 from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
 from simulator.kernels.output_stage import code_dtype, linear_output, quantize_patches, requant_output
 from simulator.kernels.two_scaled import activation_words, decode_operand, softmax_stage
-from simulator.predicted_graph import observing, with_predicted_scales
+from simulator.predicted_graph import leaving, observing, with_predicted_scales
 from simulator.predicted_scales import predict_log2
 from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
@@ -256,9 +256,10 @@ class GraphIntegerExecutor:
         outs = []
         for s in range(0, len(images), batch_size):
             outs.append(walk(g, ops, images[s:s + batch_size], observing(ops, keep if keep_codes else None),
-                             exits.at(s))[self.qg.output])
-            for t, gidx in base.groups.items() if keep_codes else ():
+                             leaving(ops, exits.at(s)))[self.qg.output])
+            for t, gidx in (exits.group_maps(base.groups, s, len(outs[-1])) if keep_codes else {}).items():
                 keep(t + ".groups", gidx)               # IGQ group maps (simulator.igq_graph)
+            base.groups.clear()
         lc = np.concatenate(outs).astype(np.int64) if outs else np.zeros((0,), np.int64)
         layers = graph_layer_ops(self.qg)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),

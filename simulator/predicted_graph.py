@@ -45,7 +45,7 @@ import numpy as np
 
 from simulator.scale_predictor import gain_mantissa, gain_shift, scale_multiplier, scale_shift
 
-__all__ = ["PredictedOps", "with_predicted_scales", "observing", "predicted_tensors", "varying_tensors",
+__all__ = ["PredictedOps", "with_predicted_scales", "observing", "leaving", "predicted_tensors", "varying_tensors",
            "rewritten_ops", "predictor_records", "gain_factor"]
 
 _REWRITTEN = ("linear", "head", "layer_norm", "matmul", "softmax", "activation", "split", "add", "mean")
@@ -107,6 +107,7 @@ class PredictedOps:
         for t, p in self._pred.items():
             self._sources.setdefault(p.source, []).append(t)
         self._d: dict[str, np.ndarray] = {}
+        self._rows = np.zeros(0, dtype=np.int64)     # batch index of each running image (early exits)
         self._varying = varying_tensors(qg)
         self._touch = {op.name for op in rewritten_ops(qg, self._varying)}
 
@@ -116,6 +117,7 @@ class PredictedOps:
         ts = self._sources.get(name)
         if not ts:
             return
+        self._rows = np.arange(len(arr))
         groups: dict[tuple, list[str]] = {}
         for t in ts:
             p = self._pred[t]
@@ -130,6 +132,13 @@ class PredictedOps:
                 per_tensor = np.asarray(self._pred[t].coeffs).ndim == 1
                 self._d[t] = d[:, start] if per_tensor else d[:, start:start + len(r)]
                 start += len(r)
+
+    def leave(self, rows) -> None:
+        """Images ``rows`` (batch indices, `simulator.walk`'s ``on_leave``) left at an early exit:
+        drop their ``d`` so the per-image ones stay aligned with the running rows."""
+        stay = ~np.isin(self._rows, np.asarray(rows))
+        self._rows = self._rows[stay]
+        self._d = {t: d[stay] for t, d in self._d.items()}
 
     def log2(self, t: str):
         """Per-image ``d`` of tensor ``t``: int64 [B] or [B, C]; None when its scale is static."""
@@ -194,14 +203,26 @@ class PredictedOps:
         return rep(p, mult=m, shift=s)
 
     def _per_image(self, fn, op, xs):
-        base_params = self.base.p
-        results = []
+        """``fn`` image by image with that image's params; IGQ group maps (``base.groups``, per
+        batch) are sliced to the image for reading and the ones ``op`` writes concatenated."""
+        base_params, groups = self.base.p, getattr(self.base, "groups", None)
+        results, written = [], {}
         try:
             for i in range(len(xs[0])):
                 self.base.p = ChainMap({op.name: self.params_for(op, i)}, base_params)
+                view = None if groups is None else {t: g[i:i + 1] for t, g in groups.items()}
+                if view is not None:
+                    self.base.groups = dict(view)
                 results.append(fn(op, *(x[i:i + 1] for x in xs)))
+                for t in op.outputs if view is not None else ():
+                    if t in self.base.groups and self.base.groups[t] is not view.get(t):
+                        written.setdefault(t, []).append(self.base.groups[t])
         finally:
             self.base.p = base_params
+            if groups is not None:
+                self.base.groups = groups
+        for t, maps in written.items():
+            groups[t] = self._concat(maps)
         if isinstance(results[0], tuple):
             return tuple(self._concat([r[j] for r in results]) for j in range(len(results[0])))
         return self._concat(results)
@@ -219,6 +240,18 @@ class PredictedOps:
 def with_predicted_scales(ops, predict: Callable, concat: Callable):
     """``ops`` wrapped in `PredictedOps` when its graph has ``predicted`` quantizers, else ``ops``."""
     return PredictedOps(ops, predict, concat) if predicted_tensors(ops.qg) else ops
+
+
+def leaving(ops, on_leave: Callable | None) -> Callable | None:
+    """The walk's ``on_leave``, also telling `PredictedOps.leave` (``on_leave`` itself for other op sets)."""
+    if not isinstance(ops, PredictedOps):
+        return on_leave
+
+    def both(op, rows):
+        ops.leave(rows)
+        if on_leave is not None:
+            on_leave(op, rows)
+    return both
 
 
 def observing(ops, keep: Callable | None) -> Callable | None:

@@ -45,6 +45,7 @@ from reference.float_ops import FloatOps
 from reference.quantizers import calibrate, code_range, dyadic
 from reference.recipes.apq import CONF_BITS, _heads, parse_params, threshold_code
 from reference.recipes.config import RecipeConfig
+from reference.recipes.mechanisms import register_mechanism
 from reference.recipes.static import RESIDUAL_HEADROOM, freeze_layernorm, freeze_linear
 from reference.recipes.static_graph import collect_graph_stats, freeze_graph, stat_names
 from simulator import ir
@@ -56,7 +57,7 @@ from simulator.qvit import SoftmaxQ
 from simulator.walk import walk
 
 __all__ = ["quantize_apq_graph", "freeze_apq_graph", "Candidates", "assemble_blocks", "head_params", "exit_features",
-           "timm_exit_features"]
+           "timm_exit_features", "freeze_exit_ops", "exit_heads", "distill_graph_heads", "add_frozen_exits"]
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
 
@@ -80,8 +81,11 @@ def assemble_blocks(variants: list[QuantizedGraph], choice) -> tuple[dict, dict]
 
 
 @torch.no_grad()
-def exit_features(egraph: ir.Graph, images: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """float64 copies of every ``exits.*.norm`` / ``exits.*.logits`` of the float32 walk (exits never taken)."""
+def exit_features(egraph: ir.Graph, images: np.ndarray, batch_size: int = 64,
+                  wanted=lambda name: name.startswith("exits.") and name.endswith((".norm", ".logits"))
+                  ) -> dict[str, np.ndarray]:
+    """float64 copies of the ``wanted`` tensors (default: every ``exits.*.norm`` / ``exits.*.logits``)
+    of the float32 walk (exits never taken)."""
     never = ir.Graph(ops=tuple(ir.Exit(o.name, o.inputs, o.outputs, threshold=1.0, after_block=o.after_block)
                                if o.kind == "exit" else o for o in egraph.ops),
                      input=egraph.input, outputs=egraph.outputs, params=egraph.params,
@@ -89,7 +93,7 @@ def exit_features(egraph: ir.Graph, images: np.ndarray, batch_size: int = 64) ->
     ops, out = FloatOps(never, torch.float32), {}
 
     def keep(name, t):
-        if name.startswith("exits.") and name.endswith((".norm", ".logits")):
+        if wanted(name):
             out.setdefault(name, []).append(t.double().numpy())
 
     for s in range(0, len(images), batch_size):
@@ -133,6 +137,17 @@ def _freeze_exit(op: ir.Exit, g: ir.Graph, q: dict, feats: dict, cfg: RecipeConf
     return quantizers, params
 
 
+def freeze_exit_ops(egraph: ir.Graph, q: dict, feats: dict, cfg: RecipeConfig) -> tuple[dict, dict]:
+    """Quantizers and params of every exit of ``egraph`` (`_freeze_exit`), the residual stream at ``q``'s scales."""
+    exit_q, exit_p = {}, {}
+    for op in egraph.ops:
+        if op.kind == "exit":
+            eq, ep = _freeze_exit(op, egraph, q, feats, cfg)
+            exit_q.update(eq)
+            exit_p.update(ep)
+    return exit_q, exit_p
+
+
 class Candidates:
     """Everything a candidate model is assembled from: one exit-free static variant per width
     (``keys``), the graph with exits (never taken) and the frozen exit quantizers/params."""
@@ -146,12 +161,7 @@ class Candidates:
         self.egraph = add_exits(graph, after, heads, [1.0] * len(after))
         self.after = [int(a) for a in after]
         feats = exit_features(self.egraph, calib) if features is None else features
-        self.exit_q, self.exit_p = {}, {}
-        for op in self.egraph.ops:
-            if op.kind == "exit":
-                eq, ep = _freeze_exit(op, self.egraph, self.variants[0].quantizers, feats, cfg)
-                self.exit_q.update(eq)
-                self.exit_p.update(ep)
+        self.exit_q, self.exit_p = freeze_exit_ops(self.egraph, self.variants[0].quantizers, feats, cfg)
 
     def build(self, choice, taus=None) -> QuantizedGraph:
         """Block ``i`` at width ``keys[choice[i]]``; exits with thresholds ``taus`` (default: never taken)."""
@@ -198,20 +208,110 @@ def quantize_apq_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model
     from reference.lowering import lower
     p = parse_params(cfg.params, where=f"recipe {cfg.label}")
     calib = np.asarray(calib_images[: cfg.calib_images], dtype=np.float32)
-    heads = _heads(model, calib, p, model_name)
     graph = lower(model)
-    pools = [o for o in graph.ops if o.kind == "pool"]
-    feats = timm_exit_features(model, heads, calib) if pools[0].mode == "token" and pools[0].index == 0 else None
+    after, heads, feats = exit_heads(model, graph, calib, p, model_name)
     if thresholds is None and block_bits is None and p.threshold == "search":
         from reference.recipes.apq_graph_search import search_graph
         keys = ((cfg.w_bits, cfg.a_bits),) if p.allocation == "uniform" else p.bit_candidates
-        cands = Candidates(graph, calib, cfg, heads.after, head_params(heads), keys, model_name, feats)
+        cands = Candidates(graph, calib, cfg, after, heads, keys, model_name, feats)
         choice, taus, report = search_graph(model, calib, cands, p)
         qg = cands.build(choice, taus)
         return QuantizedGraph(qg.graph, qg.quantizers, qg.params, {**qg.meta, "apq": report})
     if thresholds is None:
         if p.threshold == "search":
             raise InputError(f"recipe {cfg.label}: threshold: search with given block_bits needs thresholds")
-        thresholds = [float(p.threshold)] * len(heads.after)
-    return freeze_apq_graph(graph, calib, cfg, heads.after, head_params(heads), thresholds, block_bits,
-                            model_name, feats)
+        thresholds = [float(p.threshold)] * len(after)
+    return freeze_apq_graph(graph, calib, cfg, after, heads, thresholds, block_bits, model_name, feats)
+
+
+# --- exit heads for any lowered model; the ``exits`` mechanism ----------------------------------
+def _timm_class_token_exits(model, graph: ir.Graph) -> bool:
+    """The old recipe's heads and features apply: a timm model pooling its class token, with a LayerNorm
+    final norm (`reference.exits`' heads read ``x[:, 0]`` and copy ``model.norm`` / ``model.head``)."""
+    pools = [o for o in graph.ops if o.kind == "pool"]
+    return (isinstance(model, torch.nn.Module) and bool(pools) and pools[0].mode == "token" and pools[0].index == 0
+            and isinstance(getattr(model, "norm", None), torch.nn.LayerNorm))
+
+
+def exit_heads(model, graph: ir.Graph, calib: np.ndarray, p, model_name: str = "model"):
+    """``(after, heads as `add_exits` dicts, float exit features or None)`` for ``p``'s ``exit_heads`` /
+    ``exits_every`` / ``seed`` (`APQParams` or `ExitsParams`).
+
+    The old recipe's heads (`reference.recipes.apq._heads`: the bundled file for ``vit_digits``, a
+    given file, or distilled on timm's class tokens) and, with class-token pooling, its features
+    (`timm_exit_features`); any other lowered model (avg pooling, no class token, final norm
+    Identity, or an `ir.Graph`) gets heads distilled on the graph (`distill_graph_heads`)."""
+    if _timm_class_token_exits(model, graph) or (isinstance(model, torch.nn.Module) and (
+            p.exit_heads not in ("auto", "distill") or (p.exit_heads == "auto" and model_name == "vit_digits"))):
+        heads = _heads(model, calib, p, model_name)
+        feats = timm_exit_features(model, heads, calib) if _timm_class_token_exits(model, graph) else None
+        return heads.after, head_params(heads), feats
+    if p.exit_heads not in ("auto", "distill"):
+        raise InputError(f"exit_heads {p.exit_heads!r}: a heads file needs the timm model, got a lowered graph")
+    from reference.exits import default_exits_after
+    after = default_exits_after(graph_depth(graph), p.exits_every)
+    if not after:
+        raise InputError(f"model {model_name}: depth {graph_depth(graph)} leaves no block for an exit "
+                         f"every {p.exits_every} blocks")
+    return after, distill_graph_heads(graph, calib, after, p.seed), None
+
+
+def _final_head(graph: ir.Graph) -> dict:
+    """The graph's classifier (first ``head`` op) and the LayerNorm before it (``fc_norm``, else ``norm``,
+    else the identity) as `add_exits` head params: the initial point of distilled exit heads."""
+    heads = [o for o in graph.ops if o.kind == "head"]
+    if not heads:
+        raise InputError("exits: the model has no classifier head (num_classes=0) to give the exits")
+    hp = graph.params[heads[0].name]
+    norms = {o.name: o for o in graph.ops if o.kind == "layer_norm" and o.name in ("fc_norm", "norm")}
+    n = norms.get("fc_norm") or norms.get("norm")
+    dim = hp["weight"].shape[1]
+    np_ = graph.params[n.name] if n is not None else {}
+    one = lambda key, default: np.asarray(np_[key]) if np_.get(key) is not None else default   # noqa: E731
+    return {"norm_weight": one("weight", np.ones(dim)), "norm_bias": one("bias", np.zeros(dim)),
+            "eps": n.eps if n is not None else 1e-6, "head_weight": np.asarray(hp["weight"]),
+            "head_bias": np.asarray(hp["bias"]) if hp.get("bias") is not None else np.zeros(len(hp["weight"]))}
+
+
+def distill_graph_heads(graph: ir.Graph, calib: np.ndarray, after, seed: int = 0) -> list[dict]:
+    """Exit heads after blocks ``after``, fitted by `reference.exits.fit_exit_heads` (KL to the final
+    logits, from a copy of the final norm + head, `_final_head`) on the model's own pooling of the
+    residual stream (``exits.{j}.pool``) and the final output of the float32 graph walk."""
+    from reference.exits import ExitHeads, fit_exit_heads
+    init = _final_head(graph)
+    egraph = add_exits(graph, after, [init] * len(after), [1.0] * len(after))
+    out = graph.outputs[0]
+    f = exit_features(egraph, calib, wanted=lambda n: n == out or (n.startswith("exits.") and n.endswith(".pool")))
+    heads = ExitHeads(after, init["head_weight"].shape[1], len(init["head_weight"]), eps=init["eps"])
+    with torch.no_grad():
+        for n, h in zip(heads.norms, heads.heads):
+            n.weight.copy_(torch.tensor(np.array(init["norm_weight"])))
+            n.bias.copy_(torch.tensor(np.array(init["norm_bias"])))
+            h.weight.copy_(torch.tensor(np.array(init["head_weight"])))
+            h.bias.copy_(torch.tensor(np.array(init["head_bias"])))
+    feats = [torch.as_tensor(f[f"exits.{j}.pool"], dtype=torch.float32) for j in range(len(after))]
+    fit_exit_heads(heads, feats, torch.as_tensor(f[out], dtype=torch.float32), "kl", seed=seed)
+    return head_params(heads)
+
+
+def add_frozen_exits(qg: QuantizedGraph, model, calib: np.ndarray, cfg: RecipeConfig, p,
+                     model_name: str = "model") -> QuantizedGraph:
+    """``qg`` with exits (`ExitsParams` ``p``: heads, positions, fixed thresholds) inserted after blocks
+    and frozen as the apq recipe freezes them (`freeze_exit_ops`), on ``qg``'s residual scales."""
+    after, heads, feats = exit_heads(model, qg.graph, calib, p, model_name)
+    taus = [p.threshold] * len(after) if isinstance(p.threshold, float) else list(p.threshold)
+    if len(taus) != len(after):
+        raise InputError(f"exits: threshold lists {len(taus)} values for {len(after)} exits (after blocks "
+                         f"{list(after)})")
+    egraph = add_exits(qg.graph, after, heads, taus)
+    eq, ep = freeze_exit_ops(egraph, qg.quantizers, exit_features(egraph, calib) if feats is None else feats, cfg)
+    meta = {**qg.meta, "exit_after_blocks": [int(a) for a in after], "exit_thresholds": taus,
+            "exit_threshold_codes": [threshold_code(t) for t in taus]}
+    return QuantizedGraph(graph=egraph, quantizers={**qg.quantizers, **eq}, params={**qg.params, **ep}, meta=meta)
+
+
+@register_mechanism("exits", claims=lambda qg, params: {})
+def _exits_step(qg: QuantizedGraph, ctx, params, cfg: RecipeConfig, owned) -> QuantizedGraph:
+    """The ``exits`` mechanism: `add_frozen_exits` on whatever quantizers the other mechanisms left
+    (exits read only the residual stream, which stays static)."""
+    return add_frozen_exits(qg, ctx.model, ctx.images, cfg, params, ctx.model_name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reference.recipes import igq_graph, tsptq_graph
+from reference.recipes import apq_graph, igq_graph, scalepredictor_graph, tsptq_graph  # noqa: F401 (registers)
 from reference.recipes.config import RecipeConfig
 from reference.recipes.mechanisms import MECHANISMS, Calibration, owners_of
 from reference.recipes.static_graph import calibrate_static
@@ -41,4 +41,4 @@ def quantize_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model_nam
     calib, stats, static = calibrate_static(model, calib_images, cfg, model_name, image_size)
     if not cfg.mechanisms:
         return static
-    return compose(static, Calibration(model, calib, stats), cfg, cfg.mechanisms)
+    return compose(static, Calibration(model, calib, stats, model_name), cfg, cfg.mechanisms)

@@ -19,18 +19,29 @@ The ranks today:
 =====================  ===========================================  ====
 mechanism              tensors it claims                            rank
 =====================  ===========================================  ====
-``two_scaled`` V-2SF   softmax / activation outputs read by GEMMs   2
-``groups``             groupable boundaries (`igq_graph`):          1
+``two_scaled`` V-2SF   softmax / activation outputs read by GEMMs   3
+``groups``             groupable boundaries (`igq_graph`):          2
                        LayerNorm / activation / ``attn @ v``
                        outputs read by linears, softmax rows
-``two_scaled`` O-2SF   LayerNorm outputs read by linears            0
+``two_scaled`` O-2SF   LayerNorm outputs read by linears            1
+``predicted``          activation-code boundaries after ``x0``      0
+                       (`scalepredictor_graph.predicted_boundaries`:
+                       norm1, q, k, v, attn_out, norm2, gelu)
+``exits``              none: it adds exit ops after blocks, whose   --
+                       tensors no other mechanism sees
 =====================  ===========================================  ====
 
-So with both, two_scaled keeps the softmax and activation outputs and the
-LayerNorm outliers are handled by per-instance groups (norm1, attn_out and
-norm2 grouped; the attention and GELU outputs two-scaled). Steps then run in
-that order too (two_scaled, then groups), each on the previous step's
-graph; the order in the YAML does not matter.
+So with two_scaled and groups, two_scaled keeps the softmax and activation
+outputs and the LayerNorm outliers are handled by per-instance groups
+(norm1, attn_out and norm2 grouped; the attention and GELU outputs
+two-scaled). A predicted per-image scale is the coarsest per-instance
+treatment (one scale per tensor and image, against groups' one per channel
+and image, or a structural outlier scale), so it yields to all three and
+keeps what they leave: q, k, v with either of them, also attn_out with
+two_scaled alone. Exits read only the residual stream, which no mechanism
+rewrites. Steps then run in that order too (two_scaled, groups, predicted,
+exits), each on the previous step's graph; the order in the YAML does not
+matter.
 
 This module is only the registry (no recipe imports, so no cycle): the
 mechanisms register from their own modules, and `reference.recipes.composed`
@@ -52,12 +63,14 @@ __all__ = ["Mechanism", "Calibration", "register_mechanism", "MECHANISMS", "owne
 
 @dataclass(frozen=True)
 class Calibration:
-    """What a step may read besides the graph: the model (float reference), the calibration
-    images and the static recipe's boundary statistics."""
+    """What a step may read besides the graph: the model (float reference: a timm model, or the
+    lowered `ir.Graph`), the calibration images, the static recipe's boundary statistics and the
+    model's name (``vit_digits`` selects the bundled exit heads)."""
 
     model: object
     images: np.ndarray
     stats: dict
+    model_name: str = "model"
 
 
 @dataclass(frozen=True)

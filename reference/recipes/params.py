@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from simulator.errors import InputError
 from simulator.scale_predictor import MAX_DEGREE
 
-__all__ = ["GROUP_CHOICES", "IgqParams", "APQParams", "ScalePredictorParams", "TsptqParams", "parse_igq",
-           "parse_apq", "parse_scalepredictor", "parse_tsptq", "CHECKS", "SWEEP_DEFAULT_PARAMS",
-           "MECHANISM_PARSERS", "parse_mechanisms"]
+__all__ = ["GROUP_CHOICES", "IgqParams", "APQParams", "ScalePredictorParams", "TsptqParams", "ExitsParams",
+           "parse_igq", "parse_apq", "parse_scalepredictor", "parse_tsptq", "parse_exits", "CHECKS",
+           "SWEEP_DEFAULT_PARAMS", "MECHANISM_PARSERS", "parse_mechanisms"]
 
 GROUP_CHOICES = (1, 2, 4, 8, 16)
 
@@ -137,10 +137,12 @@ class ScalePredictorParams:
 
 def parse_scalepredictor(params: dict, where: str = "recipe") -> ScalePredictorParams:
     """Validate ``params`` into `ScalePredictorParams`; one-line `InputError` per problem."""
-    known = {f.name for f in dataclasses.fields(ScalePredictorParams)}
+    known = sorted(f.name for f in dataclasses.fields(ScalePredictorParams))
     for key in params:
         if key not in known:
-            raise InputError(f"{where}: params.{key}: unknown parameter (expected one of {', '.join(sorted(known))})")
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            raise InputError(f"{where}: params.{key}: unknown parameter (expected one of {', '.join(known)})"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     out = {}
     for key, (lo, hi) in (("degree", (0, MAX_DEGREE)), ("permille", (500, 1000))):
         if key in params:
@@ -195,6 +197,48 @@ def parse_tsptq(d: dict, where: str = "recipe") -> TsptqParams:
     return TsptqParams(**out)
 
 
+@dataclass(frozen=True)
+class ExitsParams:
+    """``params`` of the ``exits`` mechanism: the early exits of the apq recipe (heads and their
+    positions, `APQParams`' fields of the same names) with fixed confidence thresholds. The
+    apq recipe's joint search of thresholds and per-block widths stays in that recipe."""
+
+    exit_heads: str = "auto"            # auto | distill | path to a heads .safetensors (as apq)
+    exits_every: int = 2                # distilled heads: after every N blocks (as apq)
+    threshold: object = 0.9             # tau in (0, 1] for every exit, or a list (one per exit)
+    seed: int = 0                       # distillation seed (as apq)
+
+
+def parse_exits(d: dict, where: str = "recipe") -> ExitsParams:
+    """Validate ``params`` of the ``exits`` mechanism into `ExitsParams` (one-line errors)."""
+    known = [f.name for f in dataclasses.fields(ExitsParams)]
+    for k in d:
+        if k not in known:
+            hint = difflib.get_close_matches(str(k), known, n=1)
+            raise _err(where, k, f"unknown exits parameter (expected one of {', '.join(known)})"
+                       + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    v = {**{f.name: f.default for f in dataclasses.fields(ExitsParams)}, **d}
+    if not isinstance(v["exit_heads"], str):
+        raise _err(where, "exit_heads", "expected 'auto', 'distill' or a path")
+    t = v["threshold"]
+    tau = lambda x: _num(x) and 0 < x <= 1          # noqa: E731
+    if t == "search":
+        raise _err(where, "threshold", "search is the apq recipe's (joint with per-block widths); "
+                                       "the exits mechanism takes a number in (0, 1] or a list of them")
+    if isinstance(t, list):
+        if not t or not all(tau(x) for x in t):
+            raise _err(where, "threshold", f"expected a non-empty list of numbers in (0, 1], got {t!r}")
+        v["threshold"] = tuple(float(x) for x in t)
+    elif tau(t):
+        v["threshold"] = float(t)
+    else:
+        raise _err(where, "threshold", f"expected a number in (0, 1] or a list of them, got {t!r}")
+    for k in ("exits_every", "seed"):
+        if isinstance(v[k], bool) or not isinstance(v[k], int) or v[k] < (1 if k == "exits_every" else 0):
+            raise _err(where, k, f"expected a {'positive' if k == 'exits_every' else 'non-negative'} integer")
+    return ExitsParams(**v)
+
+
 #: recipe name -> check(params, where) raising `InputError` "<where>: params.<field>: ..."
 CHECKS = {"igq": parse_igq, "apq": parse_apq, "scalepredictor": parse_scalepredictor, "tsptq": parse_tsptq}
 
@@ -207,8 +251,10 @@ SWEEP_DEFAULT_PARAMS = {"igq": {"groups": 2}, "apq": {"allocation": "uniform"}}
 
 #: mechanism name -> params parser, in precedence order (see `reference.recipes.mechanisms`): the
 #: torch-free half of the mechanism registry, so a recipe's ``mechanisms:`` is checked at load.
-#: ``two_scaled`` takes tsptq's params, ``groups`` igq's.
-MECHANISM_PARSERS = {"two_scaled": parse_tsptq, "groups": parse_igq}
+#: ``two_scaled`` takes tsptq's params, ``groups`` igq's, ``predicted`` scalepredictor's, ``exits``
+#: `ExitsParams` (apq's exit fields with a fixed threshold).
+MECHANISM_PARSERS = {"two_scaled": parse_tsptq, "groups": parse_igq, "predicted": parse_scalepredictor,
+                     "exits": parse_exits}
 
 
 def parse_mechanisms(items, where: str = "recipe") -> tuple:

@@ -37,6 +37,7 @@ import torch
 from reference.float_ops import FloatOps
 from reference.quantizers import calibrate
 from reference.recipes.config import RecipeConfig
+from reference.recipes.mechanisms import register_mechanism
 from reference.recipes.scalepredictor import _bound_beta, _fit, parse_params, x0_statistic
 from reference.recipes.static_graph import _consumers, owners, quantize_graph
 from simulator.errors import InputError
@@ -45,7 +46,7 @@ from simulator.qgraph import PredictedScale, QuantizedGraph, Quantizer
 from simulator.scale_predictor import LOG2_LIMIT, PRED_FRAC_BITS
 from simulator.walk import walk
 
-__all__ = ["quantize_scalepredictor_graph", "predicted_boundaries", "graph_oracle_log2", "SOURCE"]
+__all__ = ["quantize_scalepredictor_graph", "predict_scales", "predicted_boundaries", "graph_oracle_log2", "SOURCE"]
 
 SOURCE = "x0"
 _WRITERS = ("layer_norm", "activation", "merge_heads", "split_heads", "split")
@@ -117,16 +118,11 @@ def _with_predictors(qg: QuantizedGraph, names, coeffs, sp: dict) -> dict[str, Q
     return q
 
 
-def quantize_scalepredictor_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model_name: str = "model",
-                                  image_size: tuple[int, int] | None = None) -> QuantizedGraph:
-    """Lower ``model`` (or take an `ir.Graph`), calibrate statically, fit the predictor, freeze."""
-    if cfg.recipe != "scalepredictor":
-        raise InputError(f"recipe {cfg.recipe!r}: expected 'scalepredictor'")
-    params = parse_params(cfg.params)
-    qg = quantize_graph(model, calib_images, dataclasses.replace(cfg, recipe="static"), model_name, image_size)
-    names = predicted_boundaries(qg)
+def predict_scales(qg: QuantizedGraph, calib: np.ndarray, cfg: RecipeConfig, params, names: list[str]
+                   ) -> QuantizedGraph:
+    """Steps 3-6 on ``qg`` (static at ``names``): bound the gains of the LayerNorms writing ``names``,
+    fit the predictor on ``calib`` and make ``names`` (and the tensors sharing them) ``predicted``."""
     qg = _bounded(qg, names)
-    calib = np.asarray(calib_images)[: cfg.calib_images]
     from reference.fakequant_ops import GraphFakeQuantExecutor
     x0 = GraphFakeQuantExecutor(qg).run(calib).codes[SOURCE]
     stats = x0_statistic(x0, params.permille)
@@ -138,3 +134,23 @@ def quantize_scalepredictor_graph(model, calib_images: np.ndarray, cfg: RecipeCo
                                 "degree": params.degree, "target": "log2(s_oracle / s_static)",
                                 "boundaries": names}}
     return dataclasses.replace(qg, quantizers=_with_predictors(qg, names, coeffs, sp), meta=meta)
+
+
+def quantize_scalepredictor_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model_name: str = "model",
+                                  image_size: tuple[int, int] | None = None) -> QuantizedGraph:
+    """Lower ``model`` (or take an `ir.Graph`), calibrate statically, fit the predictor, freeze."""
+    if cfg.recipe != "scalepredictor":
+        raise InputError(f"recipe {cfg.recipe!r}: expected 'scalepredictor'")
+    params = parse_params(cfg.params)
+    qg = quantize_graph(model, calib_images, dataclasses.replace(cfg, recipe="static"), model_name, image_size)
+    calib = np.asarray(calib_images)[: cfg.calib_images]
+    return predict_scales(qg, calib, cfg, params, predicted_boundaries(qg))
+
+
+@register_mechanism("predicted", claims=lambda qg, params: dict.fromkeys(predicted_boundaries(qg), 0))
+def _predicted_step(qg: QuantizedGraph, ctx, params, cfg: RecipeConfig, owned) -> QuantizedGraph:
+    """The ``predicted`` mechanism: the recipe's predictor on the boundaries it owns (the others
+    keep the quantizers earlier mechanisms gave them; the walk rewrites the multipliers around
+    every predicted tensor per image, whatever the neighbours' kinds)."""
+    names = [t for t in predicted_boundaries(qg) if t in owned]
+    return predict_scales(qg, ctx.images, cfg, params, names) if names else qg
