@@ -227,10 +227,12 @@ def quantize_apq_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model
 # --- exit heads for any lowered model; the ``exits`` mechanism ----------------------------------
 def _timm_class_token_exits(model, graph: ir.Graph) -> bool:
     """The old recipe's heads and features apply: a timm model pooling its class token, with a LayerNorm
-    final norm (`reference.exits`' heads read ``x[:, 0]`` and copy ``model.norm`` / ``model.head``)."""
+    final norm and a linear head (`reference.exits`' heads read ``x[:, 0]`` and copy ``model.norm`` /
+    ``model.head``)."""
     pools = [o for o in graph.ops if o.kind == "pool"]
     return (isinstance(model, torch.nn.Module) and bool(pools) and pools[0].mode == "token" and pools[0].index == 0
-            and isinstance(getattr(model, "norm", None), torch.nn.LayerNorm))
+            and isinstance(getattr(model, "norm", None), torch.nn.LayerNorm)
+            and isinstance(getattr(model, "head", None), torch.nn.Linear))
 
 
 def exit_heads(model, graph: ir.Graph, calib: np.ndarray, p, model_name: str = "model"):

@@ -1,43 +1,63 @@
 """Composed mechanisms on the lowered graph (issue 13, item 4: recipes compose).
 
-* Hypothesis over `lowering_configs()` x bits x a subset of the registered
-  mechanisms (none, two_scaled, groups, both): the numba and torch op sets give
-  identical codes and group maps at every tensor and equal traces; every tensor
-  has one owner; ``[two_scaled]`` is the ``tsptq`` recipe and ``[groups]`` the
-  ``igq`` recipe, code for code.
-* Default model (slow): the bundled ``tsptq_groups_w4a4.yaml`` is bit-exact
-  between executors; single mechanisms equal tsptq / igq there too.
+* Hypothesis over random timm VisionTransformers (`lowering_configs()`: token /
+  avg pooling, fc_norm, class_token=False, register tokens, no_embed_class,
+  LayerScale, qk_norm, norm_pre, GELU erf / tanh / quick-GELU, no position
+  embedding, distilled DeiT, parallel / ResPost blocks, image sizes) x W4/6/8
+  x A4/6/8 x any subset of the four registered mechanisms (two_scaled,
+  groups, predicted, exits): the numba and torch op sets give identical codes
+  and group maps at every tensor the walk keeps, equal traces and exit
+  depths, in one batch or several; every tensor has one owner; the float walk
+  is timm's forward; ``[two_scaled]`` is the ``tsptq`` recipe, ``[groups]``
+  ``igq`` and ``[predicted]`` ``scalepredictor``, code for code.
+* A small timm model: ``[exits]`` is the ``apq`` recipe with uniform widths
+  and a fixed threshold, code for code.
+* Default model (slow): the bundled ``tsptq_groups_w4a4.yaml`` and
+  ``tsptq_groups_exits_w4a8.yaml`` are bit-exact between executors; single
+  mechanisms equal tsptq / igq there too.
 * Recipe YAML: unknown mechanism (did-you-mean), unknown param, duplicate,
   mechanisms on a recipe other than static.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
-from hypothesis import given, settings
+import torch
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import reference
 from reference.fakequant_ops import GraphFakeQuantExecutor
+from reference.float_ops import float_forward
 from reference.lowering import lower
 from reference.recipes.config import load_recipe, recipe_from_dict
 from reference.recipes.composed import MECHANISMS, quantize_graph
 from reference.recipes.mechanisms import owners_of
 from reference.recipes.params import MECHANISM_PARSERS
+from reference.recipes.scalepredictor_graph import quantize_scalepredictor_graph
 from reference.recipes.static_graph import owners
 from simulator.errors import InputError
+from simulator.graph_exits import graph_depth
 from simulator.int_ops import GraphIntegerExecutor
 from simulator.results import first_mismatch
-from strategies import BIT_WIDTHS, lowering_configs
+from strategies import build_vit, lowering_configs, random_images
 from test_graph_static import _random_model
 
-SUBSETS = [(), ("two_scaled",), ("groups",), ("two_scaled", "groups")]
-SHORTHAND = {("two_scaled",): "tsptq", ("groups",): "igq"}
+NAMES = ("two_scaled", "groups", "predicted", "exits")
+SUBSETS = [c for r in range(len(NAMES) + 1) for c in itertools.combinations(NAMES, r)]    # all 16
+SHORTHAND = {("two_scaled",): "tsptq", ("groups",): "igq", ("predicted",): "scalepredictor"}
 
 
-def _cfg(names, bits, groups, **extra):
-    params = {"two_scaled": {"objective": "tensor"}, "groups": {"groups": groups}}
+def _params(groups=2, degree=2, tau=0.5):
+    return {"two_scaled": {"objective": "tensor"}, "groups": {"groups": groups}, "predicted": {"degree": degree},
+            "exits": {"threshold": tau, "exits_every": 1, "exit_heads": "distill"}}
+
+
+def _cfg(names, bits, groups=2, degree=2, tau=0.5, **extra):
+    params = _params(groups, degree, tau)
     return recipe_from_dict({"recipe": "static", "w_bits": bits[0], "a_bits": bits[1],
                              "mechanisms": [{n: params[n]} for n in names], **extra})
 
@@ -50,36 +70,88 @@ def _same_codes(a, b, images):
 
 
 def test_registry_order_is_the_params_order():
-    assert list(MECHANISMS) == ["two_scaled", "groups"]
+    assert list(MECHANISMS) == list(NAMES) == list(MECHANISM_PARSERS)
 
 
-@settings(max_examples=20, deadline=None)
-@given(drawn=lowering_configs(), bits=st.sampled_from(BIT_WIDTHS), names=st.sampled_from(SUBSETS),
-       groups=st.sampled_from([1, 2, 4]))
-def test_both_graph_executors_agree_on_any_subset_of_mechanisms(drawn, bits, names, groups):
-    model, image_size, images = _random_model(drawn)
-    graph = lower(model, image_size=image_size)
-    cfg = _cfg(names, bits, groups, calib_images=6)
-    qg = quantize_graph(graph, images[:6], cfg)
+def _with_exits(drawn):
+    """Exits need a classifier and a block after the first: depth 2-3, num_classes > 0."""
+    model_cls, kwargs, image_size, seed = drawn
+    return model_cls, {**kwargs, "depth": max(kwargs["depth"], 2), "num_classes": kwargs["num_classes"] or 5}, \
+        image_size, seed
+
+
+def _shorthand(names, model, images, cfg, image_size, groups, degree):
+    """The named recipe that ``names`` (one mechanism) stands for, on the same model."""
+    params, raw = dict(cfg.mechanisms)[names[0]], _params(groups, degree)[names[0]]
+    short = recipe_from_dict({"recipe": SHORTHAND[names], "w_bits": cfg.w_bits, "a_bits": cfg.a_bits,
+                              "calib_images": cfg.calib_images, "params": raw})
+    assert MECHANISM_PARSERS[names[0]](short.params) == params
+    if names == ("predicted",):
+        return quantize_scalepredictor_graph(model, images, short, image_size=image_size)
+    return quantize_graph(model, images, short, image_size=image_size)
+
+
+@settings(max_examples=50, deadline=None)
+@given(drawn=lowering_configs(), w=st.sampled_from([4, 6, 8]), a=st.sampled_from([4, 6, 8]),
+       names=st.sampled_from(SUBSETS), groups=st.sampled_from([1, 2, 4]), degree=st.integers(0, 2),
+       tau=st.sampled_from([0.2, 0.4, 0.6, 1.0]))
+def test_both_graph_executors_agree_on_any_subset_of_mechanisms(drawn, w, a, names, groups, degree, tau):
+    model, image_size, images = _random_model(_with_exits(drawn) if "exits" in names else drawn)
+    cfg = _cfg(names, (w, a), groups, degree, tau, calib_images=6)
+    qg = quantize_graph(model, images[:6], cfg, image_size=image_size)
+    graph = qg.graph
     ri, rf = GraphIntegerExecutor(qg).run(images[6:]), GraphFakeQuantExecutor(qg).run(images[6:])
     kinds = {t: q.kind for t, q in qg.quantizers.items()}
     grouped = {t for t, k in kinds.items() if k == "grouped"}
     assert ri.codes.keys() == rf.codes.keys() >= set(graph.tensor_names()[1:]) | {t + ".groups" for t in grouped}
     assert first_mismatch(ri.codes, rf.codes) is None
+    assert np.array_equal(ri.logits, rf.logits)
     assert ri.trace.layers == rf.trace.layers and ri.trace.overflows == rf.trace.overflows
+    if "exits" in names:
+        d = ri.trace.extras["exit_depth"]
+        assert np.array_equal(d, rf.trace.extras["exit_depth"]) and np.array_equal(ri.trace.layer_ran,
+                                                                                    rf.trace.layer_ran)
+        depth = graph_depth(graph)
+        event("all images leave" if (d < depth).all() else "no image leaves" if (d == depth).all() else "some leave")
+    small = GraphIntegerExecutor(qg).run(images[6:], batch_size=3)     # per-image state across batches
+    assert first_mismatch(ri.codes, small.codes) is None and np.array_equal(ri.logits, small.logits)
     owned = qg.meta.get("mechanisms", {})
     assert sorted(owned) == sorted(names)
-    assert not set(owned.get("two_scaled", ())) & set(owned.get("groups", ()))        # one owner per tensor
-    own = owners(graph)
-    assert {t for t in grouped if own[t] == t} <= set(owned.get("groups", ()))
-    assert {t for t, k in kinds.items() if k == "two_scaled"} <= set(owned.get("two_scaled", ()))
-    if names in SHORTHAND:      # [two_scaled] is tsptq, [groups] is igq
-        params = cfg.mechanisms[0][1]
-        short = recipe_from_dict({"recipe": SHORTHAND[names], "w_bits": bits[0], "a_bits": bits[1], "calib_images": 6,
-                                  "params": {"two_scaled": {"objective": "tensor"},
-                                             "groups": {"groups": groups}}[names[0]]})
-        assert MECHANISM_PARSERS[names[0]](short.params) == params
-        _same_codes(qg, quantize_graph(graph, images[:6], short), images[6:])
+    for x, y in itertools.combinations(owned.values(), 2):
+        assert not set(x) & set(y)                                       # one owner per tensor
+    own, split = owners(graph), {op.inputs[0] for op in graph.ops if op.kind == "split_heads"}
+    for kind, name in (("grouped", "groups"), ("two_scaled", "two_scaled"), ("predicted", "predicted")):
+        mine = {t for t, k in kinds.items() if k == kind and own[t] == t and t not in split}   # qkv: its parts'
+        assert mine <= set(owned.get(name, ()))
+    assert any(o.kind == "exit" for o in graph.ops) == ("exits" in names)
+    if names in SHORTHAND:      # [two_scaled] is tsptq, [groups] igq, [predicted] scalepredictor
+        _same_codes(qg, _shorthand(names, model, images[:6], cfg, image_size, groups, degree), images[6:])
+    x = torch.as_tensor(images[6:8], dtype=torch.float64)
+    with torch.no_grad():       # the float walk of the graph that was quantized is timm's forward
+        ref = model.double()(x)
+        out = float_forward(lower(model, image_size=image_size), x)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_exits_alone_is_the_apq_recipe_with_uniform_widths():
+    """``static + [exits]`` = ``apq`` with ``allocation: uniform`` and the same fixed threshold, code for code
+    (the mechanism reuses the recipe's heads, features and freezing)."""
+    from reference.recipes.apq_graph import quantize_apq_graph
+    cfg = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=24, depth=3, num_heads=2, num_classes=5,
+               mlp_ratio=2, init_values=None)
+    model, images = build_vit(cfg, seed=3), random_images(cfg, 24, seed=3)
+    common = {"recipe": "static", "w_bits": 4, "a_bits": 8, "calib_images": 16}
+    composed = quantize_graph(model, images, recipe_from_dict(
+        {**common, "mechanisms": [{"exits": {"threshold": 0.3, "exits_every": 1}}]}))
+    apq = quantize_apq_graph(model, images, recipe_from_dict(
+        {**common, "recipe": "apq", "params": {"threshold": 0.3, "exits_every": 1, "allocation": "uniform"}}))
+    assert composed.graph.ops == apq.graph.ops
+    for key in ("exit_after_blocks", "exit_thresholds", "exit_threshold_codes"):
+        assert composed.meta[key] == apq.meta[key]
+    ra, rb = GraphIntegerExecutor(composed).run(images[16:]), GraphIntegerExecutor(apq).run(images[16:])
+    assert first_mismatch(ra.codes, rb.codes) is None and np.array_equal(ra.logits, rb.logits)
+    d = ra.trace.extras["exit_depth"]
+    assert (d < 3).any() and np.array_equal(d, rb.trace.extras["exit_depth"])     # images do leave
 
 
 def test_precedence_two_scaled_keeps_softmax_and_activations_groups_take_the_norms():
@@ -100,6 +172,13 @@ def test_precedence_two_scaled_keeps_softmax_and_activations_groups_take_the_nor
     kinds = {t: qg.quantizers[t].kind for t in owned["two_scaled"] | owned["groups"]}
     assert kinds == {**dict.fromkeys(owned["two_scaled"], "two_scaled"), **dict.fromkeys(owned["groups"], "grouped")}
     assert qg.meta["recipe"] == "static" and qg.meta["label"] == "two_scaled+groups_w4a4"
+    qkv = {"blocks.0.q", "blocks.0.k", "blocks.0.v"}
+    alone = owners_of(static, _cfg(("predicted",), (4, 4)).mechanisms)["predicted"]
+    assert alone == qkv | {"blocks.0.norm1", "blocks.0.attn_out", "blocks.0.norm2", "blocks.0.gelu"}
+    all4 = owners_of(static, _cfg(NAMES, (4, 4)).mechanisms)
+    assert all4["predicted"] == qkv and all4["groups"] == owned["groups"] and all4["exits"] == frozenset()
+    assert owners_of(static, _cfg(("two_scaled", "predicted"), (4, 4)).mechanisms)["predicted"] == \
+        qkv | {"blocks.0.attn_out"}
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +190,24 @@ def digits():
 
 
 @pytest.mark.slow
-def test_composed_w4a4_on_the_default_model_is_bit_exact(digits):
+@pytest.mark.parametrize("recipe, two_scaled, exits", [("tsptq_groups_w4a4", 12, False),
+                                                       ("tsptq_groups_exits_w4a8", 12, True)])
+def test_composed_recipes_on_the_default_model_are_bit_exact(digits, recipe, two_scaled, exits):
     model, calib, test, labels = digits
-    qg = quantize_graph(model, calib, load_recipe("configs/recipes/tsptq_groups_w4a4.yaml"))
+    qg = quantize_graph(model, calib, load_recipe(f"configs/recipes/{recipe}.yaml"), model_name="vit_digits")
     ri, rf = GraphIntegerExecutor(qg).run(test), GraphFakeQuantExecutor(qg).run(test)
     assert first_mismatch(ri.codes, rf.codes) is None and np.array_equal(ri.logits, rf.logits)
     assert ri.trace.layers == rf.trace.layers
     kinds = [q.kind for q in qg.quantizers.values()]
-    assert kinds.count("two_scaled") == 12 and kinds.count("grouped") > 0
+    assert kinds.count("two_scaled") == two_scaled and kinds.count("grouped") > 0
     top1 = float((ri.logits.argmax(-1) == labels).mean())
-    print(f"composed two_scaled+groups W4A4 top-1 on {len(test)} digits test images: {top1:.3f}")
+    print(f"composed {qg.meta['label']} top-1 on {len(test)} digits test images: {top1:.3f}")
     assert top1 > 0.5
+    if exits:       # the bundled exit heads (after blocks 1 and 3); images leave at both
+        assert qg.meta["exit_after_blocks"] == [1, 3]
+        d = ri.trace.extras["exit_depth"]
+        assert np.array_equal(d, rf.trace.extras["exit_depth"]) and set(np.unique(d)) == {2, 4, 6}
+        print("exit depths", np.bincount(d)[[2, 4, 6]])
 
 
 @pytest.mark.slow
@@ -157,6 +243,41 @@ def test_unknown_mechanism_param_with_did_you_mean(tmp_path):
     assert "mechanisms.groups: params.group: unknown" in msg and "did you mean 'groups'" in msg
 
 
+def test_unknown_predicted_or_exits_param_with_did_you_mean(tmp_path):
+    msg = _load_error(tmp_path, "mechanisms:\n  - predicted: {degre: 2}\n")
+    assert "mechanisms.predicted: params.degre: unknown" in msg and "did you mean 'degree'" in msg
+    msg = _load_error(tmp_path, "mechanisms:\n  - groups: {groups: 2}\n  - exits: {treshold: 0.9}\n")
+    assert "mechanisms.exits: params.treshold: unknown" in msg and "did you mean 'threshold'" in msg
+    msg = _load_error(tmp_path, "mechanisms: [two_scaled, predictd]\n")
+    assert "unknown mechanism 'predictd'" in msg and "did you mean 'predicted'" in msg
+
+
+def test_exits_params(tmp_path):
+    assert "params.threshold: search is the apq recipe's" in _load_error(
+        tmp_path, "mechanisms:\n  - exits: {threshold: search}\n")
+    assert "params.threshold: expected a number in (0, 1]" in _load_error(
+        tmp_path, "mechanisms:\n  - exits: {threshold: 1.5}\n")
+    assert "params.exits_every: expected a positive integer" in _load_error(
+        tmp_path, "mechanisms:\n  - exits: {exits_every: 0}\n")
+    cfg = recipe_from_dict({"recipe": "static", "mechanisms": [{"exits": {"threshold": [0.8, 0.9]}}, "predicted"]})
+    assert [n for n, _ in cfg.mechanisms] == ["predicted", "exits"] and cfg.mechanisms[1][1].threshold == (0.8, 0.9)
+    assert cfg.label == "predicted+exits_w8a8"
+
+
+def test_exits_threshold_list_must_match_the_exits():
+    cfg = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=24, depth=3, num_heads=2, num_classes=5,
+               mlp_ratio=2, init_values=None)
+    model, images = build_vit(cfg, seed=1), random_images(cfg, 8, seed=1)
+    rc = recipe_from_dict({"recipe": "static", "calib_images": 8,
+                           "mechanisms": [{"exits": {"threshold": [0.5, 0.6, 0.7], "exits_every": 1}}]})
+    with pytest.raises(InputError, match=r"exits: threshold lists 3 values for 2 exits \(after blocks \[0, 1\]\)"):
+        quantize_graph(model, images, rc)
+    no_head = build_vit({**cfg, "num_classes": 0}, seed=1)
+    with pytest.raises(InputError, match="no classifier head"):
+        quantize_graph(no_head, images, recipe_from_dict({"recipe": "static", "calib_images": 8,
+                                                          "mechanisms": [{"exits": {"exit_heads": "distill"}}]}))
+
+
 def test_bad_mechanism_param_value(tmp_path):
     msg = _load_error(tmp_path, "mechanisms:\n  - groups: {groups: 3}\n")
     assert "mechanisms.groups: params.groups: expected one of" in msg
@@ -183,7 +304,10 @@ def test_old_per_model_quantize_refuses_mechanisms():
         reference.quantize(None, np.zeros((1, 3, 8, 8), np.float32), cfg)
 
 
-def test_bundled_composed_recipe():
+def test_bundled_composed_recipes():
     cfg = load_recipe("configs/recipes/tsptq_groups_w4a4.yaml")
     assert cfg.recipe == "static" and [n for n, _ in cfg.mechanisms] == ["two_scaled", "groups"]
     assert cfg.mechanisms[1][1].groups == 2 and cfg.label == "two_scaled+groups_w4a4"
+    cfg = load_recipe("configs/recipes/tsptq_groups_exits_w4a8.yaml")
+    assert [n for n, _ in cfg.mechanisms] == ["two_scaled", "groups", "exits"]
+    assert cfg.mechanisms[2][1].threshold == 0.9 and cfg.label == "two_scaled+groups+exits_w4a8"
