@@ -169,6 +169,6 @@ def group(base: QuantizedGraph, model, calib: np.ndarray, cfg: RecipeConfig, par
     return allocate_graph(builder, model, calib[: params.allocation_images], cfg)
 
 
-@register_mechanism("groups", claims=lambda qg, params: dict.fromkeys(grouped_sites(qg), 2))
+@register_mechanism("groups", claims=lambda qg, params: dict.fromkeys(grouped_sites(qg), 1))
 def _groups_step(qg: QuantizedGraph, ctx, params, cfg: RecipeConfig, owned) -> QuantizedGraph:
     return group(qg, ctx.model, ctx.images, cfg, params, owned)

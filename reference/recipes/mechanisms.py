@@ -19,12 +19,12 @@ The ranks today:
 =====================  ===========================================  ====
 mechanism              tensors it claims                            rank
 =====================  ===========================================  ====
-``two_scaled`` V-2SF   softmax / activation outputs read by GEMMs   3
-``groups``             groupable boundaries (`igq_graph`):          2
+``two_scaled`` V-2SF   softmax / activation outputs read by GEMMs   2
+``groups``             groupable boundaries (`igq_graph`):          1
                        LayerNorm / activation / ``attn @ v``
                        outputs read by linears, softmax rows
-``two_scaled`` O-2SF   LayerNorm outputs read by linears            1
-``predicted``          activation-code boundaries after ``x0``      0
+``two_scaled`` O-2SF   LayerNorm outputs read by linears            0
+``predicted``          activation-code boundaries after ``x0``      -1
                        (`scalepredictor_graph.predicted_boundaries`:
                        norm1, q, k, v, attn_out, norm2, gelu)
 ``exits``              none: it adds exit ops after blocks, whose   --

@@ -147,7 +147,7 @@ def quantize_scalepredictor_graph(model, calib_images: np.ndarray, cfg: RecipeCo
     return predict_scales(qg, calib, cfg, params, predicted_boundaries(qg))
 
 
-@register_mechanism("predicted", claims=lambda qg, params: dict.fromkeys(predicted_boundaries(qg), 0))
+@register_mechanism("predicted", claims=lambda qg, params: dict.fromkeys(predicted_boundaries(qg), -1))
 def _predicted_step(qg: QuantizedGraph, ctx, params, cfg: RecipeConfig, owned) -> QuantizedGraph:
     """The ``predicted`` mechanism: the recipe's predictor on the boundaries it owns (the others
     keep the quantizers earlier mechanisms gave them; the walk rewrites the multipliers around

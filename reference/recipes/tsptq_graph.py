@@ -212,7 +212,7 @@ def two_scaled_claims(qg: QuantizedGraph, params: TsptqParams) -> dict[str, str]
 
 
 def _two_scaled_ranks(qg: QuantizedGraph, params: TsptqParams) -> dict[str, int]:
-    return {t: 3 if how == "v2sf" else 1 for t, how in two_scaled_claims(qg, params).items()}
+    return {t: 2 if how == "v2sf" else 0 for t, how in two_scaled_claims(qg, params).items()}
 
 
 @register_mechanism("two_scaled", claims=_two_scaled_ranks)
