@@ -29,6 +29,13 @@ design in docs/recipes/apq.md), with the same formulas:
    search of the old recipe run on graph candidates
    (`reference.recipes.apq_graph_search`: same driver and formulas,
    profiles by the graph integer executor, costs from the graph's trace).
+
+The exits alone are also the ``exits`` mechanism (`reference.recipes.mechanisms`,
+`add_frozen_exits`): steps 1 and 3 on a graph that other mechanisms have
+rewritten (exits read only the residual stream), at fixed thresholds
+(`reference.recipes.params.ExitsParams`). Heads for models whose exits cannot
+read timm's class token are distilled on the graph (`exit_heads`,
+`distill_graph_heads`). The search and the per-block widths stay here.
 """
 
 from __future__ import annotations

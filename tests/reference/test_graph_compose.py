@@ -94,7 +94,7 @@ def _shorthand(names, model, images, cfg, image_size, groups, degree):
 @settings(max_examples=50, deadline=None)
 @given(drawn=lowering_configs(), w=st.sampled_from([4, 6, 8]), a=st.sampled_from([4, 6, 8]),
        names=st.sampled_from(SUBSETS), groups=st.sampled_from([1, 2, 4]), degree=st.integers(0, 2),
-       tau=st.sampled_from([0.2, 0.4, 0.6, 1.0]))
+       tau=st.sampled_from([0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 1.0]))
 def test_both_graph_executors_agree_on_any_subset_of_mechanisms(drawn, w, a, names, groups, degree, tau):
     model, image_size, images = _random_model(_with_exits(drawn) if "exits" in names else drawn)
     cfg = _cfg(names, (w, a), groups, degree, tau, calib_images=6)
@@ -131,6 +131,27 @@ def test_both_graph_executors_agree_on_any_subset_of_mechanisms(drawn, w, a, nam
         ref = model.double()(x)
         out = float_forward(lower(model, image_size=image_size), x)
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_all_four_mechanisms_with_images_leaving_mid_batch():
+    """Images leave at both exits of a small model: per-image predicted scales and IGQ group maps
+    follow the batch (one batch, batches of 3, both executors)."""
+    cfg = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=24, depth=3, num_heads=2, num_classes=5,
+               mlp_ratio=2, init_values=None)
+    model, images = build_vit(cfg, seed=3, global_pool="avg", class_token=False), random_images(cfg, 24, seed=3)
+    qg = quantize_graph(model, images[:16], _cfg(NAMES, (4, 8), tau=0.3, calib_images=16))
+    runs = [GraphIntegerExecutor(qg).run(images[16:]), GraphFakeQuantExecutor(qg).run(images[16:]),
+            GraphIntegerExecutor(qg).run(images[16:], batch_size=3),
+            GraphFakeQuantExecutor(qg).run(images[16:], batch_size=3)]
+    d = runs[0].trace.extras["exit_depth"]
+    assert set(np.unique(d)) == {1, 2} or set(np.unique(d)) == {1, 2, 3}, d      # both exits taken
+    maps = [k for k in runs[0].codes if k.endswith(".groups")]
+    assert maps and {"predicted", "grouped", "two_scaled"} <= {q.kind for q in qg.quantizers.values()}
+    for r in runs[1:]:
+        assert first_mismatch(runs[0].codes, r.codes) is None and np.array_equal(runs[0].logits, r.logits)
+        assert np.array_equal(d, r.trace.extras["exit_depth"])
+    late = maps[-1]                                                 # a block-2 map: zero for images gone
+    assert not runs[0].codes[late][d < 3].any()
 
 
 def test_exits_alone_is_the_apq_recipe_with_uniform_widths():
