@@ -42,6 +42,7 @@ from reference.recipes.static_graph import owners
 from simulator.errors import InputError
 from simulator.graph_exits import graph_depth
 from simulator.int_ops import GraphIntegerExecutor
+from simulator.qgraph import QuantizedGraph
 from simulator.results import first_mismatch
 from strategies import build_vit, lowering_configs, random_images
 from test_graph_static import _random_model
@@ -133,9 +134,9 @@ def test_both_graph_executors_agree_on_any_subset_of_mechanisms(drawn, w, a, nam
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
 
 
-def test_all_four_mechanisms_with_images_leaving_mid_batch():
+def test_all_four_mechanisms_with_images_leaving_mid_batch(tmp_path):
     """Images leave at both exits of a small model: per-image predicted scales and IGQ group maps
-    follow the batch (one batch, batches of 3, both executors)."""
+    follow the batch (one batch, batches of 3, both executors, after save / load)."""
     cfg = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=24, depth=3, num_heads=2, num_classes=5,
                mlp_ratio=2, init_values=None)
     model, images = build_vit(cfg, seed=3, global_pool="avg", class_token=False), random_images(cfg, 24, seed=3)
@@ -143,6 +144,8 @@ def test_all_four_mechanisms_with_images_leaving_mid_batch():
     runs = [GraphIntegerExecutor(qg).run(images[16:]), GraphFakeQuantExecutor(qg).run(images[16:]),
             GraphIntegerExecutor(qg).run(images[16:], batch_size=3),
             GraphFakeQuantExecutor(qg).run(images[16:], batch_size=3)]
+    qg.save(tmp_path / "m.qgraph.npz")
+    runs.append(GraphIntegerExecutor(QuantizedGraph.load(tmp_path / "m.qgraph.npz")).run(images[16:], batch_size=5))
     d = runs[0].trace.extras["exit_depth"]
     assert set(np.unique(d)) == {1, 2} or set(np.unique(d)) == {1, 2, 3}, d      # both exits taken
     maps = [k for k in runs[0].codes if k.endswith(".groups")]
