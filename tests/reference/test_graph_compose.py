@@ -92,7 +92,7 @@ def _shorthand(names, model, images, cfg, image_size, groups, degree):
     return quantize_graph(model, images, short, image_size=image_size)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(drawn=lowering_configs(), w=st.sampled_from([4, 6, 8]), a=st.sampled_from([4, 6, 8]),
        names=st.sampled_from(SUBSETS), groups=st.sampled_from([1, 2, 4]), degree=st.integers(0, 2),
        tau=st.sampled_from([0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 1.0]))
