@@ -50,6 +50,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                        "write every layer's integer tensors (npz + $readmemh hex + manifest) for RTL testbenches"),
     "verify-vectors": ("simulator.vectors:verify_main",
                        "check a vector set written by export-vectors (files, hashes, re-run)"),
+    "export-onnx": ("simulator.onnx_command:export_main",
+                    "write the quantized graph as a standard ONNX QDQ model (docs/onnx.md)"),
 }
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 
@@ -501,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in SUBCOMMANDS:
             configure_logging(*_logging_flags(argv[1:]))
             return _subcommand(argv[0])(argv[1:])
+        if any(a == "--onnx-qdq" or a.startswith("--onnx-qdq=") for a in argv):   # docs/onnx.md: import
+            from simulator.onnx_command import onnx_qdq_main
+            configure_logging(*_logging_flags(argv))
+            return onnx_qdq_main(argv)
         args = build_parser().parse_args(argv)
         configure_logging(args.quiet, args.verbose, not args.no_progress)
         return run_main(args)
