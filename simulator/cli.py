@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--csv", default=None, metavar="PATH",
                    help="write the summary as CSV: one row per accelerator (one row without --hw)")
     o.add_argument("--save-qvit", default=None, metavar="PATH", help="write the frozen QuantizedViT (.npz)")
+    o.add_argument("--layers", action="store_true",
+                   help="print the SQNR (dB) of every tensor vs fp32; with --json also write <stem>.layers.png "
+                        "(SQNR by depth) and <stem>.layers.csv (per-layer costs) next to it (simulator/layer_report.py)")
     add_logging_arguments(p)
     add_image_limit_flag(p)
     return p
@@ -451,6 +454,9 @@ def run_main(args) -> int:
         print(format_report(reports[0]) if len(reports) == 1 else format_comparison(reports))
         summary["hardware"] = [r.to_dict() | {"accelerator": accelerator_record(npu)}
                                for r, npu in zip(reports, plan.npus)]
+    if args.layers:
+        from simulator.layer_report import run_layers
+        summary["layers"] = run_layers(args, model, calib, cfg, images, qvit if engine == "graph" else None, plan.npus)
     _write_outputs(args, qvit, summary)
     return 0
 
