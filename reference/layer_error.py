@@ -52,10 +52,11 @@ def dequantize(qz: Quantizer, codes: np.ndarray, groups: np.ndarray | None = Non
         return v2sf_decode(codes, qz.bits, qz.ratio_shift, int(qz.signed)) * scale
     if qz.kind == "grouped" and groups is not None:
         exps = np.asarray(qz.exps, np.float64)[np.asarray(groups, np.int64)]
-        if qz.rows:                    # softmax rows: one group per row over the last axis
+        if codes.ndim == exps.ndim:    # pooled rows [B, C]: one group per channel
+            return codes * scale * 2.0 ** -exps
+        if qz.rows:                    # softmax rows [B, H, T]: one group per row over the last axis
             return codes * scale * 2.0 ** -exps[..., None]
-        # channel groups [B, C] over the tokens of [B, T, C] (or [B, C] after pooling)
-        return codes * scale * 2.0 ** -(exps[:, None, :] if codes.ndim == 3 else exps)
+        return codes * scale * 2.0 ** -exps[..., None, :]   # channel groups [.., C] over the tokens
     return None
 
 

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from simulator.errors import InputError
+from simulator.onnx_session import logit_sqnr_db, ort_session
 
 __all__ = ["export_main", "onnx_qdq_main", "ort_session", "logit_sqnr_db", "compare_with_ort"]
 
@@ -45,30 +46,6 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--json", default=None, metavar="PATH", help="write the --check figures as JSON")
     add_logging_arguments(p)
     return p
-
-
-def ort_session(model_bytes: bytes, optimize: bool = True, threads: int = 1):
-    """An onnxruntime CPU session; ``optimize`` lets it fuse QDQ into its integer kernels (ORT_ENABLE_ALL)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise InputError("onnxruntime is not installed (pip install -e \".[onnx]\")") from None
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 -- onnxruntime raises its own exception types
-        raise InputError(f"onnxruntime cannot load the model: {str(e).splitlines()[0][:300]}") from None
-
-
-def logit_sqnr_db(x: np.ndarray, ref: np.ndarray) -> float:
-    """``10 log10(sum ref^2 / sum (x - ref)^2)``; inf when equal."""
-    ref, x = np.asarray(ref, np.float64), np.asarray(x, np.float64)
-    err = float(((x - ref) ** 2).sum())
-    return float("inf") if err == 0 else float(10 * np.log10(float((ref ** 2).sum()) / err))
 
 
 def compare_with_ort(qg, model_bytes: bytes, images: np.ndarray, labels=None, batch_size: int = 64) -> dict:
