@@ -47,6 +47,8 @@ __all__ = ["import_qdq", "ort_comparison", "QDQModel"]
 
 _GEMMS = ("Conv", "MatMul", "Gemm")
 _PASS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten")
+_CONST_OPS = {"Sqrt": np.sqrt, "Mul": lambda a, b: a * b, "Div": lambda a, b: a / b,
+              "Cast": lambda a: np.asarray(a, np.float64), "Identity": lambda a: a, "Reciprocal": lambda a: 1.0 / a}
 
 
 def _onnx():
@@ -74,6 +76,8 @@ class QDQModel:
         self.nodes = list(g.node)
         self.init = {t.name: t for t in g.initializer}
         self.producer = {o: n for n in self.nodes for o in n.output}
+        self._consts: dict = {}
+        self._dynamic: dict = {}
         kinds = {n.op_type for n in self.nodes}
         if not {"QuantizeLinear", "DequantizeLinear"} <= kinds:
             raise InputError(f"{path}: no QuantizeLinear/DequantizeLinear nodes: not a QDQ model "
@@ -88,13 +92,13 @@ class QDQModel:
             return None
         if n.op_type == "Constant":
             return self.nh.to_array(n.attribute[0].t) if n.attribute[0].name == "value" else None
-        args = [self.const(i) for i in n.input]
-        if any(a is None for a in args):
+        f = _CONST_OPS.get(n.op_type)
+        if f is None:
             return None
-        ops = {"Sqrt": lambda a: np.sqrt(a), "Mul": lambda a, b: a * b, "Div": lambda a, b: a / b,
-               "Cast": lambda a: a.astype(np.float64), "Identity": lambda a: a, "Reciprocal": lambda a: 1.0 / a}
-        f = ops.get(n.op_type)
-        return None if f is None else np.asarray(f(*args), np.float64)
+        if name not in self._consts:
+            args = [self.const(i) for i in n.input]
+            self._consts[name] = None if any(a is None for a in args) else np.asarray(f(*args), np.float64)
+        return self._consts[name]
 
     def dq_of(self, value: str):
         """(codes or None, scale, zero point, axis, quantized value name, Q input) of the DequantizeLinear making ``value``."""
@@ -109,8 +113,35 @@ class QDQModel:
         q_in = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
         return codes, scale, zp, axis, n.input[0], q_in
 
+    def scalar(self, name: str) -> float | None:
+        """A scalar operand: a constant, or a value computed from shapes only (SDPA's ``sqrt(1/sqrt(d))``),
+        evaluated once by onnxruntime on a zero input; None when it is not a scalar."""
+        c = self.const(name)
+        if c is None:
+            if name not in self._dynamic:
+                self._dynamic[name] = self._evaluate(name)
+            c = self._dynamic[name]
+        c = None if c is None else np.asarray(c, np.float64)
+        return float(c.reshape(-1)[0]) if c is not None and c.size == 1 else None
+
+    def _evaluate(self, name: str):
+        from onnx import helper
+
+        from simulator.onnx_session import ort_session
+
+        m = self.model.__class__()
+        m.CopyFrom(self.model)
+        del m.graph.output[:]
+        m.graph.output.append(helper.make_tensor_value_info(name, 1, None))
+        inp = m.graph.input[0]
+        dims = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
+        try:
+            return ort_session(m.SerializeToString(), optimize=False).run(None, {inp.name: np.zeros(dims, np.float32)})[0]
+        except Exception:  # noqa: BLE001 -- a non-float or data-dependent value: not a factor
+            return None
+
     def factor(self, value: str) -> float:
-        """Product of the constant factors between ``value`` and the non-view op that makes it."""
+        """Product of the scalar factors between ``value`` and the non-view op that makes it."""
         c = 1.0
         while True:
             n = self.producer.get(value)
@@ -118,16 +149,20 @@ class QDQModel:
                 return c
             if n.op_type in _PASS:
                 value = n.input[0]
-            elif n.op_type in ("Mul", "Div") and (self.const(n.input[1]) is not None or self.const(n.input[0]) is not None):
-                k_first = self.const(n.input[0]) is not None and n.op_type == "Mul"
-                k = float(np.asarray(self.const(n.input[0] if k_first else n.input[1])).reshape(-1)[0])
-                c = c * k if n.op_type == "Mul" else c / k
-                value = n.input[1] if k_first else n.input[0]
+                continue
+            if n.op_type not in ("Mul", "Div"):
+                return c
+            k1 = self.scalar(n.input[1])
+            k0 = self.scalar(n.input[0]) if n.op_type == "Mul" and k1 is None else None
+            if k1 is not None:
+                c, value = (c * k1 if n.op_type == "Mul" else c / k1), n.input[0]
+            elif k0 is not None:
+                c, value = c * k0, n.input[1]
             else:
                 return c
 
 
-def _act_quantizer(t_model: QDQModel, value: str, what: str, softmax: bool):
+def _act_quantizer(t_model: QDQModel, value: str, what: str, softmax: bool, scaled: bool):
     dq = t_model.dq_of(value)
     if dq is None:
         return None, None
@@ -140,7 +175,7 @@ def _act_quantizer(t_model: QDQModel, value: str, what: str, softmax: bool):
         raise InputError(f"{t_model.path}: {what}: per-channel activation scale; expected one scale per tensor")
     unsigned = np.asarray(zp).dtype.kind == "u"
     bits = np.asarray(zp).dtype.itemsize * 8
-    c = t_model.factor(q_in) if q_in is not None else 1.0
+    c = t_model.factor(q_in) if q_in is not None and scaled else 1.0
     if softmax:                 # the integer softmax's power-of-two grid (see the module docstring)
         b = bits if unsigned else bits - 1
         return Quantizer("static", 2.0 ** -b, b, signed=False), (q_name, 1.0)
@@ -205,12 +240,18 @@ def import_qdq(path: str, model, calib_images: np.ndarray, image_size=None, resi
         elif m.dq_of(node.input[1]) is not None and m.dq_of(node.input[1])[0] is not None:
             raise InputError(f"{path}: {op.name}: the ONNX node has a constant weight; the model's op is "
                              "activation x activation (node order differs from the model)")
+        scaled = op.kind == "matmul" and op.scale != 1.0     # q k^T: the attention scale sits on q and/or k
+        found = []
         for i in range(n_act):
             t = own[op.inputs[i]]
             softmax = prod[t].kind == "softmax"
-            qz, loc = _act_quantizer(m, node.input[i], f"{op.name} input {i} ({t})", softmax)
+            qz, loc = _act_quantizer(m, node.input[i], f"{op.name} input {i} ({t})", softmax, scaled)
             if qz is not None:
                 fixed[t], where[t] = qz, loc
+                found.append(loc[1])
+        if scaled and len(found) == 2 and not np.isclose(found[0] * found[1], op.scale, rtol=1e-5):
+            raise InputError(f"{path}: {op.name}: the factors before the ONNX MatMul multiply to "
+                             f"{found[0] * found[1]:.6g}, the attention scale is {op.scale:.6g}")
     graph = dataclasses.replace(graph, params=params)
     bits = sorted({q.bits for q in fixed.values()} or {8})
     cfg = RecipeConfig(w_bits=8, a_bits=8, weight_calibration="minmax", residual_bits=residual_bits,
@@ -232,6 +273,14 @@ def import_qdq(path: str, model, calib_images: np.ndarray, image_size=None, resi
             "weight_codes_equal": [same, total]}
     del torch
     return QuantizedGraph(graph=graph, quantizers=q, params=out, meta=meta)
+
+
+def _patches(x: np.ndarray, op: ir.Patchify) -> np.ndarray:
+    """[B, C, H, W] -> [B, gh*gw, C*ph*pw] in the graph's (c, i, j) order (crop to whole patches)."""
+    (ph, pw), (b, c, h, w) = op.patch_size, x.shape
+    gh, gw = h // ph, w // pw
+    x = x[:, :, :gh * ph, :gw * pw].reshape(b, c, gh, ph, gw, pw)
+    return x.transpose(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * ph * pw)
 
 
 def ort_comparison(qg: QuantizedGraph, model_bytes: bytes, images: np.ndarray, labels=None,
@@ -270,6 +319,8 @@ def ort_comparison(qg: QuantizedGraph, model_bytes: bytes, images: np.ndarray, l
     rows = []
     for t in extra:
         a, b = ort_codes[t], sim.codes[t]
+        if t == qg.graph.input or qg.graph.producers()[t].kind == "patchify":
+            a = _patches(a, qg.graph.producers()[t])
         if a.shape != b.shape and a.ndim == 4 and a.shape == b.swapaxes(-1, -2).shape:
             a = a.swapaxes(-1, -2)                # k^T
         if a.shape != b.shape:

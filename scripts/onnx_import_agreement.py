@@ -35,7 +35,10 @@ def quantize_with_ort(fp32_path: str, qdq_path: str, calib: np.ndarray, input_na
     quantize_static(fp32_path, qdq_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   # GEMM outputs stay float (the simulator keeps int32 accumulators / rescales
+                                   # them into the next op; ORT would round q k^T to int8 before the softmax)
+                                   "OpTypesToExcludeOutputQuantization": ["Conv", "MatMul", "Gemm"]})
 
 
 def export_fp32(model, path: str, shape) -> None:
