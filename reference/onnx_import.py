@@ -27,9 +27,11 @@ per channel reproduces the ONNX scale and codes; checked, and reported in
 activation is refused. Tensors the QDQ model leaves float (the residual
 stream, LayerNorm inputs, ``q k^T``, logits) get the static recipe's
 calibration on ``calib_images`` (16-bit residual stream). The softmax output
-keeps the integer softmax's power-of-two grid: an int8 (symmetric) ONNX
-scale becomes unsigned 7-bit codes at ``2**-7``, uint8 unsigned 8-bit at
-``2**-8`` (ORT's min-max scale, ``max p / 127``, is within a few percent).
+keeps the integer softmax's power-of-two grid: ONNX scale ``s`` becomes
+unsigned ``b``-bit codes at ``2**-b``, ``b = round(-log2 s)`` (ORT's min-max
+scale ``max p / 127`` is ``2**-7`` when some probability reaches 1; on a
+random DeiT it is ~``2**-10``, and ours then holds probabilities up to 1
+where ORT saturates at ``127 s``).
 """
 
 from __future__ import annotations
@@ -177,12 +179,12 @@ def _act_quantizer(t_model: QDQModel, value: str, what: str, softmax: bool, scal
     bits = np.asarray(zp).dtype.itemsize * 8
     c = t_model.factor(q_in) if q_in is not None and scaled else 1.0
     if softmax:                 # the integer softmax's power-of-two grid (see the module docstring)
-        b = bits if unsigned else bits - 1
-        return Quantizer("static", 2.0 ** -b, b, signed=False), (q_name, 1.0)
+        b = int(np.clip(round(-np.log2(float(scale.reshape(-1)[0]))), 2, 15))
+        return Quantizer("static", 2.0 ** -b, b, signed=False), (q_name, 1.0, float(scale.reshape(-1)[0]))
     if unsigned:
         raise InputError(f"{t_model.path}: {what}: unsigned codes for a signed tensor; quantize activations as "
                          "QInt8 with ActivationSymmetric")
-    return Quantizer("static", float(scale.reshape(-1)[0]) / abs(c), bits), (q_name, c)
+    return Quantizer("static", float(scale.reshape(-1)[0]) / abs(c), bits), (q_name, c, float(scale.reshape(-1)[0]))
 
 
 def _weight(t_model: QDQModel, node, ir_shape, what: str):
@@ -323,11 +325,14 @@ def ort_comparison(qg: QuantizedGraph, model_bytes: bytes, images: np.ndarray, l
             a = _patches(a, qg.graph.producers()[t])
         if a.shape != b.shape and a.ndim == 4 and a.shape == b.swapaxes(-1, -2).shape:
             a = a.swapaxes(-1, -2)                # k^T
+        step = float(np.asarray(qg.quantizers[t].scale)) * abs(where[t][1]) / where[t][2]
+        if not np.isclose(step, 1.0, rtol=1e-9):      # softmax: our 2**-b grid -> ORT's step, nearest code
+            b = np.floor(b * step + 0.5).astype(np.int64)
         if a.shape != b.shape:
             rows.append({"tensor": t, "equal": None, "within_1": None, "note": f"shapes {a.shape} vs {b.shape}"})
             continue
         d = np.abs(a - b)
-        rows.append({"tensor": t, "bits": qg.quantizers[t].bits, "equal": float((d == 0).mean()),
+        rows.append({"tensor": t, "bits": qg.quantizers[t].bits, "grid_ratio": step, "equal": float((d == 0).mean()),
                      "within_1": float((d <= 1).mean()), "max_abs_diff": int(d.max())})
     pred = logits.argmax(1)
     summary = {"images": int(len(images)), "top1_agreement": float((pred == sim.predictions).mean()),
