@@ -213,7 +213,7 @@ def _weight(t_model: QDQModel, node, ir_shape, what: str):
     return w, s
 
 
-def import_qdq(path: str, model, calib_images: np.ndarray, image_size=None, residual_bits: int = 16) -> QuantizedGraph:
+def import_qdq(path: "str | QDQModel", model, calib_images: np.ndarray, image_size=None, residual_bits: int = 16) -> QuantizedGraph:
     """A `QuantizedGraph` of ``model``'s architecture with the QDQ file's weights and scales (module docstring)."""
     import torch
 
@@ -221,7 +221,8 @@ def import_qdq(path: str, model, calib_images: np.ndarray, image_size=None, resi
     from reference.recipes.static import Scales
     from reference.recipes.static_graph import assign_quantizers, collect_graph_stats, freeze_op, owners, stat_names
 
-    m = QDQModel(path)
+    m = path if isinstance(path, QDQModel) else QDQModel(path)
+    path = m.path
     graph = lower(model, image_size=image_size) if image_size else lower(model)
     gemm_nodes = [n for n in m.nodes if n.op_type in _GEMMS]
     gemm_ops = [op for op in graph.ops if op.kind in ("linear", "head", "matmul")]

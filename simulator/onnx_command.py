@@ -146,6 +146,9 @@ def onnx_qdq_main(argv: list[str]) -> int:
     p.add_argument("--img-size", type=int, default=None, metavar="PX")
     p.add_argument("--num-classes", type=int, default=None, metavar="N")
     p.add_argument("--data", default=None, metavar="DIR", help="evaluation images (default: digits)")
+    p.add_argument("--calib", default=None, metavar="DIR",
+                   help="calibration images for the tensors the QDQ model leaves float (default: --data's)")
+    p.add_argument("--calib-images", type=int, default=128, metavar="N", help="calibration images (default 128)")
     p.add_argument("--images", type=int, default=None, metavar="N", help="evaluate N images (default: all)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the comparison as JSON")
     add_logging_arguments(p)
@@ -154,13 +157,17 @@ def onnx_qdq_main(argv: list[str]) -> int:
     from simulator import preflight as pf
 
     pf.check_outputs([("--json", args.json)])
-    from reference.onnx_import import import_qdq, ort_comparison
+    from reference.onnx_import import QDQModel, import_qdq, ort_comparison
+
+    qdq = QDQModel(args.onnx_qdq)          # a missing / non-ONNX / non-QDQ file fails before the model loads
     from reference.data import load_dataset
     from reference.models import load_model
 
     model = load_model(args.model, None, num_classes=args.num_classes, img_size=args.img_size,
                        random_weights_ok=True)
-    qg = import_qdq(args.onnx_qdq, model)
+    calib, _ = load_dataset(args.calib if args.calib is not None else args.data, model, split="calib",
+                            limit=args.calib_images)
+    qg = import_qdq(qdq, model, calib)
     images, labels = load_dataset(args.data, model, split="test", limit=args.images)
     with open(args.onnx_qdq, "rb") as f:
         data = f.read()

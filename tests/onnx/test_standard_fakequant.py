@@ -54,20 +54,18 @@ def test_per_op_codes_within_one_lsb(drawn, bits):
             assert np.abs(d).max() <= 1, (t, op.kind, np.abs(d).max())
 
 
-def test_float_nonlinear_kernels_stay_close_on_the_default_model(digits):
-    """LayerNorm and GELU: the integer kernels against float, teacher-forced, W8A8 default model."""
+@pytest.mark.parametrize("recipe", ["static_w8a8", "static_w4a4"])
+def test_every_op_within_one_code_on_the_default_model(digits, recipe):
+    """Teacher-forced, the integer LayerNorm / softmax / GELU kernels included (measured on all 360 test
+    images: W8A8 99.82% of LayerNorm and 96.42% of GELU codes equal, the rest +-1; docs/onnx.md)."""
     model, calib, test = digits
-    qg = quantize_graph(model, calib, load_recipe("configs/recipes/static_w8a8.yaml"))
+    qg = quantize_graph(model, calib, load_recipe(f"configs/recipes/{recipe}.yaml"))
     r = GraphIntegerExecutor(qg).run(test)
     diffs = per_op_differences(qg, dict(r.codes, images=test))
-    prod = qg.graph.producers()
+    assert len(diffs) == 54                     # 4 embedding + 8 per block + norm + logits (views skipped)
     for t, d in diffs.items():
-        a = np.abs(d)
-        if prod[t].kind in ("layer_norm", "activation", "softmax"):
-            assert a.max() <= 1, (t, a.max())
-        elif prod[t].kind in ONE_CODE:
-            assert a.max() <= 1 or t.endswith(("x_mid", "x_out")), (t, a.max())
-            assert (a <= 1).mean() > 0.985, (t, (a <= 1).mean())
+        assert np.abs(d).max() <= 1, (t, np.abs(d).max())
+    assert np.mean([(d == 0).mean() for d in diffs.values()]) > 0.9
 
 
 def test_top1_agrees_with_the_simulator_on_the_default_model(digits):
