@@ -510,9 +510,9 @@ def main(argv: list[str] | None = None) -> int:
             configure_logging(*_logging_flags(argv[1:]))
             return _subcommand(argv[0])(argv[1:])
         if any(a == "--onnx-qdq" or a.startswith("--onnx-qdq=") for a in argv):   # docs/onnx.md: import
-            from simulator.onnx_command import onnx_qdq_main
+            import importlib
             configure_logging(*_logging_flags(argv))
-            return onnx_qdq_main(argv)
+            return importlib.import_module("simulator.onnx_command").onnx_qdq_main(argv)
         args = build_parser().parse_args(argv)
         configure_logging(args.quiet, args.verbose, not args.no_progress)
         return run_main(args)
