@@ -338,6 +338,7 @@ def ort_comparison(qg: QuantizedGraph, model_bytes: bytes, images: np.ndarray, l
     pred = logits.argmax(1)
     summary = {"images": int(len(images)), "top1_agreement": float((pred == sim.predictions).mean()),
                "logit_sqnr_db": sqnr_db(sim.logits, logits),
+               "ort_classes": int(len(np.unique(pred))),
                "boundaries": len(rows),
                "codes_equal": float(np.mean([r["equal"] for r in rows if r["equal"] is not None])) if rows else None,
                "codes_within_1": float(np.mean([r["within_1"] for r in rows if r["within_1"] is not None])) if rows else None,

@@ -69,7 +69,7 @@ def test_layers_flag_writes_plot_and_cost_csv_next_to_json(tmp_path, capsys):
     assert "per-tensor SQNR vs fp32" in out and "blocks.5.x_out" in out
     summary = json.loads(js.read_text())
     rows = summary["layers"]["rows"]
-    assert len(rows) == 91 and rows[-1]["tensor"] == "logits"      # 6 + 14 per block + pool, norm, logits
+    assert len(rows) == 91 and rows[-1]["tensor"] == "logits"      # 4 embedding + 14 per block + pool, norm, logits
     png = (tmp_path / "run.layers.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     table = list(csv.DictReader((tmp_path / "run.layers.csv").open()))
