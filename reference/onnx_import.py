@@ -287,7 +287,7 @@ def _patches(x: np.ndarray, op: ir.Patchify) -> np.ndarray:
 
 
 def ort_comparison(qg: QuantizedGraph, model_bytes: bytes, images: np.ndarray, labels=None,
-                   batch_size: int = 64) -> dict:
+                   batch_size: int = 64, float_logits: np.ndarray | None = None) -> dict:
     """onnxruntime (all optimizations: its integer QDQ kernels) on the QDQ model against the simulator of the
     imported graph: top-1 agreement, logit SQNR, and at every imported boundary the share of codes equal
     and within +-1 (onnxruntime's QuantizeLinear output vs the simulator's codes)."""
@@ -343,6 +343,10 @@ def ort_comparison(qg: QuantizedGraph, model_bytes: bytes, images: np.ndarray, l
                "codes_equal": float(np.mean([r["equal"] for r in rows if r["equal"] is not None])) if rows else None,
                "codes_within_1": float(np.mean([r["within_1"] for r in rows if r["within_1"] is not None])) if rows else None,
                "weight_codes_equal": qg.meta.get("weight_codes_equal")}
+    if float_logits is not None:           # both against the fp32 model: how much of the gap is quantization noise
+        ref = np.asarray(float_logits).argmax(1)
+        summary["ort_agree_fp32"] = float((pred == ref).mean())
+        summary["simulator_agree_fp32"] = float((sim.predictions == ref).mean())
     if labels is not None:
         summary["ort_top1"] = float((pred == labels).mean())
         summary["simulator_top1"] = float((sim.predictions == labels).mean())

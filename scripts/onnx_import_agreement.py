@@ -57,8 +57,11 @@ def run_case(name, model, calib, test, labels, out_dir):
     export_fp32(model, fp32, test.shape[1:])
     quantize_with_ort(fp32, qdq, calib)
     qg = import_qdq(qdq, model, calib)
+    import torch
+    with torch.no_grad():
+        fp32 = model(torch.from_numpy(np.ascontiguousarray(test, dtype=np.float32))).numpy()
     with open(qdq, "rb") as f:
-        cmp = ort_comparison(qg, f.read(), test, labels)
+        cmp = ort_comparison(qg, f.read(), test, labels, float_logits=fp32)
     return cmp
 
 
@@ -102,7 +105,8 @@ def main() -> None:
         print(f"| {name} | {s['images']} | {100 * s['top1_agreement']:.1f}% | {s['logit_sqnr_db']:.1f} | "
               f"{s['boundaries']} | {100 * s['codes_equal']:.2f}% | {100 * s['codes_within_1']:.2f}% | "
               f"{w[0]}/{w[1]} |")
-        print(f"|   (ORT classes predicted: {s['ort_classes']}) |")
+        print(f"|   (ORT classes predicted: {s['ort_classes']}; top-1 agreement with fp32: ORT "
+              f"{100 * s['ort_agree_fp32']:.1f}%, simulator {100 * s['simulator_agree_fp32']:.1f}%) |")
         if "ort_top1" in s:
             print(f"|   (labels: ORT top-1 {100 * s['ort_top1']:.1f}%, simulator {100 * s['simulator_top1']:.1f}%) |")
     for name, r in results.items():
