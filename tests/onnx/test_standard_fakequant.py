@@ -37,7 +37,7 @@ def _random(drawn, n=10):
 
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(drawn=lowering_configs(), bits=st.sampled_from(BIT_WIDTHS))
 def test_per_op_codes_within_one_lsb(drawn, bits):
     model, image_size, images = _random(drawn)
