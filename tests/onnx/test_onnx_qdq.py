@@ -152,6 +152,12 @@ def test_import_of_an_onnxruntime_quantized_digits_model(digits, tmp_path):
     for t in ("blocks.0.norm1", "blocks.0.q", "blocks.0.k", "blocks.0.v"):
         assert rows[t]["within_1"] == 1.0 and rows[t]["equal"] > 0.95, rows[t]
     assert r["summary"]["codes_within_1"] > 0.9
+    js = tmp_path / "imp.json"                    # the command: import, simulate, compare
+    assert main(["--onnx-qdq", str(tmp_path / "q.onnx"), "--images", "32", "--calib-images", "32",
+                 "--json", str(js), "--no-progress"]) == 0
+    import json
+    summary = json.loads(js.read_text())["summary"]
+    assert summary["images"] == 32 and summary["top1_agreement"] >= 31 / 32 and summary["boundaries"] == 50
 
 
 def test_import_refuses_another_architecture(digits, tmp_path):
