@@ -103,7 +103,8 @@ class QDQModel:
         return self._consts[name]
 
     def dq_of(self, value: str):
-        """(codes or None, scale, zero point, axis, quantized value name, Q input) of the DequantizeLinear making ``value``."""
+        """(codes or None, scale, zero point, axis, quantized value name, Q input) of the
+        DequantizeLinear making ``value``; None when another op makes it."""
         n = self.producer.get(value)
         if n is None or n.op_type != "DequantizeLinear":
             return None
@@ -138,7 +139,8 @@ class QDQModel:
         inp = m.graph.input[0]
         dims = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
         try:
-            return ort_session(m.SerializeToString(), optimize=False).run(None, {inp.name: np.zeros(dims, np.float32)})[0]
+            sess = ort_session(m.SerializeToString(), optimize=False)
+            return sess.run(None, {inp.name: np.zeros(dims, np.float32)})[0]
         except Exception:  # noqa: BLE001 -- a non-float or data-dependent value: not a factor
             return None
 
@@ -213,10 +215,9 @@ def _weight(t_model: QDQModel, node, ir_shape, what: str):
     return w, s
 
 
-def import_qdq(path: "str | QDQModel", model, calib_images: np.ndarray, image_size=None, residual_bits: int = 16) -> QuantizedGraph:
+def import_qdq(path: "str | QDQModel", model, calib_images: np.ndarray, image_size=None,
+               residual_bits: int = 16) -> QuantizedGraph:
     """A `QuantizedGraph` of ``model``'s architecture with the QDQ file's weights and scales (module docstring)."""
-    import torch
-
     from reference.lowering import lower
     from reference.recipes.static import Scales
     from reference.recipes.static_graph import assign_quantizers, collect_graph_stats, freeze_op, owners, stat_names
@@ -274,7 +275,6 @@ def import_qdq(path: "str | QDQModel", model, calib_images: np.ndarray, image_si
             "calibration": {"images": int(len(calib)), "imported_tensors": sorted(fixed)},
             "onnx_codes": {t: list(v) for t, v in where.items()},
             "weight_codes_equal": [same, total]}
-    del torch
     return QuantizedGraph(graph=graph, quantizers=q, params=out, meta=meta)
 
 
@@ -336,12 +336,12 @@ def ort_comparison(qg: QuantizedGraph, model_bytes: bytes, images: np.ndarray, l
         rows.append({"tensor": t, "bits": qg.quantizers[t].bits, "grid_ratio": step, "equal": float((d == 0).mean()),
                      "within_1": float((d <= 1).mean()), "max_abs_diff": int(d.max())})
     pred = logits.argmax(1)
+    shares = lambda key: float(np.mean([r[key] for r in rows if r[key] is not None])) if rows else None  # noqa: E731
     summary = {"images": int(len(images)), "top1_agreement": float((pred == sim.predictions).mean()),
                "logit_sqnr_db": sqnr_db(sim.logits, logits),
                "ort_classes": int(len(np.unique(pred))),
                "boundaries": len(rows),
-               "codes_equal": float(np.mean([r["equal"] for r in rows if r["equal"] is not None])) if rows else None,
-               "codes_within_1": float(np.mean([r["within_1"] for r in rows if r["within_1"] is not None])) if rows else None,
+               "codes_equal": shares("equal"), "codes_within_1": shares("within_1"),
                "weight_codes_equal": qg.meta.get("weight_codes_equal")}
     if float_logits is not None:           # both against the fp32 model: how much of the gap is quantization noise
         ref = np.asarray(float_logits).argmax(1)

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from reference.float_ops import FloatOps
-from simulator import ir
 from simulator.errors import InputError
 from simulator.inputs import check_graph_images
 from simulator.qgraph import QuantizedGraph, Quantizer

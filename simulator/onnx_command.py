@@ -82,7 +82,8 @@ def _print_comparison(cmp: dict, label: str) -> None:
     print(f"onnxruntime vs {label} on {cmp['images']} images:")
     for name, r in cmp["runs"].items():
         top = f"  top-1 {100 * r['top1']:.1f}%" if "top1" in r else ""
-        print(f"  {name:<16} agree simulator {100 * r['agree_simulator']:.1f}% (SQNR {r['sqnr_db_vs_simulator']:.1f} dB)"
+        print(f"  {name:<16} agree simulator {100 * r['agree_simulator']:.1f}% "
+              f"(SQNR {r['sqnr_db_vs_simulator']:.1f} dB)"
               f"  agree fake-quant float {100 * r['agree_fakequant_float']:.1f}% "
               f"(SQNR {r['sqnr_db_vs_fakequant_float']:.1f} dB){top}")
     if cmp.get("simulator_top1") is not None:
@@ -172,8 +173,8 @@ def onnx_qdq_main(argv: list[str]) -> int:
     with open(args.onnx_qdq, "rb") as f:
         data = f.read()
     cmp = ort_comparison(qg, data, images, labels)
-    print(f"imported {args.onnx_qdq}: {len(qg.graph.ops)} ops, {sum(q.kind == 'static' for q in qg.quantizers.values())} "
-          f"quantized tensors")
+    n_static = sum(q.kind == "static" for q in qg.quantizers.values())
+    print(f"imported {args.onnx_qdq}: {len(qg.graph.ops)} ops, {n_static} quantized tensors")
     for k, v in cmp["summary"].items():
         print(f"  {k}: {v}")
     if args.json:

@@ -12,7 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 from reference.lowering import lower  # noqa: E402
 from reference.onnx_import import import_qdq, ort_comparison  # noqa: E402
 from reference.recipes.composed import quantize_graph  # noqa: E402
-from reference.recipes.config import RecipeConfig, load_recipe  # noqa: E402
+from reference.recipes.config import RecipeConfig  # noqa: E402
 from reference.standard_fakequant import StandardFakeQuantModel  # noqa: E402
 from simulator.cli import main  # noqa: E402
 from simulator.errors import InputError  # noqa: E402
