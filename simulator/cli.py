@@ -50,6 +50,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                        "write every layer's integer tensors (npz + $readmemh hex + manifest) for RTL testbenches"),
     "verify-vectors": ("simulator.vectors:verify_main",
                        "check a vector set written by export-vectors (files, hashes, re-run)"),
+    "export-onnx": ("simulator.onnx_command:export_main",
+                    "write the quantized graph as a standard ONNX QDQ model (docs/onnx.md)"),
 }
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 
@@ -153,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--csv", default=None, metavar="PATH",
                    help="write the summary as CSV: one row per accelerator (one row without --hw)")
     o.add_argument("--save-qvit", default=None, metavar="PATH", help="write the frozen QuantizedViT (.npz)")
+    o.add_argument("--layers", action="store_true",
+                   help="print the SQNR (dB) of every tensor vs fp32; with --json also write <stem>.layers.png "
+                        "(SQNR by depth) and <stem>.layers.csv (per-layer costs) next to it (simulator/layer_report.py)")
     add_logging_arguments(p)
     add_image_limit_flag(p)
     return p
@@ -449,6 +454,9 @@ def run_main(args) -> int:
         print(format_report(reports[0]) if len(reports) == 1 else format_comparison(reports))
         summary["hardware"] = [r.to_dict() | {"accelerator": accelerator_record(npu)}
                                for r, npu in zip(reports, plan.npus)]
+    if args.layers:
+        from simulator.layer_report import run_layers
+        summary["layers"] = run_layers(args, model, calib, cfg, images, qvit if engine == "graph" else None, plan.npus)
     _write_outputs(args, qvit, summary)
     return 0
 
@@ -501,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in SUBCOMMANDS:
             configure_logging(*_logging_flags(argv[1:]))
             return _subcommand(argv[0])(argv[1:])
+        if any(a == "--onnx-qdq" or a.startswith("--onnx-qdq=") for a in argv):   # docs/onnx.md: import
+            import importlib
+            configure_logging(*_logging_flags(argv))
+            return importlib.import_module("simulator.onnx_command").onnx_qdq_main(argv)
         args = build_parser().parse_args(argv)
         configure_logging(args.quiet, args.verbose, not args.no_progress)
         return run_main(args)

@@ -74,6 +74,10 @@ RANKS = (
     ("simulator.engines", 4),        # --engine: picks the graph or the legacy executors
     ("reports.sweep", 5),            # the `simulate sweep` command, on top: uses the CLI's parser and logging
     ("simulator.vectors", 4),        # export-/verify-vectors commands
+    ("simulator.onnx_command", 4),   # export-onnx / --onnx-qdq commands (docs/onnx.md)
+    ("simulator.layer_report", 4),   # --layers: per-tensor SQNR, plot, per-layer cost CSV
+    # simulator.onnx_export / onnx_session (rank 1, numpy + onnx): QDQ writer, onnxruntime session;
+    # reference.standard_fakequant / onnx_import / layer_error (rank 2): torch fake-quant, QDQ reader, SQNR
 )
 
 
@@ -161,7 +165,8 @@ def test_fixedpoint_imports_nothing():
     assert _imports(ROOT / "simulator" / "fixedpoint.py") == []
 
 
-COMPOSITION_ROOT = ("cli.py", "cost_command.py", "preflight.py", "summary.py", "engines.py")   # commands: may import upstream, lazily
+COMPOSITION_ROOT = ("cli.py", "cost_command.py", "preflight.py", "summary.py", "engines.py",
+                    "onnx_command.py", "layer_report.py")   # commands: may import upstream, lazily
 
 
 def test_composition_root_imports_upstream_lazily():

@@ -168,9 +168,13 @@ class _Placement:
         return Quantizer("static", self.sc.act(t, bits), bits)
 
 
-def assign_quantizers(graph: ir.Graph, sc: Scales, cfg: RecipeConfig) -> dict[str, Quantizer]:
-    """Tensor -> `Quantizer` for every tensor but the images (see the module docstring)."""
+def assign_quantizers(graph: ir.Graph, sc: Scales, cfg: RecipeConfig,
+                      fixed: dict[str, Quantizer] | None = None) -> dict[str, Quantizer]:
+    """Tensor -> `Quantizer` for every tensor but the images (see the module docstring). ``fixed``:
+    quantizers of owner tensors given from outside (an imported QDQ model, `reference.onnx_import`);
+    the quantizers derived from them (qkv output, ``q k^T`` accumulator) follow."""
     place = _Placement(graph, sc, cfg)
+    place.q.update(fixed or {})
     return {t: place(t) for t in graph.tensor_names()[1:]}
 
 

@@ -53,9 +53,11 @@ def _run(capsys, *argv):
 def _parsers():
     from reports.sweep import build_parser as sweep_parser
     from simulator.cost_command import _parser as cost_parser
+    from simulator.onnx_command import _parser as onnx_parser
     from simulator.vectors.export import _parser as export_parser
 
-    return {"simulate": build_parser(), "cost": cost_parser(), "sweep": sweep_parser(), "export-vectors": export_parser()}
+    return {"simulate": build_parser(), "cost": cost_parser(), "sweep": sweep_parser(), "export-vectors": export_parser(),
+            "export-onnx": onnx_parser()}
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -64,12 +66,12 @@ def test_help_lists_every_subcommand(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "usage: simulate [COMMAND] [options]" in out
-    for name in ("cost", "sweep", "export-vectors", "verify-vectors"):
+    for name in ("cost", "sweep", "export-vectors", "verify-vectors", "export-onnx"):
         assert f"\n  {name} " in out.split("commands (", 1)[1], name
-    assert set(SUBCOMMANDS) == {"cost", "sweep", "export-vectors", "verify-vectors"}
+    assert set(SUBCOMMANDS) == {"cost", "sweep", "export-vectors", "verify-vectors", "export-onnx"}
 
 
-@pytest.mark.parametrize("name", ["simulate", "cost", "sweep", "export-vectors"])
+@pytest.mark.parametrize("name", ["simulate", "cost", "sweep", "export-vectors", "export-onnx"])
 def test_every_flag_has_a_help_line(name):
     parser = _parsers()[name]
     for action in parser._actions:

@@ -1,0 +1,132 @@
+"""``simulate --layers``: the SQNR of every tensor boundary against the fp32 model, and per-layer costs.
+
+Prints one line per quantized tensor (SQNR in dB of the simulator's values
+against the float walk on the evaluated images, `reference.layer_error`),
+adds the rows to ``--json`` under ``"layers"``, and next to ``--json``
+writes ``<stem>.layers.png`` (SQNR by depth, matplotlib) and
+``<stem>.layers.csv`` (one row per trace record: shape, bits, MACs, BOPs,
+and cycles / energy per accelerator of ``--hw``). Runs on the integer graph
+whatever ``--engine`` chose (the legacy engine's QuantizedViT has no graph:
+the recipe is frozen again on the graph, which gives the same codes,
+docs/graph.md). Part of the CLI's composition root: imports reference,
+hwmodels and matplotlib lazily.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from pathlib import Path
+
+__all__ = ["layer_rows", "print_layers", "sqnr_plot_png", "layer_costs_csv", "run_layers", "output_paths"]
+
+log = logging.getLogger("simulator.cli")
+
+
+def output_paths(json_path: str | None) -> tuple[str, str] | None:
+    """(plot, csv) next to ``--json``: ``run.json`` -> ``run.layers.png``, ``run.layers.csv``."""
+    if not json_path:
+        return None
+    p = Path(json_path)
+    stem = p.with_suffix("") if p.suffix == ".json" else p
+    return f"{stem}.layers.png", f"{stem}.layers.csv"
+
+
+def layer_rows(qg, images, batch_size: int = 64) -> list[dict]:
+    from reference.layer_error import boundary_sqnr
+
+    return boundary_sqnr(qg, images, batch_size=batch_size)
+
+
+def print_layers(rows: list[dict], label: str) -> None:
+    print(f"per-tensor SQNR vs fp32 ({label}):")
+    for r in rows:
+        db = r["sqnr_db"]
+        print(f"  {r['depth']:>4}  {r['tensor']:<34} {r['quantizer']:<11} {r['bits']:>2}b  "
+              f"{'inf' if math.isinf(db) else f'{db:6.1f}'} dB")
+
+
+def sqnr_plot_png(series: dict[str, list[dict]], title: str) -> bytes:
+    """PNG bytes: SQNR (dB) against depth (op index), one line per run label; GEMM-input
+    activations marked. Infinite values (exact tensors) are drawn at the top of the axis."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    finite = [r["sqnr_db"] for rows in series.values() for r in rows if math.isfinite(r["sqnr_db"])]
+    top = max(finite, default=60.0) + 5
+    for label, rows in series.items():
+        x = [r["depth"] for r in rows]
+        y = [r["sqnr_db"] if math.isfinite(r["sqnr_db"]) else top for r in rows]
+        ax.plot(x, y, marker=".", linewidth=1, label=label)
+    blocks = {}
+    for rows in series.values():
+        for r in rows:
+            if r["block"] is not None:
+                blocks.setdefault(r["block"], r["depth"])
+    for b, d in sorted(blocks.items()):
+        ax.axvline(d - 0.5, color="0.85", linewidth=0.8, zorder=0)
+        ax.text(d, 0.01, f"b{b}", fontsize=7, color="0.5", va="bottom", transform=ax.get_xaxis_transform())
+    ax.set_xlabel("depth (op index in the graph; grey lines: block starts)")
+    ax.set_ylabel("SQNR vs fp32 (dB)")
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def layer_costs_csv(trace, reports=()) -> str:
+    """One row per trace record: shape, bits, MACs and BOPs per image, plus cycles and energy (pJ) per
+    accelerator report (`hwmodels.estimate`)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    extra = [f"{r.npu.name}_{k}" for r in reports for k in ("cycles", "energy_pj")]
+    w.writerow(["layer", "kind", "m", "k", "n", "batch", "a_bits", "b_bits", "macs", "bops", *extra])
+    for i, rec in enumerate(trace.layers):
+        cost = [v for r in reports for v in (r.layers[i].cycles, r.layers[i].energy_pj)]
+        w.writerow([rec.name, rec.kind, rec.m, rec.k, rec.n, rec.batch, rec.a_bits, rec.b_bits, rec.macs, rec.bops,
+                    *[f"{v:.6g}" for v in cost]])
+    return buf.getvalue()
+
+
+def run_layers(args, model, calib, cfg, images, qgraph=None, npus=()) -> dict:
+    """The ``--layers`` work of the main command: rows printed and returned (for ``--json``); plot and
+    cost CSV written next to ``--json``. ``qgraph``: the run's QuantizedGraph when the graph engine ran."""
+    from simulator import progress
+    from simulator.atomic_files import Batch
+
+    if qgraph is None:
+        from simulator.engines import graph_quantizer
+        with progress.phase(f"freezing {cfg.label} on the graph for --layers"):
+            qgraph = graph_quantizer(cfg.recipe)(model, calib, cfg, model_name=getattr(args, "model", None) or "model")
+    with progress.phase(f"per-tensor SQNR on {len(images)} images"):
+        from simulator.int_ops import GraphIntegerExecutor
+        res = GraphIntegerExecutor(qgraph).run(images, args.batch_size)
+        from reference.layer_error import boundary_sqnr
+        rows = boundary_sqnr(qgraph, images, codes=res.codes, batch_size=args.batch_size)
+    print_layers(rows, cfg.label)
+    out = {"rows": rows}
+    paths = output_paths(args.json)
+    if paths:
+        reports = []
+        if npus:
+            import hwmodels
+            reports = [hwmodels.estimate(res.trace, npu) for npu in npus]
+        png = sqnr_plot_png({cfg.label: rows}, f"{getattr(args, 'model', None) or 'vit_digits'}: per-tensor SQNR "
+                                               f"vs fp32, {len(images)} images")
+        with Batch() as batch:
+            batch.add(paths[0], png, f"--layers plot {paths[0]}")
+            batch.add(paths[1], layer_costs_csv(res.trace, reports).encode(), f"--layers csv {paths[1]}")
+        out["plot"], out["costs_csv"] = paths
+        log.info("wrote %s and %s", *paths)
+    for r in rows:                  # JSON has no infinity: an exact tensor is null
+        if not math.isfinite(r["sqnr_db"]):
+            r["sqnr_db"] = None
+    return out
