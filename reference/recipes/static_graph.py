@@ -64,7 +64,8 @@ from simulator.walk import walk
 from simulator.windows import WindowBiasQ, masked_pairs
 
 __all__ = ["quantize_graph", "freeze_graph", "assign_quantizers", "collect_graph_stats", "owners", "freeze_op",
-           "consumers", "calibrate_static", "freeze_window_bias"]
+           "consumers", "calibrate_static", "freeze_window_bias",
+           "shape_only_graph"]
 
 _SHARING = ("token_concat", "add_const", "merge_heads")   # their input is written at their output's scale
 _RESIDUAL_MAKERS = ("head", "add", "mean", "token_concat", "add_const")
@@ -240,7 +241,30 @@ freeze_op, consumers = _freeze_op, _consumers     # for calibrators that refreez
 def freeze_graph(graph: ir.Graph, stats: dict[str, BoundaryStats], cfg: RecipeConfig,
                  model_name: str = "model", n_calib: int = 0) -> QuantizedGraph:
     """Quantizers from ``stats`` and the frozen integer params of every op."""
-    q = assign_quantizers(graph, Scales(stats, cfg), cfg)
+    return _freeze(graph, Scales(stats, cfg), cfg, model_name, n_calib)
+
+
+class _UnitScales:
+    """Every activation / residual scale 1.0: a graph whose codes mean nothing but whose
+    quantizer kinds, widths and op params have the recipe's shapes (`shape_only_graph`)."""
+
+    def act(self, name: str, bits: int, method: str | None = None) -> float:
+        return 1.0
+
+    def residual(self, name: str) -> float:
+        return 1.0
+
+
+def shape_only_graph(graph: ir.Graph, cfg: RecipeConfig, model_name: str = "model") -> QuantizedGraph:
+    """The static recipe's quantizer placement and widths on ``graph`` without calibration
+    (unit scales): its trace (`simulator.graph_trace.graph_layers`) is the static graph's,
+    for ``simulate cost`` from shapes alone. Not for running images."""
+    qg = _freeze(graph, _UnitScales(), cfg, model_name, 0)
+    return QuantizedGraph(qg.graph, qg.quantizers, qg.params, {**qg.meta, "label": f"{cfg.label} (shapes only)"})
+
+
+def _freeze(graph: ir.Graph, sc, cfg: RecipeConfig, model_name: str, n_calib: int) -> QuantizedGraph:
+    q = assign_quantizers(graph, sc, cfg)
     prod = graph.producers()
     params = {op.name: p for op in graph.ops if (p := _freeze_op(op, graph, q, cfg, prod)) is not None}
     meta = {"model": model_name, "recipe": cfg.recipe, "label": cfg.label, "w_bits": cfg.w_bits,
