@@ -112,13 +112,13 @@ def _window_bias(op, scores, qg, producers) -> list[LayerRecord]:
     window) and, for a shifted block, the 1-bit mask (``[W, N, N]``) are the extra operands
     of the ``q k^T`` GEMM's output stage: ``add`` records fused into it; both are constants
     stored with the weights."""
-    wb = qg.params[op.name]
+    gp = qg.graph.params[op.name]             # shapes (and which blocks mask) from the graph itself
     qk = _rename(producers[op.inputs[0]].name)
-    h, n = wb.bias_q.shape[:2]
+    h, n = gp["bias"].shape[:2]
     recs = [LayerRecord(name=op.name, kind="add", elements=h * n * n, rows=h * n, in_bits=32, out_bits=32,
                         weight_bytes=4 * h * n * n, fused_into=qk)]
-    if wb.masked.any():
-        w = wb.masked.shape[0]
+    if gp["mask"].any():
+        w = gp["mask"].shape[0]
         recs.append(LayerRecord(name=op.name + ".mask", kind="add", elements=w * n * n, rows=w * n, in_bits=1,
                                 out_bits=32, weight_bytes=(w * n * n + 7) // 8, fused_into=qk))
     return recs
