@@ -227,3 +227,22 @@ def test_swinv2_and_apq_are_refused_in_one_line():
     m = swin(**FIXED[0])
     with pytest.raises(InputError, match=r"apq early exits are not supported for Swin"):
         quantize_apq_graph(m, images(32, 4), recipe_from_dict({"recipe": "apq", "w_bits": 8, "a_bits": 8}))
+
+
+def test_golden_vector_tensors_hold_bias_codes_and_masks():
+    """The graph's vector sets take every param leaf (`simulator.vectors.tensors.param_leaves`) and every
+    code the integer executor keeps: the bias codes, the masks and the masked scores are among them."""
+    from simulator.vectors.tensors import param_leaves
+    kw = FIXED[0]
+    m = swin(**kw)
+    x = images(kw["img"], 8)
+    qg = quantize_graph(m, x[:6], RecipeConfig(w_bits=8, a_bits=8, calib_images=6))
+    leaves = dict(param_leaves(dict(qg.params), "params"))
+    shifted, plain = "params.layers.0.blocks.1.attn.bias", "params.layers.0.blocks.0.attn.bias"
+    s = float(qg.quantizers["layers.0.blocks.1.attn_logits"].scale)
+    bias = qg.graph.params["layers.0.blocks.1.attn.bias"]["bias"]
+    assert np.array_equal(leaves[shifted + ".bias_q"], np.floor(bias / s + 0.5).astype(np.int64))
+    assert leaves[shifted + ".masked"].any() and not leaves[plain + ".masked"].any()
+    assert int(leaves[shifted + ".mask_add"]) == 0
+    codes = GraphIntegerExecutor(qg).run(x[6:]).codes["layers.0.blocks.1.attn_scores"]
+    assert (codes == -(1 << 31)).any() and codes.dtype == np.int64
