@@ -66,10 +66,12 @@ def agreement(n_images: int, n_calib: int = 32, n_exact: int = 8) -> None:
         qg = _static_w8a8(model, calib, NAME)
         with torch.no_grad():
             ref = torch.cat([model(torch.from_numpy(test[s:s + 16])) for s in range(0, len(test), 16)]).argmax(-1)
-        ri = GraphIntegerExecutor(qg).run(test, batch_size=16)
-        a = GraphIntegerExecutor(qg).run(test[:n_exact], batch_size=n_exact)
-        f = GraphFakeQuantExecutor(qg).run(test[:n_exact], batch_size=n_exact)
-        exact = int(bit_exact_images(a.codes, f.codes).sum())
+        ri = GraphIntegerExecutor(qg).run(test, batch_size=16, keep_codes=False)   # codes of 64 images: ~6 GB
+        exact = 0
+        for i in range(n_exact):        # every code of every tensor, one image at a time
+            a = GraphIntegerExecutor(qg).run(test[i:i + 1])
+            f = GraphFakeQuantExecutor(qg).run(test[i:i + 1])
+            exact += int(bit_exact_images(a.codes, f.codes).sum())
         agree = float((ri.predictions == ref.numpy()).mean())
         print(f"| `{NAME}` | {'timm init + noise' if perturb else 'timm init'} | 224 | {100 * agree:.1f}% "
               f"({int(round(agree * len(test)))}/{len(test)}) | {len(set(ref.tolist()))} | {exact}/{n_exact} | "
