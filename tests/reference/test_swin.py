@@ -128,11 +128,13 @@ def test_every_recipe_runs_on_a_shifted_two_stage_swin():
     kw = FIXED[0]
     m = swin(**kw)
     x = images(kw["img"], 10)
-    for cfg in RECIPES:
+    composed = recipe_from_dict({"recipe": "static", "w_bits": 4, "a_bits": 4, "calib_images": 6, "mechanisms": [
+        {"two_scaled": {"softmax": True, "gelu": True, "layernorm": True}}, {"groups": {"groups": 2}}]})
+    expect = {"static": {"static"}, "tsptq": {"two_scaled"}, "igq": {"grouped"}, "scalepredictor": {"predicted"}}
+    for cfg in RECIPES + [composed]:
         qg = _quantize(m, x[:6], cfg)
         kinds = {q.kind for q in qg.quantizers.values()}
-        expect = {"static": "static", "tsptq": "two_scaled", "igq": "grouped", "scalepredictor": "predicted"}
-        assert expect[cfg.recipe] in kinds
+        assert (expect[cfg.recipe] if not cfg.mechanisms else {"two_scaled", "grouped"}) <= kinds
         ri, rf = GraphIntegerExecutor(qg).run(x[6:]), GraphFakeQuantExecutor(qg).run(x[6:])
         assert first_mismatch(ri.codes, rf.codes) is None
 
