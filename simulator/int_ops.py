@@ -31,6 +31,12 @@ half up; one saturation rule) per op kind:
 * ``two_scaled`` quantizers (TSPTQ V-2SF, `simulator.kernels.two_scaled`): a
   softmax / activation writing one emits two-scaled words; a linear / matmul
   reading one decodes them (``m`` or ``m << r``) into its operand first.
+* ``gather_tokens`` (Swin window partition / reverse, patch merging): an index
+  op on codes (`simulator.windows.token_index`); ``split_heads`` /
+  ``merge_heads`` with ``windows`` fold the windows into the attention batch.
+* ``window_bias`` (Swin): `simulator.windows.window_scores` on the ``q k^T``
+  accumulator: ``sat32(acc + bias_q[h])``, masked pairs the minimum code
+  ``-2**31``; saturated unmasked sums are counted.
 * ``exit``: ``conf = max_c int_softmax(logits)_c``; rows with ``conf >= threshold_q``
   leave the batch (`simulator.walk.Leave`, `simulator.graph_exits`).
 """
