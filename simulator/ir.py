@@ -237,7 +237,10 @@ class GatherTokens(Op):
     def __post_init__(self):
         super().__post_init__()
         from simulator.windows import check_pattern
-        check_pattern(self)
+        try:
+            check_pattern(self)
+        except ValueError as e:
+            raise GraphError(str(e)) from None
 
     def out_shapes(self, params, x):
         b, t, c = x

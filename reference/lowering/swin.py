@@ -38,7 +38,7 @@ from timm.layers.classifier import ClassifierHead
 from timm.models.swin_transformer import (PatchMerging, SwinTransformer, SwinTransformerBlock, SwinTransformerStage,
                                           WindowAttention)
 
-from reference.lowering.builder import Builder, Scope, lowering_rule
+from reference.lowering.builder import Builder, LoweringError, Scope, lowering_rule, to_numpy
 from reference.lowering.layers import boundary, checked_scale
 from simulator import ir
 
@@ -48,7 +48,6 @@ __all__ = ["check_swin_size"]
 def check_swin_size(model: SwinTransformer, image_size=None) -> tuple[int, int]:
     """The (H, W) a Swin graph is lowered for: the model's own ``img_size``
     (its masks and windows are built for it; ``model.set_input_size`` changes it)."""
-    from reference.lowering.builder import LoweringError
     pe = model.patch_embed
     if model.dynamic_img_size or not pe.strict_img_size:
         raise LoweringError("patch_embed: dynamic_img_size / strict_img_size=False is not supported for Swin "
@@ -85,8 +84,8 @@ def _classifier(ctx: Builder, s: Scope, x: str) -> str:
         return x
     if type(head.fc) is not nn.Linear:
         raise s.error(f"expected nn.Linear, got {type(head.fc).__name__}", "head.fc")
-    w = head.fc.weight.detach().double().numpy().copy()
-    b = head.fc.bias.detach().double().numpy().copy() if head.fc.bias is not None else np.zeros(w.shape[0])
+    w = to_numpy(head.fc.weight)
+    b = to_numpy(head.fc.bias) if head.fc.bias is not None else np.zeros(w.shape[0])
     return ctx.emit(ir.Head("head.fc", (x,), ("logits",)), weight=w, bias=b)
 
 

@@ -248,3 +248,30 @@ def test_golden_vector_tensors_hold_bias_codes_and_masks():
     assert int(leaves[shifted + ".mask_add"]) == 0
     codes = GraphIntegerExecutor(qg).run(x[6:]).codes["layers.0.blocks.1.attn_scores"]
     assert (codes == -(1 << 31)).any() and codes.dtype == np.int64
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data(), shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 2), st.integers(1, 4)),
+       mask_add=st.sampled_from([0, -7, -(1 << 20)]))
+def test_window_scores_numpy_torch_and_oracle_agree(data, shape, mask_add):
+    """``window_scores``: numpy and torch give the Python-int oracle, values at and around the int32 limits."""
+    from simulator.windows import window_scores
+    edge = st.sampled_from([-(1 << 31), -(1 << 31) + 1, -1, 0, 1, (1 << 31) - 2, (1 << 31) - 1])
+    ints = st.one_of(edge, st.integers(-(1 << 31), (1 << 31) - 1))
+    n = int(np.prod(shape))
+    acc = np.array(data.draw(st.lists(ints, min_size=n, max_size=n)), np.int64).reshape(shape)
+    bias = np.array(data.draw(st.lists(ints, min_size=n, max_size=n)), np.int64).reshape(shape)
+    masked = np.array(data.draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)), np.int64).reshape(shape)
+    clamp = lambda v: min(max(v, -(1 << 31)), (1 << 31) - 1)     # noqa: E731
+    want = [clamp(a + b + m * mask_add) if mask_add else (-(1 << 31) if m else clamp(a + b))
+            for a, b, m in zip(acc.reshape(-1).tolist(), bias.reshape(-1).tolist(), masked.reshape(-1).tolist())]
+    got_np = window_scores(acc, bias, masked, mask_add)
+    got_t = window_scores(torch.from_numpy(acc), torch.from_numpy(bias), torch.from_numpy(masked), mask_add)
+    assert got_np.reshape(-1).tolist() == want == got_t.reshape(-1).tolist()
+
+
+def test_bad_window_geometry_is_a_graph_error():
+    with pytest.raises(ir.GraphError, match="window 2x3 does not divide the 5x6 grid"):
+        ir.GatherTokens("g", ("x",), ("y",), pattern="window_partition", grid=(5, 6), window=(2, 3))
+    with pytest.raises(ir.GraphError, match="patch merging needs an even grid"):
+        ir.GatherTokens("g", ("x",), ("y",), pattern="patch_merge", grid=(3, 4))
