@@ -40,6 +40,7 @@ from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
 from simulator.trace import Trace
 from simulator.walk import Leave, walk
+from simulator.windows import gather, merge_window_heads, split_window_heads, token_index, window_scores
 
 __all__ = ["FakeQuantOps", "GraphFakeQuantExecutor"]
 
@@ -140,11 +141,17 @@ class FakeQuantOps:
                      for a, t, rq in zip(parts, op.outputs, self.p[op.name]))
 
     def split_heads(self, op: ir.SplitHeads, x):
+        if op.windows > 1:
+            return split_window_heads(op, x)
         b, t, c = x.shape
         n, h = len(op.outputs), op.num_heads
         return tuple(x.reshape(b, t, n, h, c // (n * h)).permute(2, 0, 3, 1, 4).unbind(0))
 
     def merge_heads(self, op: ir.MergeHeads, x):
+        if op.windows > 1:
+            if op.inputs[0] in self.groups:
+                raise ValueError(f"{op.name}: channel groups across attention windows are not defined")
+            return merge_window_heads(op, x)
         b, h, t, d = x.shape
         if op.inputs[0] in self.groups:             # channel groups [B, H, d] -> [B, H*d]
             self.groups[op.outputs[0]] = self.groups[op.inputs[0]].reshape(b, h * d)
@@ -164,6 +171,19 @@ class FakeQuantOps:
                 self.groups[op.outputs[0]] = gidx
             return codes
         return saturate(requantize(acc, rq.mult, rq.shift), qz.lo, qz.hi)
+
+    def gather_tokens(self, op: ir.GatherTokens, x):
+        return gather(x, torch.from_numpy(token_index(op)))
+
+    def window_bias(self, op: ir.WindowBias, acc):
+        wb = self.p[op.name]
+        b, wh, n, _ = acc.shape
+        h = op.num_heads
+        a = acc.long().reshape(b, wh // h, h, n, n)
+        m, bias = _t(wb.masked)[None, :, None], _t(wb.bias_q)[None, None]
+        raw = a + bias
+        self._count(op.name, int((((raw < ACC_LO) | (raw > ACC_HI)) & (m == 0)).sum()))
+        return window_scores(a, bias, m, int(wb.mask_add)).reshape(acc.shape)
 
     def softmax(self, op: ir.Softmax, acc):
         sm = self.p[op.name]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from simulator import ir
 from simulator.walk import Leave, walk
+from simulator.windows import gather, merge_window_heads, split_window_heads, token_index
 
 __all__ = ["FloatOps", "float_forward"]
 
@@ -60,14 +61,28 @@ class FloatOps:
         return tuple(torch.split(x, list(op.sizes), dim=-1))
 
     def split_heads(self, op: ir.SplitHeads, x):
+        if op.windows > 1:
+            return split_window_heads(op, x)
         b, t, c = x.shape
         n, h = len(op.outputs), op.num_heads
         parts = x.reshape(b, t, n, h, c // (n * h)).permute(2, 0, 3, 1, 4)
         return tuple(parts.unbind(0))
 
     def merge_heads(self, op: ir.MergeHeads, x):
+        if op.windows > 1:
+            return merge_window_heads(op, x)
         b, h, t, d = x.shape
         return x.transpose(1, 2).reshape(b, t, h * d)
+
+    def gather_tokens(self, op: ir.GatherTokens, x):
+        return gather(x, torch.from_numpy(token_index(op)))
+
+    def window_bias(self, op: ir.WindowBias, x):
+        p = self.params[op.name]
+        b, wh, n, _ = x.shape
+        h = op.num_heads
+        y = x.reshape(b, wh // h, h, n, n) + p["bias"][None, None] + p["mask"][None, :, None]
+        return y.reshape(b, wh, n, n)
 
     def matmul(self, op: ir.MatMul, a, b):
         y = a @ (b.transpose(-2, -1) if op.transpose_b else b)

@@ -98,10 +98,11 @@ def _create_timm_model(name: str, **kwargs) -> torch.nn.Module:
     except (RuntimeError, ValueError, TypeError, AssertionError) as e:
         given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items())
         raise InputError(f"model {name!r} {given}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if not isinstance(model, VisionTransformer):
+    from timm.models.swin_transformer import SwinTransformer      # Swin V1: the integer graph only
+    if not isinstance(model, (VisionTransformer, SwinTransformer)):
         raise InputError(
             f"model {name!r} is a {type(model).__name__}; only timm's VisionTransformer "
-            "family (vit_*, deit_*, ...) is supported"
+            "family (vit_*, deit_*, ...) and SwinTransformer (swin_*) are supported"
         )
     return model
 

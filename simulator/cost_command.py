@@ -75,6 +75,30 @@ def _csv(name: str, w: int, a: int, reports) -> str:
     return buf.getvalue()
 
 
+def _is_swin(model) -> bool:
+    from timm.models.swin_transformer import SwinTransformer
+    return isinstance(model, SwinTransformer)
+
+
+def _swin_trace(model, name: str, args):
+    """(arch summary, trace) of a Swin model from its lowered graph with the static recipe's
+    widths (`reference.recipes.static_graph.shape_only_graph`)."""
+    from reference.lowering import lower
+    from reference.recipes.config import RecipeConfig
+    from reference.recipes.static_graph import shape_only_graph
+    from simulator.graph_trace import graph_layers
+    from simulator.ir import tensor_shapes
+    from simulator.trace import Trace
+
+    graph = lower(model)
+    cfg = RecipeConfig(w_bits=args.wbits, a_bits=args.abits, residual_bits=args.residual_bits,
+                       edge_bits=args.edge_bits, weight_calibration="minmax")
+    qg = shape_only_graph(graph, cfg, name)
+    arch = {"family": "swin", "img_size": list(graph.image_size), "num_tokens": tensor_shapes(graph)["x0"][1],
+            "depths": [len(s.blocks) for s in model.layers], "embed_dim": int(model.embed_dim)}
+    return arch, Trace(model=name, recipe=qg.meta["label"], layers=graph_layers(qg), n_images=1)
+
+
 def cost_main(argv: list[str]) -> int:
     from simulator import progress
 
@@ -94,11 +118,14 @@ def cost_main(argv: list[str]) -> int:
     model = load_model(args.model, num_classes=args.num_classes, img_size=args.img_size, mean=args.mean,
                        std=args.std, crop_pct=args.crop_pct, interpolation=args.interpolation,
                        random_weights_ok=True, shapes_only=True)
-    check_supported(model)
-    arch = vit_arch(model)
     name = args.model or "vit_digits"
-    q = shape_only_qvit(arch, args.wbits, args.abits, args.residual_bits, args.edge_bits, model_name=name)
-    trace = Trace(model=name, recipe=q.meta["label"], layers=static_layers(q), n_images=1)
+    if _is_swin(model):          # no per-model (legacy) path for Swin: the lowered graph's trace
+        arch, trace = _swin_trace(model, name, args)
+    else:
+        check_supported(model)
+        arch = vit_arch(model)
+        q = shape_only_qvit(arch, args.wbits, args.abits, args.residual_bits, args.edge_bits, model_name=name)
+        trace = Trace(model=name, recipe=q.meta["label"], layers=static_layers(q), n_images=1)
     reports = [hwmodels.estimate(trace, npu) for npu in npus]
     print(f"model {name}  {arch['img_size'][0]}x{arch['img_size'][1]}  {arch['num_tokens']} tokens  "
           f"W{args.wbits}A{args.abits} (shapes only)")

@@ -6,6 +6,10 @@ per image, with the conventions of `simulator.trace` and the names the old
 the MLP activation as ``mlp.gelu``). A fused
 residual is an ``add`` record ``fused_into`` its linear; the position
 embedding an ``add`` fused into the op that starts the embedding chain.
+Swin's relative position bias and shifted-window mask are ``add`` records
+fused into the ``q k^T`` GEMM (`_window_bias`); its token gathers (window
+partition / reverse, patch merging) are address patterns, no record; window
+attention is ``matmul`` records with ``batch`` = windows x heads.
 Activation functions (erf / tanh GELU, quick-GELU) are all ``gelu`` records:
 the hardware models have one activation unit. A ``two_scaled`` output
 (TSPTQ V-2SF) adds a ``requantize`` record ``<op prefix>.decode``: the
@@ -88,6 +92,8 @@ def _record(op, ins, outs, qg, producers) -> list[LayerRecord]:
     if k in ("add", "mean"):
         return [LayerRecord(name=op.name, kind="add", elements=elements * len(op.inputs), rows=rows,
                             in_bits=max(_bits(q[t]) for t in op.inputs), out_bits=_bits(q[op.outputs[0]]))]
+    if k == "window_bias":     # Swin: bias (+ mask) added in the q k^T GEMM's output stage
+        return _window_bias(op, ins[0], qg, producers)
     if k == "split":     # per-part output stages of the fused in_proj's accumulators
         return [LayerRecord(name=op.name, kind="requantize", elements=prod(ins[0][1:]), rows=prod(ins[0][1:-1]),
                             in_bits=32, out_bits=max(_bits(q[t]) for t in op.outputs))]
@@ -99,6 +105,23 @@ def _record(op, ins, outs, qg, producers) -> list[LayerRecord]:
         return [LayerRecord(name=op.name, kind="add", elements=t * ins[0][2], rows=1,
                             in_bits=_bits(q[op.inputs[0]]), out_bits=_bits(q[op.outputs[0]]))]
     return []    # views, token concat, token pooling: no arithmetic
+
+
+def _window_bias(op, scores, qg, producers) -> list[LayerRecord]:
+    """The relative position bias codes (int32 ``[H, N, N]``, one table reused by every
+    window) and, for a shifted block, the 1-bit mask (``[W, N, N]``) are the extra operands
+    of the ``q k^T`` GEMM's output stage: ``add`` records fused into it; both are constants
+    stored with the weights."""
+    gp = qg.graph.params[op.name]             # shapes (and which blocks mask) from the graph itself
+    qk = _rename(producers[op.inputs[0]].name)
+    h, n = gp["bias"].shape[:2]
+    recs = [LayerRecord(name=op.name, kind="add", elements=h * n * n, rows=h * n, in_bits=32, out_bits=32,
+                        weight_bytes=4 * h * n * n, fused_into=qk)]
+    if gp["mask"].any():
+        w = gp["mask"].shape[0]
+        recs.append(LayerRecord(name=op.name + ".mask", kind="add", elements=w * n * n, rows=w * n, in_bits=1,
+                                out_bits=32, weight_bytes=(w * n * n + 7) // 8, fused_into=qk))
+    return recs
 
 
 def graph_layers(qg) -> list[LayerRecord]:

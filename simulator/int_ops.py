@@ -31,6 +31,12 @@ half up; one saturation rule) per op kind:
 * ``two_scaled`` quantizers (TSPTQ V-2SF, `simulator.kernels.two_scaled`): a
   softmax / activation writing one emits two-scaled words; a linear / matmul
   reading one decodes them (``m`` or ``m << r``) into its operand first.
+* ``gather_tokens`` (Swin window partition / reverse, patch merging): an index
+  op on codes (`simulator.windows.token_index`); ``split_heads`` /
+  ``merge_heads`` with ``windows`` fold the windows into the attention batch.
+* ``window_bias`` (Swin): `simulator.windows.window_scores` on the ``q k^T``
+  accumulator: ``sat32(acc + bias_q[h])``, masked pairs the minimum code
+  ``-2**31``; saturated unmasked sums are counted.
 * ``exit``: ``conf = max_c int_softmax(logits)_c``; rows with ``conf >= threshold_q``
   leave the batch (`simulator.walk.Leave`, `simulator.graph_exits`).
 """
@@ -59,8 +65,10 @@ from simulator.predicted_scales import predict_log2
 from simulator.qgraph import QuantizedGraph
 from simulator.results import RunResult
 from simulator.trace import Trace
+from simulator.windows import gather, merge_window_heads, split_window_heads, token_index, window_scores
+from simulator.windows import ACC_MAX, ACC_MIN
 
-__all__ = ["IntOps", "GraphIntegerExecutor", "int_quick_gelu"]
+__all__ = ["IntOps", "GraphIntegerExecutor", "int_quick_gelu", "biased_window_scores"]
 
 
 @parallel_kernel
@@ -77,6 +85,23 @@ def int_quick_gelu(h: np.ndarray, out_mult: int, out_shift: int, lo: int, hi: in
     out = np.empty(h2.shape, dtype=out_dtype)
     _quick_gelu(h2, np.int64(out_mult), np.int64(out_shift), np.int64(lo), np.int64(hi), out)
     return out.reshape(h.shape)
+
+
+def _no_window_groups(op, groups) -> None:
+    if op.inputs[0] in groups:
+        raise ValueError(f"{op.name}: channel groups across attention windows are not defined")
+
+
+def biased_window_scores(op: ir.WindowBias, wb, acc: np.ndarray) -> tuple[np.ndarray, int]:
+    """`simulator.windows.window_scores` on ``acc`` [B, W*H, N, N] (int64); also the
+    number of unmasked scores that saturated."""
+    b, wh, n, _ = acc.shape
+    h = op.num_heads
+    a = acc.reshape(b, wh // h, h, n, n).astype(np.int64)
+    m = wb.masked.astype(np.int64)[None, :, None]
+    raw = a + wb.bias_q[None, None]
+    over = int((((raw < ACC_MIN) | (raw > ACC_MAX)) & (m == 0)).sum())
+    return window_scores(a, wb.bias_q[None, None], m, int(wb.mask_add)).reshape(acc.shape), over
 
 
 def _dtype(qz) -> type:
@@ -172,12 +197,17 @@ class IntOps:
         return tuple(parts)
 
     def split_heads(self, op: ir.SplitHeads, x):
+        if op.windows > 1:
+            return split_window_heads(op, x)
         b, t, c = x.shape
         n, h = len(op.outputs), op.num_heads
         parts = x.reshape(b, t, n, h, c // (n * h)).transpose(2, 0, 3, 1, 4)
         return tuple(parts[i] for i in range(n))
 
     def merge_heads(self, op: ir.MergeHeads, x):
+        if op.windows > 1:
+            _no_window_groups(op, self.groups)
+            return np.ascontiguousarray(merge_window_heads(op, x))
         b, h, t, d = x.shape
         if op.inputs[0] in self.groups:             # channel groups [B, H, d] -> [B, H*d]
             self.groups[op.outputs[0]] = self.groups[op.inputs[0]].reshape(b, h * d)
@@ -194,6 +224,15 @@ class IntOps:
             u, out = igq_graph.grouped_matmul(op, rq, qa, qb, qz, self.groups.get(op.inputs[0]), acc)
             return self._grouped(op, u) if out is None else out.astype(_dtype(qz))
         return requant_output(acc, rq.mult, rq.shift, qz.lo, qz.hi, _dtype(qz))
+
+    def gather_tokens(self, op: ir.GatherTokens, x):
+        return np.ascontiguousarray(gather(x, token_index(op)))
+
+    def window_bias(self, op: ir.WindowBias, acc):
+        wb = self.p[op.name]
+        y, over = biased_window_scores(op, wb, acc)
+        self._count(op.name, over)
+        return y
 
     def softmax(self, op: ir.Softmax, acc):
         sm = self.p[op.name]

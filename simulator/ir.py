@@ -23,8 +23,15 @@ layer_norm      ``(x - mean) / sqrt(var + eps) * gamma + beta``   weight [D], bi
 token_concat    ``cat([tokens] * B, x)`` along tokens (prefix)    tokens [P,D]
 add_const       ``x + value`` (value broadcast over the batch)    value [T,D]
 split           split the last axis into ``sizes``                --
-split_heads     ``[B,T,n*H*d] -> n x [B,H,T,d]``                  --
-merge_heads     ``[B,H,T,d] -> [B,T,H*d]``                        --
+split_heads     ``[B,T,n*H*d] -> n x [B,H,T,d]`` (``windows`` W:   --
+                ``[B,W*N,n*H*d] -> n x [B,W*H,N,d]``)
+merge_heads     ``[B,H,T,d] -> [B,T,H*d]`` (``windows`` W:          --
+                ``[B,W*H,N,d] -> [B,W*N,H*d]``)
+gather_tokens   token index op (Swin): window partition with      --
+                cyclic shift, its inverse, 2x2 patch merging
+                (`simulator.windows`); ``[B,T,C] -> [B,T',k*C]``
+window_bias     Swin scores + relative position bias per head     bias [H,N,N],
+                + shifted-window mask per window (0 / -100)       mask [W,N,N]
 matmul          ``scale * (a @ b^T)`` or ``scale * (a @ b)``      --
 softmax         ``exp(x - max) / sum exp(x - max)``, last axis    --
 activation      gelu_erf ``x Phi(x)``; gelu_tanh                  --
@@ -49,7 +56,7 @@ import numpy as np
 from simulator.errors import InputError
 
 __all__ = ["Op", "Patchify", "Linear", "Head", "LayerNorm", "TokenConcat", "AddConst", "Split", "SplitHeads",
-           "MergeHeads", "MatMul", "Softmax", "Activation", "Add", "Pool", "Mean", "Exit", "Graph", "GraphError",
+           "MergeHeads", "GatherTokens", "WindowBias", "MatMul", "Softmax", "Activation", "Add", "Pool", "Mean", "Exit", "Graph", "GraphError",
            "ACTIVATIONS", "tensor_shapes", "op_shapes", "check_images"]
 
 ACTIVATIONS = ("gelu_erf", "gelu_tanh", "quick_gelu")
@@ -183,26 +190,83 @@ class Split(Op):
 class SplitHeads(Op):
     """``[B,T,n*H*d] -> n x [B,H,T,d]``: channel ``c = (j*H + h)*d + e`` of
     the input goes to output ``j``, head ``h``, position ``e`` (timm's
-    ``reshape(B, T, n, H, d).permute(2, 0, 3, 1, 4)``)."""
+    ``reshape(B, T, n, H, d).permute(2, 0, 3, 1, 4)``). With ``windows`` W
+    (Swin's window attention) the T = W*N tokens are W windows of N and
+    window ``w``, head ``h`` is attention batch ``w*H + h``: ``[B,W*N,n*H*d]
+    -> n x [B,W*H,N,d]``."""
     num_heads: int = 1
+    windows: int = 1
     kind: ClassVar[str] = "split_heads"
 
     def out_shapes(self, params, x):
         b, t, c = x
-        n, h = len(self.outputs), self.num_heads
-        if c % (n * h):
-            raise GraphError(f"{self.name}: {c} channels do not split into {n} x {h} heads")
-        return ((b, h, t, c // (n * h)),) * n
+        n, h, w = len(self.outputs), self.num_heads, self.windows
+        if c % (n * h) or t % w:
+            raise GraphError(f"{self.name}: {t}x{c} does not split into {w} windows of {n} x {h} heads")
+        return ((b, w * h, t // w, c // (n * h)),) * n
 
 
 @dataclass(frozen=True)
 class MergeHeads(Op):
-    """``[B,H,T,d] -> [B,T,H*d]`` (timm's ``transpose(1, 2).reshape``)."""
+    """``[B,H,T,d] -> [B,T,H*d]`` (timm's ``transpose(1, 2).reshape``); with
+    ``windows`` W: ``[B,W*H,N,d] -> [B,W*N,H*d]`` (window-major tokens)."""
+    windows: int = 1
     kind: ClassVar[str] = "merge_heads"
 
     def out_shapes(self, params, x):
-        b, h, t, d = x
-        return ((b, t, h * d),)
+        b, wh, t, d = x
+        w = self.windows
+        if wh % w:
+            raise GraphError(f"{self.name}: {wh} attention batches are not {w} windows of heads")
+        return ((b, w * t, (wh // w) * d),)
+
+
+@dataclass(frozen=True)
+class GatherTokens(Op):
+    """A pure index op on tokens (Swin, `simulator.windows.token_index`):
+    ``y[:, t] = concat_j x[:, index[t, j]]``, ``[B,T,C] -> [B,T',k*C]``.
+    ``pattern``: ``window_partition`` (cyclic shift by ``-shift`` then
+    windows of ``window`` on the ``grid``, window-major), ``window_reverse``
+    (its inverse) or ``patch_merge`` (2x2 neighbours, timm's channel order)."""
+    pattern: str = "window_partition"
+    grid: tuple[int, int] = (1, 1)
+    window: tuple[int, int] = (1, 1)
+    shift: tuple[int, int] = (0, 0)
+    kind: ClassVar[str] = "gather_tokens"
+
+    def __post_init__(self):
+        super().__post_init__()
+        from simulator.windows import check_pattern
+        try:
+            check_pattern(self)
+        except ValueError as e:
+            raise GraphError(str(e)) from None
+
+    def out_shapes(self, params, x):
+        b, t, c = x
+        gh, gw = self.grid
+        if t != gh * gw:
+            raise GraphError(f"{self.name}: {t} tokens are not the {gh}x{gw} grid")
+        if self.pattern == "patch_merge":
+            return ((b, t // 4, 4 * c),)
+        return (x,)
+
+
+@dataclass(frozen=True)
+class WindowBias(Op):
+    """Swin's attention scores: ``x[b, w*H + h] + bias[h] + mask[w]`` on
+    ``[B, W*H, N, N]``; ``bias`` the relative position bias per head,
+    ``mask`` timm's shifted-window mask (0 or -100; all 0 unshifted)."""
+    num_heads: int = 1
+    kind: ClassVar[str] = "window_bias"
+    param_names: ClassVar[tuple[str, ...]] = ("bias", "mask")
+
+    def out_shapes(self, params, x):
+        h, n = params["bias"].shape[:2]
+        w = params["mask"].shape[0]
+        if x[1:] != (w * h, n, n) or h != self.num_heads:
+            raise GraphError(f"{self.name}: scores {x} do not match {w} windows x {h} heads of {n} tokens")
+        return (x,)
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,9 @@ def varying_tensors(qg) -> set[str]:
             qz = qg.quantizers.get(t)
             if t in pred:
                 out.add(t)
-            elif qz is not None and qz.kind == "accumulator" and op.kind in ("matmul", "linear") and \
+            elif qz is not None and qz.kind == "accumulator" and op.kind in ("matmul", "linear", "window_bias") and \
                     any(x in out for x in op.inputs[:2 if op.kind == "matmul" else 1]):
-                out.add(t)
+                out.add(t)      # window_bias (Swin scores): its bias codes stay at the static scale, like biases
     return out
 
 
@@ -147,7 +147,7 @@ class PredictedOps:
         if t not in self._varying:
             return None
         p = self._prod[t]
-        if p.kind == "linear":
+        if p.kind in ("linear", "window_bias"):
             return self.log2(p.inputs[0])
         a, b = self.log2(p.inputs[0]), self.log2(p.inputs[1])
         return a if b is None else b if a is None else a + b

@@ -53,6 +53,7 @@ from simulator.graph_exits import ExitQ
 from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatten, npz_tree_writer, read_npz_tree
 from simulator.qvit import _unflatten as _unflatten_tree
 from simulator.two_scaled import operand_max
+from simulator.windows import WindowBiasQ
 
 __all__ = ["Quantizer", "PredictedScale", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
 
@@ -135,10 +136,10 @@ class RescaleSum:
 
 
 _CLASSES = {c.__name__: c for c in (Quantizer, PredictedScale, ConstCodes, ChannelRequant, RescaleSum, Linear,
-                                    LayerNormQ, SoftmaxQ, Requant, GeluQ, ExitQ)}
+                                    LayerNormQ, SoftmaxQ, Requant, GeluQ, ExitQ, WindowBiasQ)}
 _OPS = {c.__name__: c for c in (ir.Patchify, ir.Linear, ir.Head, ir.LayerNorm, ir.TokenConcat, ir.AddConst,
                                 ir.Split, ir.SplitHeads, ir.MergeHeads, ir.MatMul, ir.Softmax, ir.Activation,
-                                ir.Add, ir.Pool, ir.Mean, ir.Exit)}
+                                ir.Add, ir.Pool, ir.Mean, ir.Exit, ir.GatherTokens, ir.WindowBias)}
 
 
 @dataclass(frozen=True)

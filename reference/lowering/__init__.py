@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from reference.lowering import blocks, layers, vit  # noqa: F401  (register the rules)
+from reference.lowering import blocks, layers, swin, vit  # noqa: F401  (register the rules)
 from reference.lowering.builder import Builder, LoweringError, lowering_rule, refuse, registered_types
 from reference.lowering.vit import resolve_image_size
 from simulator import ir
@@ -51,12 +51,20 @@ def lower(model: nn.Module, image_size=None) -> ir.Graph:
     ``image_size`` (H, W) -- default: the model's own size. Raises
     `LoweringError` (an `InputError`) naming the module path and the
     construct for anything the graph cannot express."""
+    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.swin_transformer_v2 import SwinTransformerV2
     from timm.models.vision_transformer import VisionTransformer
-    if not isinstance(model, VisionTransformer):
+    if isinstance(model, SwinTransformerV2):
+        raise LoweringError("model: Swin V2 (SwinTransformerV2: cosine attention, continuous position bias MLP, "
+                            "post-norm blocks) is not supported; Swin V1 (SwinTransformer) is")
+    if not isinstance(model, (VisionTransformer, SwinTransformer)):
         raise LoweringError(f"model: {type(model).__module__}.{type(model).__qualname__} is not a timm "
-                            f"VisionTransformer")
+                            f"VisionTransformer or SwinTransformer")
     _check_eval(model)
-    (h, w), _ = resolve_image_size(model, image_size)
+    if isinstance(model, SwinTransformer):
+        (h, w) = swin.check_swin_size(model, image_size)
+    else:
+        (h, w), _ = resolve_image_size(model, image_size)
     ctx = Builder()
     out = ctx.lower_module(model, "", "images", image_size=(h, w))
     in_chans = getattr(model, "in_chans", None) or model.patch_embed.proj.in_channels

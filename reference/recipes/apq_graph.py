@@ -213,6 +213,9 @@ def quantize_apq_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model
     if cfg.recipe != "apq":
         raise InputError(f"recipe {cfg.recipe!r}: quantize_apq_graph implements 'apq'")
     from reference.lowering import lower
+    from timm.models.swin_transformer import SwinTransformer
+    if isinstance(model, SwinTransformer):     # exits read blocks.{i}.x_out of a flat stack of blocks
+        raise InputError(f"recipe {cfg.label}: apq early exits are not supported for Swin (hierarchical stages)")
     p = parse_params(cfg.params, where=f"recipe {cfg.label}")
     calib = np.asarray(calib_images[: cfg.calib_images], dtype=np.float32)
     graph = lower(model)

@@ -15,7 +15,8 @@ Quantizer placement (`assign_quantizers`), decided per *owner* tensor: a
 tensor read only by ``token_concat`` / ``add_const`` / ``merge_heads``
 shares the quantizer of that op's output (the patch embedding is written
 straight at ``x0``'s scale; ``attn @ v`` straight at ``attn_out``'s), a
-pooled row shares its input's, and the parts of ``split_heads`` (q, k, v)
+pooled row and a gathered token (Swin's windows, patch merging) share
+their input's, and the parts of ``split_heads`` (q, k, v)
 each own a per-tensor scale, which makes the qkv linear's output scale
 per channel. Owners get, in this order of rules:
 
@@ -23,6 +24,7 @@ per channel. Owners get, in this order of rules:
 owner tensor                                   quantizer
 =============================================  ==================================
 patchify output (``input``)                    signed, ``edge_bits`` (else a_bits)
+Swin scores (``window_bias`` output)           the ``q k^T`` accumulator's quantizer
 softmax output                                 unsigned a_bits at ``2**-a_bits``
 linear read by a ``split`` (ViT-22B in_proj)   int32 accumulator at ``s_in s_w`` per channel
 read only by a softmax (``q k^T``)             int32 accumulator at ``s_q s_k scale``
@@ -57,11 +59,13 @@ from simulator import ir
 from simulator.errors import InputError
 from simulator.int_nonlinear import EXP_FRAC_BITS, GELU_FRAC_BITS, GELU_INPUT_LIMIT
 from simulator.qgraph import ChannelRequant, ConstCodes, QuantizedGraph, Quantizer, RescaleSum
-from simulator.qvit import GeluQ, Requant, SoftmaxQ
+from simulator.qvit import GeluQ, Linear, Requant, SoftmaxQ
 from simulator.walk import walk
+from simulator.windows import WindowBiasQ, masked_pairs
 
 __all__ = ["quantize_graph", "freeze_graph", "assign_quantizers", "collect_graph_stats", "owners", "freeze_op",
-           "consumers", "calibrate_static"]
+           "consumers", "calibrate_static", "freeze_window_bias",
+           "shape_only_graph"]
 
 _SHARING = ("token_concat", "add_const", "merge_heads")   # their input is written at their output's scale
 _RESIDUAL_MAKERS = ("head", "add", "mean", "token_concat", "add_const")
@@ -87,7 +91,7 @@ def owners(graph: ir.Graph) -> dict[str, str]:
             own[t] = t
     for t in graph.tensor_names():
         p = prod.get(t)
-        if p is not None and p.kind == "pool":
+        if p is not None and p.kind in ("pool", "gather_tokens"):     # rows / tokens of their input
             own[t] = own[p.inputs[0]]
     return own
 
@@ -153,7 +157,9 @@ class _Placement:
             return Quantizer("static", self.sc.act(t, self.edge_a), self.edge_a)
         if p.kind == "softmax":
             return Quantizer("static", 2.0 ** -ab, ab, signed=False)
-        if cons and all(op.kind == "softmax" for op, _ in cons):
+        if p.kind == "window_bias":                   # Swin scores: the q k^T accumulator's scale
+            return self(p.inputs[0])
+        if cons and all(op.kind in ("softmax", "window_bias") for op, _ in cons):
             a, b = self(p.inputs[0]), self(p.inputs[1])
             return Quantizer("accumulator", float(a.scale) * float(b.scale) * p.scale, 32)
         if cons and all(op.kind == "activation" for op, _ in cons):
@@ -208,6 +214,8 @@ def _freeze_op(op: ir.Op, g: ir.Graph, q: dict, cfg: RecipeConfig, prod) -> obje
             parts.append(ChannelRequant(mult=np.asarray(m, np.int64), shift=np.asarray(sh, np.int64)))
             start += size
         return tuple(parts)
+    if k == "window_bias":
+        return freeze_window_bias(gp["bias"], gp["mask"], float(q[op.inputs[0]].scale))
     if k == "softmax":
         s_in = float(q[op.inputs[0]].scale)
         m, s = dyadic(s_in * math.log2(math.e) * 2.0 ** EXP_FRAC_BITS)
@@ -222,6 +230,13 @@ def _freeze_op(op: ir.Op, g: ir.Graph, q: dict, cfg: RecipeConfig, prod) -> obje
         m, s = dyadic(np.array([float(q[t].scale) / (n * s_out) for t in op.inputs]))
         return RescaleSum(mult=np.asarray(m, np.int64), shift=np.asarray(s, np.int64))
     return None      # patchify (its quantizer says all), views, pooling
+
+
+def freeze_window_bias(bias: np.ndarray, mask: np.ndarray, acc_scale: float, mask_add: int = 0) -> WindowBiasQ:
+    """Swin's relative position bias as int32 codes of the scores' accumulator scale
+    (``round_half_up(bias / s_acc)``, saturated), the mask as 0/1 (`simulator.windows.window_scores`)."""
+    return WindowBiasQ(bias_q=quantize(bias, QParams(acc_scale, 32)), masked=masked_pairs(mask).astype(np.uint8),
+                       mask_add=int(mask_add))
 
 
 freeze_op, consumers = _freeze_op, _consumers     # for calibrators that refreeze the ops they rewrite
@@ -265,3 +280,39 @@ def quantize_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model_nam
         raise InputError(f"recipe {cfg.label}: static_graph.quantize_graph implements 'static' only "
                          "(reference.quantize_graph dispatches every graph recipe)")
     return calibrate_static(model, calib_images, cfg, model_name, image_size)[2]
+
+
+class _UnitScales:
+    """Every calibrated scale is 1.0: quantizer placement and widths without statistics."""
+
+    def act(self, name: str, bits: int, method: str | None = None) -> float:
+        return 1.0
+
+    def residual(self, name: str) -> float:
+        return 1.0
+
+
+def shape_only_graph(graph: ir.Graph, cfg: RecipeConfig, model_name: str = "model") -> QuantizedGraph:
+    """The static recipe's quantizer placement and bit-widths on ``graph`` with unit scales and
+    zero weight codes (zero-strided broadcasts, no memory): everything `simulator.graph_trace`
+    reads, for costing a model from its shapes alone (``simulate cost``). Not runnable."""
+    q = assign_quantizers(graph, _UnitScales(), cfg)
+    prod = graph.producers()
+    params = {}
+    for op in graph.ops:
+        if op.kind not in ("linear", "head"):
+            continue
+        n, k = graph.params[op.name]["weight"].shape
+        edge = op.kind == "head" or prod[op.inputs[0]].kind == "patchify"
+        qi, qo = q[op.inputs[0]], q[op.outputs[0]]
+        res = q[op.inputs[1]] if len(op.inputs) == 2 else None
+        z = np.zeros(n, dtype=np.int64)
+        params[op.name] = Linear(w_q=np.broadcast_to(np.int8(0), (n, k)), bias_q=z, w_scale=np.ones(n),
+                                 w_bits=(cfg.edge_bits or cfg.w_bits) if edge else cfg.w_bits, in_bits=qi.bits,
+                                 in_scale=1.0, out_mult=z, out_shift=z,
+                                 out_bits=0 if qo.kind == "fixed_point" else qo.bits, out_scale=np.ones(n),
+                                 res_bits=0 if res is None else res.bits)
+    meta = {"model": model_name, "recipe": "shapes", "label": f"shapes_w{cfg.w_bits}a{cfg.a_bits}",
+            "w_bits": cfg.w_bits, "a_bits": cfg.a_bits, "residual_bits": cfg.residual_bits,
+            "edge_bits": cfg.edge_bits}
+    return QuantizedGraph(graph=graph, quantizers=q, params=params, meta=meta)

@@ -100,7 +100,7 @@ def test_float32_walk_is_close_to_timm_float32():
 
 
 def test_only_vision_transformers_are_lowered():
-    with pytest.raises(LoweringError, match=r"^model: torch.nn.modules.linear.Linear is not a timm VisionTransformer$"):
+    with pytest.raises(LoweringError, match=r"^model: torch.nn.modules.linear.Linear is not a timm VisionTransformer or SwinTransformer$"):
         lower(nn.Linear(2, 2).eval())
 
 
