@@ -218,7 +218,7 @@ def plant_outliers(model: torch.nn.Module, spec: OutlierSpec) -> PlantReport:
             skipped.append((name, consumers))
             continue
         if not isinstance(norm, torch.nn.LayerNorm) or norm.weight is None:
-            skipped.append((name, f"{type(norm).__name__} without a per-channel affine weight"))
+            skipped.append((name, f"{type(norm).__name__}: only a LayerNorm with an affine weight is rescaled"))
             continue
         idx, alphas = spec.draw(name, norm.weight.numel())
         _scale(norm, [lin for _, lin in consumers], idx, alphas)
