@@ -5,7 +5,6 @@ output is not read only by linears are skipped with a reason and left untouched.
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
