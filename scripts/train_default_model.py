@@ -234,11 +234,11 @@ def build_config(settings: TrainSettings, test_accuracy: float) -> dict:
     }
 
 
-def write_outputs(out_dir: Path, state_dict: dict, config: dict) -> tuple[Path, Path]:
-    """Write weights and config to temp files in `out_dir`, then rename both into place."""
+def write_outputs(out_dir: Path, state_dict: dict, config: dict, name: str = DEFAULT_MODEL) -> tuple[Path, Path]:
+    """Write ``<name>.safetensors`` and ``<name>.json`` to temp files in `out_dir`, then rename both into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights_path = out_dir / f"{DEFAULT_MODEL}.safetensors"
-    config_path = out_dir / f"{DEFAULT_MODEL}.json"
+    weights_path = out_dir / f"{name}.safetensors"
+    config_path = out_dir / f"{name}.json"
     weights_tmp = weights_path.with_name(weights_path.name + ".tmp")
     config_tmp = config_path.with_name(config_path.name + ".tmp")
     safetensors.torch.save_file(state_dict, str(weights_tmp), metadata={"format": "pt"})
