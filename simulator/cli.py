@@ -142,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=64, metavar="N", help="executor batch size (default 64)")
     r.add_argument("--backend", default="auto", choices=("auto", "int_mm", "blas", "numba"),
                    help="simulator GEMM backend (all exact; default auto)")
-    r.add_argument("--engine", default="auto", choices=("auto", "legacy", "graph"),
-                   help="forward implementation: the integer graph lowered from the model (every recipe) or the "
-                        "legacy hand-written walk; auto: legacy where it applies, else the graph (docs/graph.md)")
+    r.add_argument("--engine", default="auto", metavar="{auto,graph}",
+                   help="kept for scripts: every run uses the integer graph lowered from the model "
+                        "(docs/graph.md); 'legacy' (the removed hand-written walks) is refused")
     r.add_argument("--hw", nargs="+", default=None, metavar="NPU",
                    help="accelerator YAML(s) to cost the run on; a bare name (npu_int8) means configs/<name>.yaml")
     o = p.add_argument_group("outputs")
@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write every number (with tool version, git revision, time, accelerator parameters) as JSON")
     o.add_argument("--csv", default=None, metavar="PATH",
                    help="write the summary as CSV: one row per accelerator (one row without --hw)")
-    o.add_argument("--save-qvit", default=None, metavar="PATH", help="write the frozen QuantizedViT (.npz)")
+    o.add_argument("--save-qvit", default=None, metavar="PATH",
+                   help="write the frozen QuantizedGraph (.npz, format_version 2)")
     add_logging_arguments(p)
     add_image_limit_flag(p)
     return p
@@ -250,6 +251,10 @@ def preflight(args, outputs=()) -> Plan:
     from simulator import preflight as pf
 
     pf.check_flags(args)
+    if getattr(args, "engine", None) is not None:
+        from simulator.engines import choose_engine
+
+        choose_engine(args.engine)
     cfg = resolve_recipe(args.recipe, args.wbits, args.abits)
     npus = []
     if getattr(args, "hw", None):
@@ -338,7 +343,7 @@ def load_inputs(args, model, plan: Plan, limit: int | None):
 
 
 def quantize_from_args(args, limit: int | None):
-    """(QuantizedViT, test images) for --model/--checkpoint/--data/--calib/--recipe/--wbits/--abits."""
+    """(QuantizedGraph, test images) for --model/--checkpoint/--data/--calib/--recipe/--wbits/--abits."""
     from simulator import progress
 
     for flag in ("num_classes", "img_size", "mean", "std", "crop_pct", "interpolation"):
@@ -364,10 +369,8 @@ def run_main(args) -> int:
     with progress.phase("importing torch, timm and numba"):
         import torch
 
-        from reference.fakequant import FakeQuantExecutor
         from reference.models import DEFAULT_MODEL
-        from reference.recipes import quantize
-        from simulator.executor import IntegerExecutor
+        from simulator.engines import graph_executors, graph_quantizer
         from simulator.igq import overhead_bops
         from simulator.results import bit_exact_images, first_mismatch
         from simulator.summary import accelerator_record, print_summary, summary_csv
@@ -375,21 +378,13 @@ def run_main(args) -> int:
     with progress.phase(f"building {model_name}"):
         model = load_model_from_args(args)
     images, labels, calib = load_inputs(args, model, plan, args.images)
-    from simulator.engines import choose_engine, graph_executors, graph_quantizer
-
-    engine = choose_engine(args.engine, model, cfg.recipe, cfg.mechanisms)
-    log.info("engine: %s", engine)
+    engine = "graph"
     t0 = time.perf_counter()
-    with progress.phase(f"calibrating and freezing {cfg.label} on {len(calib)} images ({engine} engine)"):
-        freeze = quantize if engine == "legacy" else graph_quantizer(cfg.recipe)
-        qvit = freeze(model, calib, cfg, model_name=model_name)
+    with progress.phase(f"calibrating and freezing {cfg.label} on {len(calib)} images"):
+        qvit = graph_quantizer(cfg.recipe)(model, calib, cfg, model_name=model_name)
     t_calib = time.perf_counter() - t0
 
-    if engine == "legacy":
-        fq_int, fq_float = FakeQuantExecutor(qvit, "integer"), FakeQuantExecutor(qvit, "float")
-        sim = IntegerExecutor(qvit, gemm_backend=args.backend)
-    else:
-        fq_int, fq_float, sim = graph_executors(qvit, args.backend)
+    fq_int, fq_float, sim = graph_executors(qvit, args.backend)
     preds = {k: [] for k in ("fp32", "fq_int", "fq_float", "sim")}
     exact, mismatch, timings, trace, overflows = [], None, dict.fromkeys(("fp32", "fq_int", "fq_float", "sim"), 0.0), None, {}
     bs = args.batch_size

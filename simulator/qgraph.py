@@ -54,7 +54,7 @@ from simulator.qvit import GeluQ, LayerNormQ, Linear, Requant, SoftmaxQ, _flatte
 from simulator.qvit import _unflatten as _unflatten_tree
 from simulator.two_scaled import operand_max
 
-__all__ = ["Quantizer", "PredictedScale", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
+__all__ = ["LegacyFormatError", "Quantizer", "PredictedScale", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
 
 FORMAT_VERSION = 2
 QUANTIZER_KINDS = ("static", "fixed_point", "accumulator", "two_scaled", "grouped", "predicted")
@@ -187,9 +187,9 @@ class QuantizedGraph:
         header, arrays = read_npz_tree(path, "quantized graph")
         version = header.get("format_version") if isinstance(header, dict) else None
         if version == 1:
-            raise InputError(f"{path}: format_version 1 is the old per-model QuantizedViT format, expected "
-                             f"format_version {FORMAT_VERSION} (a quantized graph); load it with "
-                             f"simulator.qvit.QuantizedViT.load or quantize the model again")
+            raise LegacyFormatError(f"{path}: format_version 1 is the old per-model QuantizedViT format, written "
+                             f"before the legacy walks were removed; expected format_version {FORMAT_VERSION} "
+                             "(a QuantizedGraph): quantize the model again with this version")
         if version != FORMAT_VERSION:
             raise InputError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
         try:
@@ -203,6 +203,10 @@ class QuantizedGraph:
                        params=_unflatten(t["params"], arrays), meta=t["meta"])
         except (KeyError, TypeError, AttributeError, ValueError, ir.GraphError) as e:
             raise InputError(f"{path}: incomplete quantized graph ({type(e).__name__}: {e})") from None
+
+
+class LegacyFormatError(InputError):
+    """A format_version 1 file: the old per-model `QuantizedViT`, no longer read."""
 
 
 def _op_tree(op: ir.Op) -> dict:
