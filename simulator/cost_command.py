@@ -5,7 +5,11 @@
                   --hw configs/npu_int8.yaml configs/npu_w4a8.yaml --json cost.json
 
 No checkpoint and no images: the model is built with ``pretrained=False`` only
-to read its architecture, and the graph gets uniform bit-widths. Part of the
+to read its architecture, lowered to the integer graph (`reference.lower`,
+so every lowered timm ViT configuration is costed) and given the static
+recipe's quantizer placement with uniform bit-widths
+(`reference.recipes.static_graph.shape_only_graph`); the trace is the one a
+real run records (`simulator.graph_trace`). Part of the
 CLI's composition root (imports reference and hwmodels lazily).
 """
 
@@ -75,6 +79,17 @@ def _csv(name: str, w: int, a: int, reports) -> str:
     return buf.getvalue()
 
 
+def _arch(graph) -> dict:
+    """Input size, token count of the residual stream and classes of a lowered graph (JSON-ready)."""
+    from simulator import ir
+
+    shapes = ir.tensor_shapes(graph, batch=1)
+    norms = [op.inputs[0] for op in graph.ops if op.kind == "layer_norm" and len(shapes[op.inputs[0]]) == 3]
+    return {"img_size": list(graph.image_size), "in_chans": int(graph.in_chans),
+            "num_tokens": int(shapes[norms[0]][1]) if norms else None,
+            "outputs": {t: list(shapes[t][1:]) for t in graph.outputs}, "ops": len(graph.ops)}
+
+
 def cost_main(argv: list[str]) -> int:
     from simulator import progress
 
@@ -82,23 +97,25 @@ def cost_main(argv: list[str]) -> int:
     npus = _check(args)
     with progress.phase("importing torch and timm"):
         import hwmodels
+        from reference.lowering import lower
         from reference.models import load_model
-        from reference.vit_float import check_supported, vit_arch
+        from reference.recipes.config import recipe_from_dict
+        from reference.recipes.static_graph import shape_only_graph
         from simulator.cli import _write_text_atomic, write_json_atomic
-        from simulator.summary import accelerator_record
-        from simulator.graph import static_layers
+        from simulator.graph_trace import graph_layers
         from simulator.provenance import tool_info
-        from simulator.shapes import shape_only_qvit
+        from simulator.summary import accelerator_record
         from simulator.trace import Trace
-
     model = load_model(args.model, num_classes=args.num_classes, img_size=args.img_size, mean=args.mean,
                        std=args.std, crop_pct=args.crop_pct, interpolation=args.interpolation,
                        random_weights_ok=True, shapes_only=True)
-    check_supported(model)
-    arch = vit_arch(model)
     name = args.model or "vit_digits"
-    q = shape_only_qvit(arch, args.wbits, args.abits, args.residual_bits, args.edge_bits, model_name=name)
-    trace = Trace(model=name, recipe=q.meta["label"], layers=static_layers(q), n_images=1)
+    cfg = recipe_from_dict({"recipe": "static", "w_bits": args.wbits, "a_bits": args.abits,
+                            "residual_bits": args.residual_bits, "edge_bits": args.edge_bits}, where="cost")
+    with progress.phase(f"lowering {name}"):
+        qg = shape_only_graph(lower(model), cfg, model_name=name)
+    arch = _arch(qg.graph)
+    trace = Trace(model=name, recipe=qg.meta["label"], layers=graph_layers(qg), n_images=1)
     reports = [hwmodels.estimate(trace, npu) for npu in npus]
     print(f"model {name}  {arch['img_size'][0]}x{arch['img_size'][1]}  {arch['num_tokens']} tokens  "
           f"W{args.wbits}A{args.abits} (shapes only)")

@@ -57,11 +57,11 @@ from simulator import ir
 from simulator.errors import InputError
 from simulator.int_nonlinear import EXP_FRAC_BITS, GELU_FRAC_BITS, GELU_INPUT_LIMIT
 from simulator.qgraph import ChannelRequant, ConstCodes, QuantizedGraph, Quantizer, RescaleSum
-from simulator.qvit import GeluQ, Requant, SoftmaxQ
+from simulator.qvit import GeluQ, Linear, Requant, SoftmaxQ
 from simulator.walk import walk
 
 __all__ = ["quantize_graph", "freeze_graph", "assign_quantizers", "collect_graph_stats", "owners", "freeze_op",
-           "consumers", "calibrate_static"]
+           "consumers", "calibrate_static", "shape_only_graph"]
 
 _SHARING = ("token_concat", "add_const", "merge_heads")   # their input is written at their output's scale
 _RESIDUAL_MAKERS = ("head", "add", "mean", "token_concat", "add_const")
@@ -261,3 +261,39 @@ def quantize_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model_nam
         raise InputError(f"recipe {cfg.label}: static_graph.quantize_graph implements 'static' only "
                          "(reference.quantize_graph dispatches every graph recipe)")
     return calibrate_static(model, calib_images, cfg, model_name, image_size)[2]
+
+
+class _UnitScales:
+    """Every calibrated scale is 1.0: quantizer placement and widths without statistics."""
+
+    def act(self, name: str, bits: int, method: str | None = None) -> float:
+        return 1.0
+
+    def residual(self, name: str) -> float:
+        return 1.0
+
+
+def shape_only_graph(graph: ir.Graph, cfg: RecipeConfig, model_name: str = "model") -> QuantizedGraph:
+    """The static recipe's quantizer placement and bit-widths on ``graph`` with unit scales and
+    zero weight codes (zero-strided broadcasts, no memory): everything `simulator.graph_trace`
+    reads, for costing a model from its shapes alone (``simulate cost``). Not runnable."""
+    q = assign_quantizers(graph, _UnitScales(), cfg)
+    prod = graph.producers()
+    params = {}
+    for op in graph.ops:
+        if op.kind not in ("linear", "head"):
+            continue
+        n, k = graph.params[op.name]["weight"].shape
+        edge = op.kind == "head" or prod[op.inputs[0]].kind == "patchify"
+        qi, qo = q[op.inputs[0]], q[op.outputs[0]]
+        res = q[op.inputs[1]] if len(op.inputs) == 2 else None
+        z = np.zeros(n, dtype=np.int64)
+        params[op.name] = Linear(w_q=np.broadcast_to(np.int8(0), (n, k)), bias_q=z, w_scale=np.ones(n),
+                                 w_bits=(cfg.edge_bits or cfg.w_bits) if edge else cfg.w_bits, in_bits=qi.bits,
+                                 in_scale=1.0, out_mult=z, out_shift=z,
+                                 out_bits=0 if qo.kind == "fixed_point" else qo.bits, out_scale=np.ones(n),
+                                 res_bits=0 if res is None else res.bits)
+    meta = {"model": model_name, "recipe": "shapes", "label": f"shapes_w{cfg.w_bits}a{cfg.a_bits}",
+            "w_bits": cfg.w_bits, "a_bits": cfg.a_bits, "residual_bits": cfg.residual_bits,
+            "edge_bits": cfg.edge_bits}
+    return QuantizedGraph(graph=graph, quantizers=q, params=params, meta=meta)
