@@ -24,12 +24,12 @@ import torch
 
 import hwmodels
 from reference import load_dataset, load_model
-from reference.fakequant import FakeQuantExecutor
+from reference.fakequant_ops import GraphFakeQuantExecutor as FakeQuantExecutor
 from reference.quantizers import code_range
 from reference.recipes import quantize
 from reference.recipes.tsptq import v2sf_fake_quantize
 from reference.vit_float import float_boundaries
-from simulator.executor import IntegerExecutor
+from simulator.int_ops import GraphIntegerExecutor as IntegerExecutor
 from simulator.results import bit_exact_images
 
 BITS = (8, 6, 4)

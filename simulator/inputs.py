@@ -1,7 +1,7 @@
 """Validation of the float images handed to an executor's ``run``.
 
-Both executors (`simulator.executor.IntegerExecutor` and the fake-quant
-executor in `reference.fakequant`) call `check_images` first, so a wrong
+Both executors (`simulator.int_ops.GraphIntegerExecutor` and the fake-quant
+executor in `reference.fakequant_ops`) call `check_graph_images` first, so a wrong
 shape, dtype or a NaN is one `InputError` line instead of a numpy/torch
 traceback deep inside a kernel (or, worse, silently saturated codes: a NaN
 quantizes to an arbitrary integer).
