@@ -47,9 +47,8 @@ import numpy as np
 
 from reference.recipes import params as _params
 from reference.recipes.config import RecipeConfig
-from reference.recipes.igq_allocation import total_bops
 
-__all__ = ["IgqParams", "parse_params", "choose_exps", "total_bops"]
+__all__ = ["IgqParams", "parse_params", "choose_exps"]
 
 GROUP_CHOICES = _params.GROUP_CHOICES
 IgqParams = _params.IgqParams
