@@ -199,10 +199,14 @@ class QuantizedGraph:
             graph = ir.Graph(ops=tuple(_op_from_tree(o) for o in tg["ops"]), input=tg["input"],
                              outputs=tuple(tg["outputs"]), params=params, image_size=tuple(tg["image_size"]),
                              in_chans=int(tg["in_chans"]))
-            return cls(graph=graph, quantizers=_unflatten(t["quantizers"], arrays),
-                       params=_unflatten(t["params"], arrays), meta=t["meta"])
+            qg = cls(graph=graph, quantizers=_unflatten(t["quantizers"], arrays),
+                     params=_unflatten(t["params"], arrays), meta=t["meta"])
         except (KeyError, TypeError, AttributeError, ValueError, ir.GraphError) as e:
             raise InputError(f"{path}: incomplete quantized graph ({type(e).__name__}: {e})") from None
+        from simulator.qgraph_check import check_params
+
+        check_params(qg.graph, qg.params, path)     # shapes, dtypes and ranges before any kernel runs
+        return qg
 
 
 class LegacyFormatError(InputError):
