@@ -13,7 +13,7 @@ in front of the reading GEMM, as `simulator.int_ops` does.
 ``nonlinear="float"`` replaces the integer LayerNorm, softmax and
 activations by their float64 functions between the same quantizers (the
 "fake-quant, float nonlinear" mode the papers report, the same formulas as
-`reference.fakequant.FakeQuantExecutor`'s); everything else stays integer.
+the removed legacy fake-quant executor's); everything else stays integer.
 """
 
 from __future__ import annotations

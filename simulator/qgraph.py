@@ -2,9 +2,11 @@
 + the frozen integer parameters of every op. Plain numpy, never mutated,
 saved to one versioned ``.npz`` (format_version 2).
 
-Phase 2 of issue 13 (static recipe). It lives beside the old per-model
-`simulator.qvit.QuantizedViT` (format_version 1), which tsptq / igq /
-scalepredictor / apq and the CLI still use until every mechanism is ported.
+Issue 13: the only frozen model format (every recipe, the CLI, golden
+vectors). The old per-model ``QuantizedViT`` (format_version 1) was removed
+with the hand-written walks; `QuantizedGraph.load` names that version
+(`LegacyFormatError`) and checks every op's integer params before any kernel
+sees them (`simulator.qgraph_check`).
 
 Quantizer slot (`Quantizer.kind`), one per tensor that holds integers:
 

@@ -4,8 +4,8 @@ Phase 2 of issue 13. The float walk (`reference.float_ops`, float32, batches
 of 64) feeds `reference.calibration.BoundaryStats` through ``keep``; every
 op is then frozen with the formulas of the old recipe
 (`reference.recipes.static`: `freeze_linear`, `freeze_layernorm`, `Scales`,
-residual headroom, edge bits), so on a plain ViT the codes equal the old
-`QuantizedViT`'s at every boundary (tested on the default model).
+residual headroom, edge bits), so on a plain ViT the codes equal the removed
+legacy executor's at every boundary (recorded: tests/reference/test_legacy_golden.py).
 
 One module, not a package: the static recipe is one mechanism (quantizer
 placement + freezing); a package pays off once a recipe has its own
