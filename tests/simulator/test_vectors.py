@@ -226,3 +226,38 @@ def test_vector_set_of_the_removed_legacy_walks_is_refused(vector_set, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"simulate: error: {dst}: exported by the legacy walks")
     assert "format_version 1 QuantizedViT" in err[0] and "scripts/verify_golden_on_graph.py" in err[0]
+
+
+TINY = dict(depth=2, num_heads=2, embed_dim=16, mlp_ratio=2, img_size=8, patch_size=2, in_chans=3, num_classes=5,
+            init_values=None)
+EVERY_RECIPE = {
+    "static": {"recipe": "static", "w_bits": 4, "a_bits": 8},
+    "tsptq": {"recipe": "tsptq", "w_bits": 6, "a_bits": 6},
+    "igq": {"recipe": "igq", "w_bits": 4, "a_bits": 4, "params": {"groups": 2}},
+    "scalepredictor": {"recipe": "scalepredictor", "w_bits": 6, "a_bits": 6, "params": {"degree": 2}},
+    "apq": {"recipe": "apq", "params": {"exit_heads": "distill", "exits_every": 1, "threshold": 0.3,
+                                        "allocation": "uniform"}},
+    "two_scaled+groups": {"recipe": "static", "w_bits": 4, "a_bits": 4,
+                          "mechanisms": [{"two_scaled": {}}, {"groups": {"groups": 2}}]},
+}
+
+
+@pytest.mark.parametrize("name", list(EVERY_RECIPE))
+def test_every_recipe_exports_and_verifies(name, tmp_path):
+    """export-vectors -> verify-vectors round trip for every recipe (and a composed one) on the graph:
+    its quantizer kinds' tensors, group maps and exit decisions included."""
+    from reference import quantize
+    from strategies import build_vit, random_images
+
+    images = random_images(TINY, 20, seed=8)
+    rc = {"weight_calibration": "minmax", "act_calibration": "minmax", "calib_images": 16, **EVERY_RECIPE[name]}
+    q = quantize(build_vit(TINY, seed=8), images[:16], rc, model_name="tiny")
+    m = export_vectors(q, images[16:], tmp_path / "v")
+    assert verify_vectors(tmp_path / "v") == f"all {m['header']['n_tensors']} tensors match"
+    names = {t["name"] for t in m["tensors"]}
+    assert [lay["name"] for lay in m["layers"]] == [op.name for op in q.graph.ops]
+    kinds = {qz.kind for qz in q.quantizers.values()}
+    if "grouped" in kinds:
+        assert any(n.endswith(".groups") for n in names)
+    if name == "apq":
+        assert {"exits.0.logits", "exits.0.confidence"} <= names
