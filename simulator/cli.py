@@ -355,8 +355,8 @@ def quantize_from_args(args, limit: int | None):
     model = load_model_from_args(args)
     images, _, calib = load_inputs(args, model, plan, limit)
     with progress.phase(f"calibrating and freezing {plan.cfg.label}"):
-        qvit = quantize(model, calib, plan.cfg, model_name=args.model or "vit_digits")
-    return qvit, images
+        qg = quantize(model, calib, plan.cfg, model_name=args.model or "vit_digits")
+    return qg, images
 
 
 def run_main(args) -> int:
@@ -381,10 +381,10 @@ def run_main(args) -> int:
     engine = "graph"
     t0 = time.perf_counter()
     with progress.phase(f"calibrating and freezing {cfg.label} on {len(calib)} images"):
-        qvit = graph_quantizer(cfg.recipe)(model, calib, cfg, model_name=model_name)
+        qg = graph_quantizer(cfg.recipe)(model, calib, cfg, model_name=model_name)
     t_calib = time.perf_counter() - t0
 
-    fq_int, fq_float, sim = graph_executors(qvit, args.backend)
+    fq_int, fq_float, sim = graph_executors(qg, args.backend)
     preds = {k: [] for k in ("fp32", "fq_int", "fq_float", "sim")}
     exact, mismatch, timings, trace, overflows = [], None, dict.fromkeys(("fp32", "fq_int", "fq_float", "sim"), 0.0), None, {}
     bs = args.batch_size
@@ -444,18 +444,18 @@ def run_main(args) -> int:
         print(format_report(reports[0]) if len(reports) == 1 else format_comparison(reports))
         summary["hardware"] = [r.to_dict() | {"accelerator": accelerator_record(npu)}
                                for r, npu in zip(reports, plan.npus)]
-    _write_outputs(args, qvit, summary)
+    _write_outputs(args, qg, summary)
     return 0
 
 
-def _write_outputs(args, qvit, summary: dict) -> None:
+def _write_outputs(args, qg, summary: dict) -> None:
     """--save-qvit, --json and --csv together: every file renamed into place, or none."""
     from simulator.atomic_files import Batch, dumps_json
     from simulator.summary import summary_csv
 
     with Batch() as batch:
         if args.save_qvit:
-            batch.add(args.save_qvit, qvit.npz_writer(), f"--save-qvit {args.save_qvit}")
+            batch.add(args.save_qvit, qg.npz_writer(), f"--save-qvit {args.save_qvit}")
         if args.json:
             batch.add(args.json, dumps_json(summary, f"--json {args.json}", default=_json_default),
                       f"--json {args.json}")
