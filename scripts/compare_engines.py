@@ -23,8 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("fakequant_integer", "fakequant_float_nonlinear", "simulator")
-RECORD_ROW = re.compile(r"^\| (\S+) \| ([\d.]+ / [\d.]+ / [\d.]+) \| [\d.]+ / [\d.]+ / [\d.]+ \| (\d+/\d+) / \d+/\d+ \| "
-                        r"([\d.]+) \| ([\d,]+) / [\d,]+ \| yes \|$")
+RECORD_ROW = re.compile(r"^\| (\S+) \| ([\d.]+ / [\d.]+ / [\d.]+) \| [\d.]+ / [\d.]+ / [\d.]+ \| "
+                        r"(\d+/\d+) / \d+/\d+ \| ([\d.]+) \| ([\d,]+) / [\d,]+ \| yes \|$")
 
 
 def _run(recipe: str, images: int | None, out: Path) -> dict:

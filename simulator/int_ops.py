@@ -259,7 +259,8 @@ class GraphIntegerExecutor:
                              exits.at(s))[self.qg.output])
             for t, gidx in base.groups.items() if keep_codes else ():
                 keep(t + ".groups", gidx)               # IGQ group maps (simulator.igq_graph)
-        lc = np.concatenate(outs).astype(np.int64) if outs else np.zeros((0, *ir.tensor_shapes(g)[self.qg.output][1:]), np.int64)
+        empty = (0, *ir.tensor_shapes(g)[self.qg.output][1:])          # no images: the output's shape
+        lc = np.concatenate(outs).astype(np.int64) if outs else np.zeros(empty, np.int64)
         layers = graph_layer_ops(self.qg)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
                       layers=[r for r, _ in layers], n_images=len(images), overflows=dict(ops.overflows))
