@@ -15,11 +15,11 @@ import numpy as np
 
 import hwmodels
 from reference import load_dataset, load_model
-from reference.fakequant import FakeQuantExecutor
+from reference.fakequant_ops import GraphFakeQuantExecutor as FakeQuantExecutor
 from reference.recipes import quantize
 from reference.recipes.config import load_recipe
-from reference.recipes.igq import total_bops
-from simulator.executor import IntegerExecutor
+from reference.recipes.igq_graph_allocation import graph_total_bops as total_bops
+from simulator.int_ops import GraphIntegerExecutor as IntegerExecutor
 from simulator.results import bit_exact_images
 
 

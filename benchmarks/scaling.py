@@ -32,8 +32,8 @@ import numpy as np, torch, numba, timm
 sys.path.insert(0, {os.path.dirname(HERE)!r})
 from reference.recipes import quantize
 from reference.recipes.config import RecipeConfig
-from reference.fakequant import FakeQuantExecutor
-from simulator.executor import IntegerExecutor
+from reference.fakequant_ops import GraphFakeQuantExecutor as FakeQuantExecutor
+from simulator.int_ops import GraphIntegerExecutor as IntegerExecutor
 torch.set_num_threads({threads}); numba.set_num_threads({threads})
 torch.manual_seed(0)
 kw = {{}} if {img!r} is None else {{"img_size": {img!r}}}
@@ -77,7 +77,7 @@ from reference.recipes import quantize
 from reference.recipes.config import RecipeConfig
 from reference.models import load_model
 from reference.data import load_digits
-from simulator.executor import IntegerExecutor
+from simulator.int_ops import GraphIntegerExecutor as IntegerExecutor
 m = load_model(); x, _ = load_digits("calib")
 q = quantize(m, x, RecipeConfig())
 t = time.perf_counter(); IntegerExecutor(q).run(x[:4]); print(time.perf_counter() - t)
@@ -96,19 +96,20 @@ def _cost_sweep_time(points: int = 100) -> float:
     import hwmodels
     import timm
 
-    from reference.vit_float import vit_arch
-    from simulator.graph import static_layers
-    from simulator.shapes import shape_only_qvit
+    from reference.lowering import lower
+    from reference.recipes.config import RecipeConfig
+    from reference.recipes.static_graph import shape_only_graph
+    from simulator.graph_trace import graph_layers
     from simulator.trace import Trace
 
-    arch = vit_arch(timm.create_model("deit_small_patch16_224", pretrained=False))
+    graph = lower(timm.create_model("deit_small_patch16_224", pretrained=False).eval())
     npus = [hwmodels.load(os.path.join(os.path.dirname(HERE), "configs", f)) for f in
             ("npu_int8.yaml", "npu_w4a8.yaml", "mcu_int8.yaml")]
     t = time.perf_counter()
     for i in range(points):
         bits = (8, 6, 4)[i % 3]
-        q = shape_only_qvit(arch, bits, bits)
-        hwmodels.estimate(Trace("m", "r", static_layers(q), 1), npus[i % 3])
+        q = shape_only_graph(graph, RecipeConfig(w_bits=bits, a_bits=bits))
+        hwmodels.estimate(Trace("m", "r", graph_layers(q), 1), npus[i % 3])
     return time.perf_counter() - t
 
 

@@ -47,10 +47,10 @@ def main(argv=None) -> int:
     import timm
     import numba
 
-    from reference.fakequant import FakeQuantExecutor
+    from reference.fakequant_ops import GraphFakeQuantExecutor as FakeQuantExecutor
     from reference.recipes import quantize
     from reference.recipes.config import RecipeConfig
-    from simulator.executor import IntegerExecutor
+    from simulator.int_ops import GraphIntegerExecutor as IntegerExecutor
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,15 +1,15 @@
-"""PyTorch side: model loading (timm), calibration, the recipes and the
-fake-quant executor of a frozen `QuantizedViT`.
+"""PyTorch side: model loading (timm), lowering to the integer graph,
+calibration, the recipes and the fake-quant executor of a frozen `QuantizedGraph`.
 
 Public API (documented in README, kept stable)::
 
     model = reference.load_model()                  # bundled digits ViT (or a timm name + checkpoint)
-    qvit = reference.quantize(model, calib_images, "configs/recipes/static_w8a8.yaml")
-    qvit.save("model.qvit.npz"); QuantizedViT.load("model.qvit.npz")
-    reference.FakeQuantExecutor(qvit).run(images)   # -> RunResult
+    qg = reference.quantize(model, calib_images, "configs/recipes/static_w8a8.yaml")   # -> QuantizedGraph
+    qg.save("model.npz"); QuantizedGraph.load("model.npz")
+    reference.FakeQuantExecutor(qg).run(images)     # -> RunResult (= reference.fakequant_ops.GraphFakeQuantExecutor)
     graph = reference.lower(model)                  # the typed float graph (simulator.ir.Graph)
     reference.float_forward(graph, images, torch.float64)   # its float function, == timm's forward
-    qg = reference.quantize_graph(model, calib_images, load_recipe(path))   # static / tsptq / igq / mechanisms
+    reference.quantize_graph                        # the same function as reference.quantize
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ __all__ = ["load_model", "quantize", "FakeQuantExecutor", "RecipeConfig", "load_
 def __getattr__(name):
     # torch, timm and numba load on first use, so that validating a recipe stays light
     if name == "FakeQuantExecutor":
-        from reference.fakequant import FakeQuantExecutor
-        return FakeQuantExecutor
-    if name == "quantize":
+        from reference.fakequant_ops import GraphFakeQuantExecutor
+        return GraphFakeQuantExecutor
+    if name in ("quantize", "quantize_graph"):
         from reference.recipes import quantize
         return quantize
     if name == "load_model":
@@ -37,9 +37,6 @@ def __getattr__(name):
     if name == "lower":                 # lowering rules import timm's model modules
         from reference.lowering import lower
         return lower
-    if name == "quantize_graph":
-        from reference.recipes.composed import quantize_graph
-        return quantize_graph
     if name == "float_forward":
         from reference.float_ops import float_forward
         return float_forward

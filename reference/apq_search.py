@@ -25,13 +25,10 @@ the formulas; the formulas below are ours:
 from __future__ import annotations
 
 import numpy as np
-import scipy.stats
+from simulator import significance
 
-from simulator.exit_graph import layer_ran_from_depth
-from simulator.graph import static_layers
 
-__all__ = ["exit_depths", "exposure", "allocate_bits", "clopper_pearson_upper", "block_bops",
-           "bops_per_image", "fixed_sequence_walk", "pareto_front"]
+__all__ = ["exit_depths", "exposure", "allocate_bits", "clopper_pearson_upper", "fixed_sequence_walk", "pareto_front"]
 
 
 def exit_depths(first_exit: np.ndarray, after_blocks, depth: int) -> np.ndarray:
@@ -43,28 +40,6 @@ def exit_depths(first_exit: np.ndarray, after_blocks, depth: int) -> np.ndarray:
 def exposure(depths: np.ndarray, depth: int) -> np.ndarray:
     """``e_i`` = fraction of images that execute block ``i`` (``i < depth``)."""
     return (np.asarray(depths)[:, None] > np.arange(depth)[None, :]).mean(axis=0)
-
-
-def block_bops(q) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per-block BOPs [depth], per-exit BOPs [E] and the final norm/head BOPs of ``q``."""
-    depth = len(q.blocks)
-    blocks, exits, final = np.zeros(depth), np.zeros(len(q.exits)), 0.0
-    for r in static_layers(q):
-        part = r.name.split(".")
-        if part[0] == "blocks":
-            blocks[int(part[1])] += r.bops
-        elif part[0] == "exits":
-            exits[int(part[1])] += r.bops
-        elif r.name in ("norm", "head"):
-            final += r.bops
-    return blocks, exits, final
-
-
-def bops_per_image(q, depths: np.ndarray) -> np.ndarray:
-    """Exact BOPs per image of ``q`` for the given exit depths (the cost model's count)."""
-    layers = static_layers(q)
-    bops = np.array([r.bops for r in layers], dtype=np.float64)
-    return layer_ran_from_depth(layers, depths, q).astype(np.float64) @ bops
 
 
 def allocate_bits(exp: np.ndarray, sens: np.ndarray, cost: np.ndarray, budget: float) -> list[int] | None:
@@ -96,10 +71,9 @@ def allocate_bits(exp: np.ndarray, sens: np.ndarray, cost: np.ndarray, budget: f
 
 
 def clopper_pearson_upper(k: int, n: int, delta: float) -> float:
-    """One-sided upper ``1 - delta`` confidence bound on a binomial rate from ``k`` of ``n``."""
-    if n == 0 or k >= n:
-        return 1.0
-    return float(scipy.stats.beta.ppf(1.0 - delta, k + 1, n - k))
+    """One-sided upper ``1 - delta`` confidence bound on a binomial rate from ``k`` of ``n``
+    (`simulator.significance.clopper_pearson_upper`; 1 when there is nothing to bound)."""
+    return 1.0 if n == 0 or k >= n else significance.clopper_pearson_upper(k, n, delta)
 
 
 def fixed_sequence_walk(disagreements: list[int], n: int, risk_bound: float, delta: float) -> int:

@@ -10,11 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reference.degenerate import check_boundary_ranges
-from reference.vit_float import float_boundaries
-from simulator.progress import track
 
-__all__ = ["BoundaryStats", "collect_boundaries"]
+__all__ = ["BoundaryStats"]
 
 
 class BoundaryStats:
@@ -44,15 +41,3 @@ class BoundaryStats:
         return v
 
 
-def collect_boundaries(model, images: np.ndarray, batch_size: int = 64,
-                       max_samples: int = 1 << 16, seed: int = 0) -> dict[str, BoundaryStats]:
-    """Run the float model over ``images`` and gather `BoundaryStats` per boundary."""
-    rng = np.random.default_rng(seed)
-    stats: dict[str, BoundaryStats] = {}
-    batches = range(0, len(images), batch_size)
-    for start in track(batches, f"calibrating on {len(images)} images", unit="batch"):
-        x = torch.as_tensor(np.asarray(images[start:start + batch_size], dtype=np.float32))
-        for name, t in float_boundaries(model, x).items():
-            stats.setdefault(name, BoundaryStats(max_samples, rng)).add(t)
-    check_boundary_ranges(stats, len(images))   # overflowing / all-zero layers: one line naming the layer
-    return stats

@@ -13,7 +13,7 @@ in front of the reading GEMM, as `simulator.int_ops` does.
 ``nonlinear="float"`` replaces the integer LayerNorm, softmax and
 activations by their float64 functions between the same quantizers (the
 "fake-quant, float nonlinear" mode the papers report, the same formulas as
-`reference.fakequant.FakeQuantExecutor`'s); everything else stays integer.
+the removed legacy fake-quant executor's); everything else stays integer.
 """
 
 from __future__ import annotations
@@ -257,7 +257,8 @@ class GraphFakeQuantExecutor:
             for t, gidx in (exits.group_maps(base.groups, s, len(outs[-1])) if keep_codes else {}).items():
                 keep(t + ".groups", torch.as_tensor(gidx))    # IGQ group maps (reference.igq_graph_ops)
             base.groups.clear()
-        lc = torch.cat(outs).long().numpy() if outs else np.zeros((0,), np.int64)
+        empty = (0, *ir.tensor_shapes(g)[self.qg.output][1:])          # no images: the output's shape
+        lc = torch.cat(outs).long().numpy() if outs else np.zeros(empty, np.int64)
         layers = graph_layer_ops(self.qg)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
                       layers=[r for r, _ in layers], n_images=len(images), overflows=dict(ops.overflows))

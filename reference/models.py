@@ -1,6 +1,6 @@
 """Float reference models: a timm name, a user checkpoint, or the bundled default.
 
-Everything downstream (calibration, the recipes, the frozen QuantizedViT) starts
+Everything downstream (lowering, calibration, the recipes, the frozen QuantizedGraph) starts
 from the float32 eval-mode module returned by `load_model`. Only timm's
 `VisionTransformer` family is supported, because the quantized datapath mirrors
 its block structure (patch embed -> [LN, MHSA, LN, MLP] x depth -> head).

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from reference.quantizers import calibrate
-from reference.vit_float import float_boundaries
 from simulator.progress import Progress
 
 __all__ = ["PREDICTED_BOUNDARIES", "SHALLOW_POINTS", "STATISTICS", "oracle_scales",
@@ -44,11 +43,20 @@ FIT_DEGREE = 3
 
 
 def _per_image(model, images: np.ndarray, batch_size: int = 64):
-    """Yield ``{boundary: float64 array [B, ...]}`` per batch of the float model."""
+    """Yield ``{tensor: float64 array [B, ...]}`` per batch of the float32 walk of the lowered model
+    (`reference.float_ops`; boundary names of docs/graph.md)."""
+    from reference.float_ops import FloatOps
+    from reference.lowering import lower
+    from simulator.walk import walk
+
+    graph = lower(model)
+    ops = FloatOps(graph, torch.float32)
     with torch.no_grad():
         for s in range(0, len(images), batch_size):
             x = torch.as_tensor(np.asarray(images[s:s + batch_size], dtype=np.float32))
-            yield {k: v.double().numpy() for k, v in float_boundaries(model, x).items()}
+            out: dict = {}
+            walk(graph, ops, x, lambda name, t: out.__setitem__(name, t.double().numpy()))
+            yield out
 
 
 def boundary_names(depth: int) -> list[str]:

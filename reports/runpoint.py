@@ -165,18 +165,18 @@ def run_record(run, threads: int | None = None) -> dict:
     """Calibrate + quantize ``run.recipe`` and evaluate fake-quant and simulator; JSON-ready."""
     import time
 
-    from reference.fakequant import FakeQuantExecutor
+    from reference.fakequant_ops import GraphFakeQuantExecutor
     from reference.recipes import quantize
     from reference.recipes.config import recipe_from_dict
-    from simulator.executor import IntegerExecutor
+    from simulator.int_ops import GraphIntegerExecutor
     from simulator.results import bit_exact_images, first_mismatch
 
     _limit_threads(threads)
     t0 = time.perf_counter()
     cfg = recipe_from_dict(run.recipe, where=f"point {run.label}")
     model, images, labels, fp32_top1 = _model_and_data(run.model)
-    qvit = quantize(model, _calibration_images(run.model, cfg.calib_images), cfg, model_name=run.model.name)
-    fq, sim = FakeQuantExecutor(qvit, "integer"), IntegerExecutor(qvit)
+    qg = quantize(model, _calibration_images(run.model, cfg.calib_images), cfg, model_name=run.model.name)
+    fq, sim = GraphFakeQuantExecutor(qg, "integer"), GraphIntegerExecutor(qg)
     preds = {"fq": [], "sim": []}
     exact, mismatch, traces = [], None, []
     for s in range(0, len(images), run.batch_size):

@@ -1,44 +1,58 @@
-"""Run recipes through both engines (`simulate --engine legacy|graph`) and compare what they print.
+"""Run recipes through the integer graph and compare with the legacy walks' recorded figures.
 
-    python scripts/compare_engines.py [RECIPE ...] [--images N] [--out DIR]
+    python scripts/compare_engines.py [RECIPE ...] [--images N] [--out DIR] [--record FILE]
 
 For each recipe (default: every YAML under configs/recipes) it runs the main
-job twice on the bundled model with `--hw npu_int8 --json`, then prints one
-row: top-1 of each executor under each engine, bit-exact counts, BOPs and
-npu_int8 cycles per image, and whether every number is equal. This is the
-evidence that the README / docs tables reproduce on the integer graph before
-the graph becomes the default (issue 13). Exit status 0 when every row is equal.
+job (`simulate --recipe R --hw npu_int8 --json`) on the bundled model and
+prints one row: top-1 of fake-quant (integer-only / float nonlinear) and
+simulator, bit-exact count, GBOPs and npu_int8 cycles per image. With
+``--record`` (default: docs/graph.md) it also compares each row with the
+table recorded there from the legacy hand-written walks (commit 65784be, the
+last one that had them; this script's earlier two-engine version) and says
+whether every number is equal. Exit status 0 when every recorded row is equal.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("fp32", "fakequant_integer", "fakequant_float_nonlinear", "simulator")
+KEYS = ("fakequant_integer", "fakequant_float_nonlinear", "simulator")
+RECORD_ROW = re.compile(r"^\| (\S+) \| ([\d.]+ / [\d.]+ / [\d.]+) \| [\d.]+ / [\d.]+ / [\d.]+ \| "
+                        r"(\d+/\d+) / \d+/\d+ \| ([\d.]+) \| ([\d,]+) / [\d,]+ \| yes \|$")
 
 
-def _run(recipe: str, engine: str, images: int | None, out: Path) -> dict:
+def _run(recipe: str, images: int | None, out: Path) -> dict:
     from simulator.cli import main
 
-    js = out / f"{recipe}.{engine}.json"
-    argv = ["--recipe", recipe, "--engine", engine, "--hw", "npu_int8", "--json", str(js), "--quiet"]
+    js = out / f"{recipe}.json"
+    argv = ["--recipe", recipe, "--hw", "npu_int8", "--json", str(js), "--quiet"]
     if images:
         argv += ["--images", str(images)]
     code = main(argv)
     if code != 0:
-        raise SystemExit(f"{recipe} ({engine}): simulate exited {code}")
+        raise SystemExit(f"{recipe}: simulate exited {code}")
     return json.loads(js.read_text())
 
 
-def _facts(r: dict) -> tuple:
+def _row(r: dict) -> tuple[str, str, str, str]:
     hw = r["hardware"][0]["per_image"]
-    return (tuple(round(r["top1"][k], 6) for k in KEYS), r["bit_exact_images"], r["images"],
-            r["bops_per_image"], hw["cycles"])
+    return (" / ".join(f"{r['top1'][k]:.2f}" for k in KEYS), f"{r['bit_exact_images']}/{r['images']}",
+            f"{r['bops_per_image'] / 1e9:.4f}", f"{hw['cycles']:,.0f}")
+
+
+def _recorded(path: Path) -> dict[str, tuple]:
+    rows = {}
+    for line in path.read_text().splitlines():
+        m = RECORD_ROW.match(line.strip())
+        if m:
+            rows[m.group(1)] = m.groups()[1:]
+    return rows
 
 
 def main(argv: list[str]) -> int:
@@ -46,27 +60,23 @@ def main(argv: list[str]) -> int:
     p.add_argument("recipes", nargs="*")
     p.add_argument("--images", type=int, default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--record", default=str(ROOT / "docs" / "graph.md"))
     args = p.parse_args(argv)
     recipes = args.recipes or sorted(f.stem for f in (ROOT / "configs" / "recipes").glob("*.yaml"))
     out = Path(args.out or tempfile.mkdtemp(prefix="engines-"))
     out.mkdir(parents=True, exist_ok=True)
-    print("| recipe | legacy top-1 fq-int / fq-float / sim | graph top-1 fq-int / fq-float / sim | bit-exact "
-          "legacy / graph | GBOPs | npu_int8 cycles legacy / graph | equal |")
-    print("|---|---|---|---|---|---|---|")
+    record = _recorded(Path(args.record)) if args.record and not args.images else {}
+    print("| recipe | top-1 fq-int / fq-float / sim | bit-exact | GBOPs | npu_int8 cycles | equal to legacy record |")
+    print("|---|---|---|---|---|---|")
     all_equal = True
     for recipe in recipes:
-        try:
-            legacy = _run(recipe, "legacy", args.images, out)
-        except SystemExit as e:
-            print(f"| {recipe} | {e} | | | | | – |")
-            continue
-        graph = _run(recipe, "graph", args.images, out)
-        fl, fg = _facts(legacy), _facts(graph)
-        equal = fl == fg
-        all_equal &= equal
-        t = lambda f: " / ".join(f"{v:.2f}" for v in f[0][1:])   # noqa: E731
-        print(f"| {recipe} | {t(fl)} | {t(fg)} | {fl[1]}/{fl[2]} / {fg[1]}/{fg[2]} | {fl[3] / 1e9:.4f} | "
-              f"{fl[4]:,.0f} / {fg[4]:,.0f} | {'yes' if equal else 'NO'} |", flush=True)
+        row = _row(_run(recipe, args.images, out))
+        verdict = "–"
+        if recipe in record:
+            equal = row == record[recipe]
+            all_equal &= equal
+            verdict = "yes" if equal else f"NO (legacy: {' | '.join(record[recipe])})"
+        print(f"| {recipe} | {' | '.join(row)} | {verdict} |", flush=True)
     return 0 if all_equal else 1
 
 

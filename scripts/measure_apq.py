@@ -28,11 +28,11 @@ import hwmodels  # noqa: E402
 from reference.apq_search import clopper_pearson_upper, exit_depths, fixed_sequence_walk  # noqa: E402
 from reference.data import load_digits  # noqa: E402
 from reference.exits import DEFAULT_EXITS_PATH, apply_thresholds, float_exit_outputs, load_exit_heads  # noqa: E402
-from reference.fakequant import FakeQuantExecutor  # noqa: E402
+from reference.fakequant_ops import GraphFakeQuantExecutor as FakeQuantExecutor  # noqa: E402
 from reference.models import load_model  # noqa: E402
 from reference.recipes import quantize  # noqa: E402
 from reference.recipes.apq import parse_params  # noqa: E402
-from simulator.executor import IntegerExecutor  # noqa: E402
+from simulator.int_ops import GraphIntegerExecutor as IntegerExecutor  # noqa: E402
 from simulator.results import bit_exact_images  # noqa: E402
 
 RECIPES = REPO_ROOT / "configs" / "recipes"
@@ -70,7 +70,7 @@ def quantized_row(name, q, test_x, test_y, npu) -> dict:
            "mean_bops": bops.mean, "p50_bops": bops.p50, "p99_bops": bops.p99,
            "cycles_mean": cyc.mean, "cycles_p50": cyc.p50, "cycles_p99": cyc.p99,
            "block_bits": q.meta.get("block_bits"), "thresholds": q.meta.get("exit_thresholds")}
-    if q.exits:
+    if any(op.kind == "exit" for op in q.graph.ops):
         df, di = rf.trace.extras["exit_depth"], ri.trace.extras["exit_depth"]
         row.update(exit_decisions_identical=int((df == di).sum()), mean_depth=float(di.mean()),
                    depth_histogram={int(d): int((di == d).sum()) for d in np.unique(di)})

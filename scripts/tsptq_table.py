@@ -24,12 +24,11 @@ import torch
 
 import hwmodels
 from reference import load_dataset, load_model
-from reference.fakequant import FakeQuantExecutor
+from reference.fakequant_ops import GraphFakeQuantExecutor as FakeQuantExecutor
 from reference.quantizers import code_range
 from reference.recipes import quantize
 from reference.recipes.tsptq import v2sf_fake_quantize
-from reference.vit_float import float_boundaries
-from simulator.executor import IntegerExecutor
+from simulator.int_ops import GraphIntegerExecutor as IntegerExecutor
 from simulator.results import bit_exact_images
 
 BITS = (8, 6, 4)
@@ -55,6 +54,16 @@ def accuracy_rows(model, x, y, cal, fp32_logits):
             qvits[rec, bits] = q
             rows.append(_evaluate(q, x, y, fp32_logits, npu, f"W{bits}A{bits}", rec))
     return rows, qvits
+
+
+def float_boundaries(model, x: torch.Tensor) -> dict:
+    """Every tensor of the lowered model's float32 walk on ``x`` (docs/graph.md names)."""
+    from reference.float_ops import float_forward
+    from reference.lowering import lower
+
+    seen: dict = {}
+    float_forward(lower(model), x, torch.float32, keep=seen.__setitem__)
+    return seen
 
 
 def ablation_rows(model, x, y, cal, fp32_logits, bits=4):
@@ -86,9 +95,9 @@ def _sqnr(v, q) -> float:
 
 
 def _tensor_quantizers(q, i):
-    """name -> function(float tensor) -> dequantized tensor, for block i of qvit q."""
-    b = q.blocks[i]
-    sm, g = b.softmax, b.gelu
+    """name -> function(float tensor) -> dequantized tensor, for block i of the QuantizedGraph q."""
+    p = f"blocks.{i}."
+    sm, g = q.params[p + "attn.softmax"], q.params[p + "mlp.act"]
     lo, hi = code_range(g.out_bits)
 
     def attn(p):
@@ -107,7 +116,7 @@ def _tensor_quantizers(q, i):
         lo_n, hi_n = code_range(lnq.out_bits)
         return lambda v: np.clip(np.floor(v / scale + 0.5), lo_n, hi_n) * scale
 
-    return {"attn": attn, "gelu": gelu, "norm1": ln(b.norm1), "norm2": ln(b.norm2)}
+    return {"attn": attn, "gelu": gelu, "norm1": ln(q.params[p + "norm1"]), "norm2": ln(q.params[p + "norm2"])}
 
 
 def error_rows(model, x, qvits):
@@ -120,7 +129,7 @@ def error_rows(model, x, qvits):
             num = dict.fromkeys(("attn", "gelu", "norm1", "norm2"), 0.0)
             den = dict.fromkeys(num, 0.0)
             large = [0.0, 0.0]
-            for i in range(len(q.blocks)):
+            for i in range(len(model.blocks)):
                 fns = _tensor_quantizers(q, i)
                 for name in num:
                     v = fl[f"blocks.{i}.{name}"]
@@ -164,7 +173,7 @@ def main() -> int:
     for r in error_rows(model, x, qvits):
         print(f"| {r[0]} | {r[1]} | " + " | ".join(f"{v:.1f}" for v in r[2:]) + " |")
     for bits in BITS:
-        print(f"\nW{bits}A{bits} tsptq choices:", qvits["tsptq", bits].meta["tsptq"]["blocks"])
+        print(f"\nW{bits}A{bits} tsptq choices:", qvits["tsptq", bits].meta["tsptq"]["tensors"])
     return 0
 
 

@@ -6,8 +6,8 @@ Each DIR is an `export-vectors` folder (e.g. from
 `scripts/export_baseline_vectors.sh`, which exports them with the last commit
 before the graph refactor). The vectors hold a format-1 QuantizedViT, which
 the graph does not read; so this script re-quantizes the bundled model with
-the folder's recipe through the *graph* calibrator (`simulator.engines.
-GRAPH_RECIPES`, same calibration images as `export-vectors`), runs the graph
+the folder's recipe through the *graph* calibrator (`reference.recipes.
+CALIBRATORS`, same calibration images as `export-vectors`), runs the graph
 integer executor on the stored images and compares every tensor whose name
 both sides have (every boundary: ``input``, ``x0``, ``blocks.i.*``,
 ``exits.*``, ``norm``, ``logits``). ``=RECIPE`` names the recipe when the

@@ -144,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=64, metavar="N", help="executor batch size (default 64)")
     r.add_argument("--backend", default="auto", choices=("auto", "int_mm", "blas", "numba"),
                    help="simulator GEMM backend (all exact; default auto)")
-    r.add_argument("--engine", default="auto", choices=("auto", "legacy", "graph"),
-                   help="forward implementation: the integer graph lowered from the model (every recipe) or the "
-                        "legacy hand-written walk; auto: legacy where it applies, else the graph (docs/graph.md)")
+    r.add_argument("--engine", default="auto", metavar="{auto,graph}",
+                   help="kept for scripts: every run uses the integer graph lowered from the model "
+                        "(docs/graph.md); 'legacy' (the removed hand-written walks) is refused")
     r.add_argument("--hw", nargs="+", default=None, metavar="NPU",
                    help="accelerator YAML(s) to cost the run on; a bare name (npu_int8) means configs/<name>.yaml")
     o = p.add_argument_group("outputs")
@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write every number (with tool version, git revision, time, accelerator parameters) as JSON")
     o.add_argument("--csv", default=None, metavar="PATH",
                    help="write the summary as CSV: one row per accelerator (one row without --hw)")
-    o.add_argument("--save-qvit", default=None, metavar="PATH", help="write the frozen QuantizedViT (.npz)")
+    o.add_argument("--save-qvit", default=None, metavar="PATH",
+                   help="write the frozen QuantizedGraph (.npz, format_version 2)")
     o.add_argument("--layers", action="store_true",
                    help="print the SQNR (dB) of every tensor vs fp32; with --json also write <stem>.layers.png "
                         "(SQNR by depth) and <stem>.layers.csv (per-layer costs) next to it (simulator/layer_report.py)")
@@ -255,6 +256,10 @@ def preflight(args, outputs=()) -> Plan:
     from simulator import preflight as pf
 
     pf.check_flags(args)
+    if getattr(args, "engine", None) is not None:
+        from simulator.engines import choose_engine
+
+        choose_engine(args.engine)
     cfg = resolve_recipe(args.recipe, args.wbits, args.abits)
     npus = []
     if getattr(args, "hw", None):
@@ -343,7 +348,7 @@ def load_inputs(args, model, plan: Plan, limit: int | None):
 
 
 def quantize_from_args(args, limit: int | None):
-    """(QuantizedViT, test images) for --model/--checkpoint/--data/--calib/--recipe/--wbits/--abits."""
+    """(QuantizedGraph, test images) for --model/--checkpoint/--data/--calib/--recipe/--wbits/--abits."""
     from simulator import progress
 
     for flag in ("num_classes", "img_size", "mean", "std", "crop_pct", "interpolation"):
@@ -355,8 +360,8 @@ def quantize_from_args(args, limit: int | None):
     model = load_model_from_args(args)
     images, _, calib = load_inputs(args, model, plan, limit)
     with progress.phase(f"calibrating and freezing {plan.cfg.label}"):
-        qvit = quantize(model, calib, plan.cfg, model_name=args.model or "vit_digits")
-    return qvit, images
+        qg = quantize(model, calib, plan.cfg, model_name=args.model or "vit_digits")
+    return qg, images
 
 
 def run_main(args) -> int:
@@ -369,10 +374,8 @@ def run_main(args) -> int:
     with progress.phase("importing torch, timm and numba"):
         import torch
 
-        from reference.fakequant import FakeQuantExecutor
         from reference.models import DEFAULT_MODEL
-        from reference.recipes import quantize
-        from simulator.executor import IntegerExecutor
+        from simulator.engines import graph_executors, graph_quantizer
         from simulator.igq import overhead_bops
         from simulator.results import bit_exact_images, first_mismatch
         from simulator.summary import accelerator_record, print_summary, summary_csv
@@ -380,21 +383,13 @@ def run_main(args) -> int:
     with progress.phase(f"building {model_name}"):
         model = load_model_from_args(args)
     images, labels, calib = load_inputs(args, model, plan, args.images)
-    from simulator.engines import choose_engine, graph_executors, graph_quantizer
-
-    engine = choose_engine(args.engine, model, cfg.recipe, cfg.mechanisms)
-    log.info("engine: %s", engine)
+    engine = "graph"
     t0 = time.perf_counter()
-    with progress.phase(f"calibrating and freezing {cfg.label} on {len(calib)} images ({engine} engine)"):
-        freeze = quantize if engine == "legacy" else graph_quantizer(cfg.recipe)
-        qvit = freeze(model, calib, cfg, model_name=model_name)
+    with progress.phase(f"calibrating and freezing {cfg.label} on {len(calib)} images"):
+        qg = graph_quantizer(cfg.recipe)(model, calib, cfg, model_name=model_name)
     t_calib = time.perf_counter() - t0
 
-    if engine == "legacy":
-        fq_int, fq_float = FakeQuantExecutor(qvit, "integer"), FakeQuantExecutor(qvit, "float")
-        sim = IntegerExecutor(qvit, gemm_backend=args.backend)
-    else:
-        fq_int, fq_float, sim = graph_executors(qvit, args.backend)
+    fq_int, fq_float, sim = graph_executors(qg, args.backend)
     preds = {k: [] for k in ("fp32", "fq_int", "fq_float", "sim")}
     exact, mismatch, timings, trace, overflows = [], None, dict.fromkeys(("fp32", "fq_int", "fq_float", "sim"), 0.0), None, {}
     bs = args.batch_size
@@ -456,19 +451,19 @@ def run_main(args) -> int:
                                for r, npu in zip(reports, plan.npus)]
     if args.layers:
         from simulator.layer_report import run_layers
-        summary["layers"] = run_layers(args, model, calib, cfg, images, qvit if engine == "graph" else None, plan.npus)
-    _write_outputs(args, qvit, summary)
+        summary["layers"] = run_layers(args, cfg, images, qg, plan.npus)
+    _write_outputs(args, qg, summary)
     return 0
 
 
-def _write_outputs(args, qvit, summary: dict) -> None:
+def _write_outputs(args, qg, summary: dict) -> None:
     """--save-qvit, --json and --csv together: every file renamed into place, or none."""
     from simulator.atomic_files import Batch, dumps_json
     from simulator.summary import summary_csv
 
     with Batch() as batch:
         if args.save_qvit:
-            batch.add(args.save_qvit, qvit.npz_writer(), f"--save-qvit {args.save_qvit}")
+            batch.add(args.save_qvit, qg.npz_writer(), f"--save-qvit {args.save_qvit}")
         if args.json:
             batch.add(args.json, dumps_json(summary, f"--json {args.json}", default=_json_default),
                       f"--json {args.json}")

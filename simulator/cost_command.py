@@ -5,7 +5,11 @@
                   --hw configs/npu_int8.yaml configs/npu_w4a8.yaml --json cost.json
 
 No checkpoint and no images: the model is built with ``pretrained=False`` only
-to read its architecture, and the graph gets uniform bit-widths. Part of the
+to read its architecture, lowered to the integer graph (`reference.lower`,
+so every lowered timm ViT configuration is costed) and given the static
+recipe's quantizer placement with uniform bit-widths
+(`reference.recipes.static_graph.shape_only_graph`); the trace is the one a
+real run records (`simulator.graph_trace`). Part of the
 CLI's composition root (imports reference and hwmodels lazily).
 """
 
@@ -75,28 +79,15 @@ def _csv(name: str, w: int, a: int, reports) -> str:
     return buf.getvalue()
 
 
-def _is_swin(model) -> bool:
-    from timm.models.swin_transformer import SwinTransformer
-    return isinstance(model, SwinTransformer)
+def _arch(graph) -> dict:
+    """Input size, token count of the residual stream and classes of a lowered graph (JSON-ready)."""
+    from simulator import ir
 
-
-def _swin_trace(model, name: str, args):
-    """(arch summary, trace) of a Swin model from its lowered graph with the static recipe's
-    widths (`reference.recipes.static_graph.shape_only_graph`)."""
-    from reference.lowering import lower
-    from reference.recipes.config import RecipeConfig
-    from reference.recipes.static_graph import shape_only_graph
-    from simulator.graph_trace import graph_layers
-    from simulator.ir import tensor_shapes
-    from simulator.trace import Trace
-
-    graph = lower(model)
-    cfg = RecipeConfig(w_bits=args.wbits, a_bits=args.abits, residual_bits=args.residual_bits,
-                       edge_bits=args.edge_bits, weight_calibration="minmax")
-    qg = shape_only_graph(graph, cfg, name)
-    arch = {"family": "swin", "img_size": list(graph.image_size), "num_tokens": tensor_shapes(graph)["x0"][1],
-            "depths": [len(s.blocks) for s in model.layers], "embed_dim": int(model.embed_dim)}
-    return arch, Trace(model=name, recipe=qg.meta["label"], layers=graph_layers(qg), n_images=1)
+    shapes = ir.tensor_shapes(graph, batch=1)
+    norms = [op.inputs[0] for op in graph.ops if op.kind == "layer_norm" and len(shapes[op.inputs[0]]) == 3]
+    return {"img_size": list(graph.image_size), "in_chans": int(graph.in_chans),
+            "num_tokens": int(shapes[norms[0]][1]) if norms else None,
+            "outputs": {t: list(shapes[t][1:]) for t in graph.outputs}, "ops": len(graph.ops)}
 
 
 def cost_main(argv: list[str]) -> int:
@@ -106,26 +97,25 @@ def cost_main(argv: list[str]) -> int:
     npus = _check(args)
     with progress.phase("importing torch and timm"):
         import hwmodels
+        from reference.lowering import lower
         from reference.models import load_model
-        from reference.vit_float import check_supported, vit_arch
+        from reference.recipes.config import recipe_from_dict
+        from reference.recipes.static_graph import shape_only_graph
         from simulator.cli import _write_text_atomic, write_json_atomic
-        from simulator.summary import accelerator_record
-        from simulator.graph import static_layers
+        from simulator.graph_trace import graph_layers
         from simulator.provenance import tool_info
-        from simulator.shapes import shape_only_qvit
+        from simulator.summary import accelerator_record
         from simulator.trace import Trace
-
     model = load_model(args.model, num_classes=args.num_classes, img_size=args.img_size, mean=args.mean,
                        std=args.std, crop_pct=args.crop_pct, interpolation=args.interpolation,
                        random_weights_ok=True, shapes_only=True)
     name = args.model or "vit_digits"
-    if _is_swin(model):          # no per-model (legacy) path for Swin: the lowered graph's trace
-        arch, trace = _swin_trace(model, name, args)
-    else:
-        check_supported(model)
-        arch = vit_arch(model)
-        q = shape_only_qvit(arch, args.wbits, args.abits, args.residual_bits, args.edge_bits, model_name=name)
-        trace = Trace(model=name, recipe=q.meta["label"], layers=static_layers(q), n_images=1)
+    cfg = recipe_from_dict({"recipe": "static", "w_bits": args.wbits, "a_bits": args.abits,
+                            "residual_bits": args.residual_bits, "edge_bits": args.edge_bits}, where="cost")
+    with progress.phase(f"lowering {name}"):
+        qg = shape_only_graph(lower(model), cfg, model_name=name)
+    arch = _arch(qg.graph)
+    trace = Trace(model=name, recipe=qg.meta["label"], layers=graph_layers(qg), n_images=1)
     reports = [hwmodels.estimate(trace, npu) for npu in npus]
     print(f"model {name}  {arch['img_size'][0]}x{arch['img_size'][1]}  {arch['num_tokens']} tokens  "
           f"W{args.wbits}A{args.abits} (shapes only)")

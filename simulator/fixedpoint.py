@@ -3,7 +3,7 @@
 Every function here uses Python operators only (``+ - * // >> << & < >``), so
 the same source runs on Python ints, numpy int64 arrays, torch int64 tensors
 and, compiled with ``numba.njit``, inside the integer kernels. Both executors
-(`reference.fakequant` on torch tensors, `simulator.executor` through numba)
+(`reference.fakequant_ops` on torch tensors, `simulator.int_ops` through numba)
 call these very functions: there is one rounding rule and one saturation rule
 in the project.
 

@@ -30,7 +30,12 @@ import numpy as np
 from simulator import ir
 from simulator.qvit import SoftmaxQ
 
-__all__ = ["ExitQ", "add_exits", "graph_depth", "exit_ops", "ExitRecorder"]
+__all__ = ["never_exit_code", "ExitQ", "add_exits", "graph_depth", "exit_ops", "ExitRecorder"]
+
+
+def never_exit_code(conf_bits: int) -> int:
+    """A threshold code no confidence code reaches (the exit is computed but never taken)."""
+    return 1 << conf_bits
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ choices of our own (documented in docs/recipes/igq.md):
 * **Power-of-two group scales.** Group g has scale ``scale * 2**-exps[g]``
   with integer exponents ``exps[0] > exps[1] > ... > exps[G-1] = 0`` (finest
   first; the coarsest group is the static recipe's scale). The exponents are
-  calibrated per layer and G (`reference.recipes.igq`), not fixed.
+  calibrated per layer and G (`reference.recipes.igq_graph`), not fixed.
 * **Assignment = the finest group that does not clip.** IGQ-ViT assigns a
   channel to the group whose range is nearest the channel's per-instance
   [min, max]; with symmetric quantizers we take the finest group whose code
@@ -46,8 +46,8 @@ import numpy as np
 from simulator.fixedpoint import requantize, saturate
 from simulator.trace import LayerRecord
 
-__all__ = ["GroupQuantizer", "IgqBlock", "fits_group", "assign_group", "group_code", "index_bits",
-           "igq_layers", "overhead_bops", "SITES", "WIDE_BITS"]
+__all__ = ["GroupQuantizer", "fits_group", "assign_group", "group_code", "index_bits",
+           "overhead_bops", "SITES", "WIDE_BITS"]
 
 #: grouped boundaries of one block, in execution order (consumer in brackets):
 #: norm1 [qkv], attn rows [attn@V], attn_out [proj], norm2 [fc1], gelu [fc2]
@@ -77,17 +77,6 @@ class GroupQuantizer:
     @property
     def exps_tuple(self) -> tuple:
         return tuple(int(e) for e in self.exps)
-
-
-@dataclass(frozen=True)
-class IgqBlock:
-    """The five grouped boundaries of a transformer block (see `SITES`)."""
-
-    norm1: GroupQuantizer
-    attn: GroupQuantizer
-    attn_out: GroupQuantizer
-    norm2: GroupQuantizer
-    gelu: GroupQuantizer
 
 
 # --- element formulas (operators only: Python ints, numpy, torch, numba) ------------------------
@@ -132,44 +121,6 @@ def _combine(name: str, m: int, n: int, groups: int) -> LayerRecord:
     """Combining G per-group int32 partial sums: ``(G - 1)`` shift-adds per output on the requant unit."""
     return LayerRecord(name=name, kind="requantize", elements=m * n * (groups - 1), rows=m,
                        in_bits=WIDE_BITS, out_bits=0)
-
-
-def igq_layers(q, recs: list) -> list:
-    """Insert the grouping records after each grouped producer (only where G > 1)."""
-    meta = q.meta
-    t = meta["num_tokens"]
-    out = []
-    blocks = q.extras.get("igq", ())
-    for r in recs:
-        out.append(r)
-        parts = r.name.split(".")
-        if not (len(parts) >= 3 and parts[0] == "blocks"):
-            continue
-        i, op = int(parts[1]), ".".join(parts[2:])
-        gb, blk = blocks[i], q.blocks[i]
-        p = f"blocks.{i}."
-        if op == "norm1" and gb.norm1.groups > 1:
-            out.append(_assign(p + "norm1.group_assign", r.elements, blk.qkv.w_q.shape[1], gb.norm1.groups))
-        elif op == "attn.softmax" and gb.attn.groups > 1:
-            out.append(_assign(p + "attn.group_assign", r.elements, r.rows, gb.attn.groups))
-        elif op == "attn.av" and gb.attn_out.groups > 1:
-            out.append(_assign(p + "attn_out.group_assign", t * blk.proj.w_q.shape[1], blk.proj.w_q.shape[1],
-                               gb.attn_out.groups))
-        elif op == "norm2" and gb.norm2.groups > 1:
-            out.append(_assign(p + "norm2.group_assign", r.elements, blk.fc1.w_q.shape[1], gb.norm2.groups))
-        elif op == "mlp.gelu" and gb.gelu.groups > 1:
-            out.append(_assign(p + "gelu.group_assign", r.elements, blk.fc2.w_q.shape[1], gb.gelu.groups))
-    final = []
-    consumers = {"attn.qkv": "norm1", "attn.proj": "attn_out", "mlp.fc1": "norm2", "mlp.fc2": "gelu"}
-    for r in out:
-        final.append(r)
-        parts = r.name.split(".")
-        if r.kind == "linear" and len(parts) >= 3 and parts[0] == "blocks":
-            site = consumers.get(".".join(parts[2:]))
-            g = getattr(blocks[int(parts[1])], site).groups if site else 1
-            if g > 1:
-                final.append(_combine(r.name + ".group_combine", r.m, r.n, g))
-    return final
 
 
 def overhead_bops(layers) -> int:

@@ -1,7 +1,7 @@
 """Validation of the float images handed to an executor's ``run``.
 
-Both executors (`simulator.executor.IntegerExecutor` and the fake-quant
-executor in `reference.fakequant`) call `check_images` first, so a wrong
+Both executors (`simulator.int_ops.GraphIntegerExecutor` and the fake-quant
+executor in `reference.fakequant_ops`) call `check_graph_images` first, so a wrong
 shape, dtype or a NaN is one `InputError` line instead of a numpy/torch
 traceback deep inside a kernel (or, worse, silently saturated codes: a NaN
 quantizes to an arbitrary integer).
@@ -17,7 +17,7 @@ __all__ = ["check_images", "check_graph_images"]
 
 
 def expected_image_shape(meta: dict) -> tuple[int, int, int]:
-    """(C, H, W) the frozen model was built for, from `QuantizedViT.meta`."""
+    """(C, H, W) the frozen model was built for, from the QuantizedGraph's ``meta``."""
     h, w = meta["img_size"]
     return int(meta["in_chans"]), int(h), int(w)
 

@@ -8,7 +8,7 @@ row reductions (max, sum, mean, variance) are done by each caller.
 Fixed-point formats are model independent ("shift constants that need no
 per-model hand tuning", ANCHORS.md): the per-model part is only the dyadic
 multiplier that brings an accumulator into the format, frozen in the
-`QuantizedViT`.
+`QuantizedGraph`.
 
 Softmax (after I-BERT's integer exp, Kim et al. ICML 2021, and I-ViT's
 Shiftmax, Li & Gu ICCV 2023, but base 2 with log2(e) folded into the input

@@ -299,7 +299,8 @@ class GraphIntegerExecutor:
             for t, gidx in (exits.group_maps(base.groups, s, len(outs[-1])) if keep_codes else {}).items():
                 keep(t + ".groups", gidx)               # IGQ group maps (simulator.igq_graph)
             base.groups.clear()
-        lc = np.concatenate(outs).astype(np.int64) if outs else np.zeros((0,), np.int64)
+        empty = (0, *ir.tensor_shapes(g)[self.qg.output][1:])          # no images: the output's shape
+        lc = np.concatenate(outs).astype(np.int64) if outs else np.zeros(empty, np.int64)
         layers = graph_layer_ops(self.qg)
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
                       layers=[r for r, _ in layers], n_images=len(images), overflows=dict(ops.overflows))

@@ -5,10 +5,8 @@ against the float walk on the evaluated images, `reference.layer_error`),
 adds the rows to ``--json`` under ``"layers"``, and next to ``--json``
 writes ``<stem>.layers.png`` (SQNR by depth, matplotlib) and
 ``<stem>.layers.csv`` (one row per trace record: shape, bits, MACs, BOPs,
-and cycles / energy per accelerator of ``--hw``). Runs on the integer graph
-whatever ``--engine`` chose (the legacy engine's QuantizedViT has no graph:
-the recipe is frozen again on the graph, which gives the same codes,
-docs/graph.md). Part of the CLI's composition root: imports reference,
+and cycles / energy per accelerator of ``--hw``), from the run's own
+QuantizedGraph. Part of the CLI's composition root: imports reference,
 hwmodels and matplotlib lazily.
 """
 
@@ -96,16 +94,12 @@ def layer_costs_csv(trace, reports=()) -> str:
     return buf.getvalue()
 
 
-def run_layers(args, model, calib, cfg, images, qgraph=None, npus=()) -> dict:
-    """The ``--layers`` work of the main command: rows printed and returned (for ``--json``); plot and
-    cost CSV written next to ``--json``. ``qgraph``: the run's QuantizedGraph when the graph engine ran."""
+def run_layers(args, cfg, images, qgraph, npus=()) -> dict:
+    """The ``--layers`` work of the main command on the run's QuantizedGraph: rows printed and returned
+    (for ``--json``); plot and cost CSV written next to ``--json``."""
     from simulator import progress
     from simulator.atomic_files import Batch
 
-    if qgraph is None:
-        from simulator.engines import graph_quantizer
-        with progress.phase(f"freezing {cfg.label} on the graph for --layers"):
-            qgraph = graph_quantizer(cfg.recipe)(model, calib, cfg, model_name=getattr(args, "model", None) or "model")
     with progress.phase(f"per-tensor SQNR on {len(images)} images"):
         from simulator.int_ops import GraphIntegerExecutor
         res = GraphIntegerExecutor(qgraph).run(images, args.batch_size)

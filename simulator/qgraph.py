@@ -2,9 +2,11 @@
 + the frozen integer parameters of every op. Plain numpy, never mutated,
 saved to one versioned ``.npz`` (format_version 2).
 
-Phase 2 of issue 13 (static recipe). It lives beside the old per-model
-`simulator.qvit.QuantizedViT` (format_version 1), which tsptq / igq /
-scalepredictor / apq and the CLI still use until every mechanism is ported.
+Issue 13: the only frozen model format (every recipe, the CLI, golden
+vectors). The old per-model ``QuantizedViT`` (format_version 1) was removed
+with the hand-written walks; `QuantizedGraph.load` names that version
+(`LegacyFormatError`) and checks every op's integer params before any kernel
+sees them (`simulator.qgraph_check`).
 
 Quantizer slot (`Quantizer.kind`), one per tensor that holds integers:
 
@@ -55,7 +57,7 @@ from simulator.qvit import _unflatten as _unflatten_tree
 from simulator.two_scaled import operand_max
 from simulator.windows import WindowBiasQ
 
-__all__ = ["Quantizer", "PredictedScale", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
+__all__ = ["LegacyFormatError", "Quantizer", "PredictedScale", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
 
 FORMAT_VERSION = 2
 QUANTIZER_KINDS = ("static", "fixed_point", "accumulator", "two_scaled", "grouped", "predicted")
@@ -188,9 +190,9 @@ class QuantizedGraph:
         header, arrays = read_npz_tree(path, "quantized graph")
         version = header.get("format_version") if isinstance(header, dict) else None
         if version == 1:
-            raise InputError(f"{path}: format_version 1 is the old per-model QuantizedViT format, expected "
-                             f"format_version {FORMAT_VERSION} (a quantized graph); load it with "
-                             f"simulator.qvit.QuantizedViT.load or quantize the model again")
+            raise LegacyFormatError(f"{path}: format_version 1 is the old per-model QuantizedViT format, written "
+                             f"before the legacy walks were removed; expected format_version {FORMAT_VERSION} "
+                             "(a QuantizedGraph): quantize the model again with this version")
         if version != FORMAT_VERSION:
             raise InputError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
         try:
@@ -200,10 +202,18 @@ class QuantizedGraph:
             graph = ir.Graph(ops=tuple(_op_from_tree(o) for o in tg["ops"]), input=tg["input"],
                              outputs=tuple(tg["outputs"]), params=params, image_size=tuple(tg["image_size"]),
                              in_chans=int(tg["in_chans"]))
-            return cls(graph=graph, quantizers=_unflatten(t["quantizers"], arrays),
-                       params=_unflatten(t["params"], arrays), meta=t["meta"])
+            qg = cls(graph=graph, quantizers=_unflatten(t["quantizers"], arrays),
+                     params=_unflatten(t["params"], arrays), meta=t["meta"])
         except (KeyError, TypeError, AttributeError, ValueError, ir.GraphError) as e:
             raise InputError(f"{path}: incomplete quantized graph ({type(e).__name__}: {e})") from None
+        from simulator.qgraph_check import check_params
+
+        check_params(qg.graph, qg.params, path)     # shapes, dtypes and ranges before any kernel runs
+        return qg
+
+
+class LegacyFormatError(InputError):
+    """A format_version 1 file: the old per-model `QuantizedViT`, no longer read."""
 
 
 def _op_tree(op: ir.Op) -> dict:

@@ -1,39 +1,29 @@
-"""The frozen description of a quantized ViT that both executors read.
+"""Frozen integer parameters of the graph's ops, and the one ``.npz`` file layout.
 
-Plain numpy integer codes, dyadic multipliers ``(mult, shift)`` and a few
-float scales (kept only to dequantize outputs and for the fake-quant
-executor's float-nonlinear mode). Built by `reference.quantize`, saved to and
-loaded from one ``.npz`` file (arrays + a JSON header), never mutated.
+`Linear`, `LayerNormQ`, `SoftmaxQ`, `Requant` and `GeluQ` are the frozen
+params of the ops of a `simulator.qgraph.QuantizedGraph` (plain numpy
+integer codes, dyadic multipliers ``(mult, shift)`` and the float scales
+kept to dequantize outputs and for the fake-quant executor's
+float-nonlinear mode). `npz_tree_writer` / `read_npz_tree` / `_flatten` /
+`_unflatten` are the file layout (arrays + a JSON ``__header__``) that
+`QuantizedGraph.save` writes.
 
-Tensor boundaries of the integer graph and their scales::
-
-    input    patches, a0-bit signed codes at in_scale (host-side quantization)
-    x0       residual stream after patch embed + cls + pos, residual_bits
-    per block:
-      norm1 -> qkv -> q, k, v -> softmax(q k^T) = attn (unsigned, 2**-b)
-      attn v -> attn_out -> proj (+ x, fused) = x_mid -> norm2 -> fc1 ->
-      GELU (Q12 inside) -> gelu -> fc2 (+ x_mid, fused) = x_out
-    norm (class token only) -> head -> logits (16-bit codes at logit_scale)
+The per-model ``QuantizedViT`` (format_version 1) that used to live here
+was removed with the hand-written walks (issue 13); `QuantizedGraph.load`
+names that version when it meets such a file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from simulator.errors import InputError
-from simulator.igq import GroupQuantizer, IgqBlock
 
-__all__ = [
-    "Linear", "LayerNormQ", "SoftmaxQ", "Requant", "GeluQ", "Block",
-    "QuantizedViT", "ExitHead", "FORMAT_VERSION", "ScalePredictorQ",
-]
-
-FORMAT_VERSION = 1
+__all__ = ["Linear", "LayerNormQ", "SoftmaxQ", "Requant", "GeluQ", "npz_tree_writer", "read_npz_tree"]
 
 
 @dataclass(frozen=True)
@@ -119,123 +109,16 @@ class GeluQ:
     ratio_shift: int = 0
 
 
-@dataclass(frozen=True)
-class ScalePredictorQ:
-    """ScalePredictor's frozen fixed-point predictor (`simulator.scale_predictor`).
-
-    Kept in ``QuantizedViT.extras["scale_predictor"]``. The statistic is the
-    ``permille``-th per-mille order statistic of ``|x0 codes|``; ``coeffs``
-    int64 [depth * 7, 4] holds Q15 ``c0..c3`` per predicted boundary (block
-    major, `PREDICTED_BOUNDARIES` order); ``degree`` 0 means all zero.
-    """
-
-    permille: int
-    center: int
-    norm_shift: int
-    degree: int
-    coeffs: np.ndarray
-
-
-@dataclass(frozen=True)
-class Block:
-    norm1: LayerNormQ
-    qkv: Linear
-    softmax: SoftmaxQ
-    av: Requant
-    proj: Linear
-    norm2: LayerNormQ
-    fc1: Linear
-    gelu: GeluQ
-    fc2: Linear
-    q_scale: float
-    k_scale: float
-    v_scale: float
-    a_bits: int
-
-
-@dataclass(frozen=True)
-class ExitHead:
-    """An early exit after block ``after_block`` (see `simulator.exit_graph`).
-
-    ``norm`` + ``head`` on the class token give logit codes at ``logit_scale``;
-    ``confidence`` is the integer softmax of those codes, whose max code is
-    compared with ``threshold_q``: the image exits when ``max >= threshold_q``
-    (``threshold_q > 2**confidence.out_bits - 1`` never exits).
-    """
-
-    after_block: int
-    norm: LayerNormQ
-    head: Linear
-    confidence: SoftmaxQ
-    threshold_q: int
-    logit_scale: float
-
-
-@dataclass(frozen=True)
-class QuantizedViT:
-    """The whole frozen model. ``meta`` holds architecture and recipe facts:
-    model, num_classes, embed_dim, num_heads, depth, patch_size, in_chans,
-    img_size, num_tokens, global_pool, recipe, w_bits, a_bits, residual_bits."""
-
-    meta: dict
-    in_scale: float
-    in_bits: int
-    patch_embed: Linear
-    x0_scale: float
-    cls_q: np.ndarray
-    pos_q: np.ndarray
-    blocks: tuple
-    norm: LayerNormQ
-    head: Linear
-    logit_scale: float
-    residual_bits: int
-    extras: dict = field(default_factory=dict)
-    exits: tuple = ()
-
-    # --- persistence -----------------------------------------------------
-    def save(self, path: str | os.PathLike, label: str | None = None) -> None:
-        """Write one ``.npz`` (arrays + JSON header) atomically (`simulator.atomic_files`);
-        an OS error is an `InputError` naming ``label`` (default: the path)."""
-        from simulator.atomic_files import write_bytes
-
-        write_bytes(path, self.npz_writer(), label)
-
-    def npz_writer(self):
-        """A function writing this model's ``.npz`` into a binary file (for `atomic_files.Batch`)."""
-        arrays: dict[str, np.ndarray] = {}
-        header = _flatten(self, "", arrays)
-        return npz_tree_writer({"format_version": FORMAT_VERSION, "tree": header}, arrays)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "QuantizedViT":
-        """Read a file written by `save`; a bad file is an `InputError` naming it."""
-        path = os.fspath(path)
-        header, arrays = read_npz_tree(path, "QuantizedViT")
-        version = header.get("format_version") if isinstance(header, dict) else None
-        if version != FORMAT_VERSION:
-            raise InputError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
-        try:
-            q = _unflatten(header["tree"], arrays)
-        except (KeyError, TypeError, AttributeError, ValueError) as e:
-            raise InputError(f"{path}: incomplete QuantizedViT ({type(e).__name__}: {e})") from None
-        if not isinstance(q, QuantizedViT):
-            raise InputError(f"{path}: holds a {type(q).__name__}, not a QuantizedViT")
-        from simulator.qvit_check import check_qvit
-
-        check_qvit(q, path)   # shapes, dtypes and ranges before any kernel runs
-        return q
-
-
 def npz_tree_writer(header: dict, arrays: dict):
     """A function writing ``arrays`` + the JSON ``header`` (as ``__header__``) into a binary file:
-    the one file layout of `QuantizedViT` and `simulator.qgraph.QuantizedGraph` (read by `read_npz_tree`)."""
+    the file layout of `simulator.qgraph.QuantizedGraph` (read by `read_npz_tree`)."""
     arrays = {**arrays, "__header__": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
     return lambda f: np.savez(f, **arrays)
 
 
 def read_npz_tree(path: str, what: str) -> tuple[object, dict]:
-    """(JSON header, arrays) of a file written as arrays + ``__header__`` (`QuantizedViT.save`,
-    `simulator.qgraph.QuantizedGraph.save`); a missing or corrupt file is an `InputError`."""
+    """(JSON header, arrays) of a file written as arrays + ``__header__``
+    (`simulator.qgraph.QuantizedGraph.save`); a missing or corrupt file is an `InputError`."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -247,10 +130,7 @@ def read_npz_tree(path: str, what: str) -> tuple[object, dict]:
     return header, arrays
 
 
-_CLASSES = {c.__name__: c for c in (Linear, LayerNormQ, SoftmaxQ, Requant, GeluQ, Block, QuantizedViT,
-                                          ExitHead)}
-_CLASSES.update({c.__name__: c for c in (GroupQuantizer, IgqBlock)})   # IGQ-ViT, in extras["igq"]
-_CLASSES["ScalePredictorQ"] = ScalePredictorQ
+_CLASSES = {c.__name__: c for c in (Linear, LayerNormQ, SoftmaxQ, Requant, GeluQ)}
 
 
 def _flatten(obj, prefix: str, arrays: dict):

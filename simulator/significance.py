@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import beta, binom
 
-__all__ = ["SIGNIFICANCE_LEVEL", "Interval", "accuracy_interval", "Paired", "mcnemar_exact", "paired_test"]
+__all__ = ["SIGNIFICANCE_LEVEL", "Interval", "accuracy_interval", "clopper_pearson_upper", "Paired", "mcnemar_exact",
+           "paired_test"]
 
 SIGNIFICANCE_LEVEL = 0.05
 
@@ -63,8 +64,13 @@ def accuracy_interval(correct: int, total: int, level: float = 0.95) -> Interval
         raise ValueError(f"accuracy_interval: level must be in (0, 1), got {level}")
     tail = (1.0 - level) / 2.0
     low = 0.0 if correct == 0 else float(beta.ppf(tail, correct, total - correct + 1))
-    high = 1.0 if correct == total else float(beta.ppf(1.0 - tail, correct + 1, total - correct))
-    return Interval(correct, total, low, high, level)
+    return Interval(correct, total, low, clopper_pearson_upper(correct, total, tail), level)
+
+
+def clopper_pearson_upper(k: int, n: int, tail: float) -> float:
+    """One-sided Clopper-Pearson upper bound of ``k / n`` at confidence ``1 - tail``:
+    the ``1 - tail`` quantile of ``Beta(k + 1, n - k)`` (1 when ``k = n``)."""
+    return 1.0 if k == n else float(beta.ppf(1.0 - tail, k + 1, n - k))
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,19 @@
-"""Shared end-to-end check: both executors agree on every boundary, the logits and the trace."""
+"""Shared end-to-end check: both graph executors agree on every tensor, the logits and the trace."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from reference.fakequant import FakeQuantExecutor
-from simulator.executor import IntegerExecutor
+from reference.fakequant_ops import GraphFakeQuantExecutor
+from simulator.int_ops import GraphIntegerExecutor
 from simulator.results import bit_exact_images, first_mismatch
 
 
 def assert_equivalent(q, images, backend):
-    """Run both executors; assert codes, logits, trace and overflows identical. Returns the results."""
-    rf = FakeQuantExecutor(q, nonlinear="integer").run(images)
-    ri = IntegerExecutor(q, gemm_backend=backend).run(images)
+    """Run both executors of the `QuantizedGraph` ``q``; assert codes, logits, trace and overflows
+    identical. Returns the results."""
+    rf = GraphFakeQuantExecutor(q, nonlinear="integer").run(images)
+    ri = GraphIntegerExecutor(q, gemm_backend=backend).run(images)
     assert rf.codes.keys() == ri.codes.keys()
     ok = bit_exact_images(rf.codes, ri.codes)
     assert ok.all(), f"[{backend}] images {np.flatnonzero(~ok).tolist()} differ: {first_mismatch(rf.codes, ri.codes)}"

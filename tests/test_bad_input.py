@@ -255,23 +255,23 @@ def tiny_qvit():
     ("not images", "dtype"),
 ])
 def test_executors_reject_bad_images(tiny_qvit, images, needle):
-    from reference.fakequant import FakeQuantExecutor
-    from simulator.executor import IntegerExecutor
+    from reference.fakequant_ops import GraphFakeQuantExecutor
+    from simulator.int_ops import GraphIntegerExecutor
 
     q, _ = tiny_qvit
-    for ex in (IntegerExecutor(q), FakeQuantExecutor(q)):
+    for ex in (GraphIntegerExecutor(q), GraphFakeQuantExecutor(q)):
         with pytest.raises(InputError) as e:
             ex.run(images)
         assert "\n" not in str(e.value) and str(e.value).startswith("images:") and needle in str(e.value)
 
 
 def test_executors_accept_integer_and_empty_images(tiny_qvit):
-    from simulator.executor import IntegerExecutor
+    from simulator.int_ops import GraphIntegerExecutor
 
     q, _ = tiny_qvit
-    r = IntegerExecutor(q).run(np.ones((2, 3, 8, 8), np.int16))
+    r = GraphIntegerExecutor(q).run(np.ones((2, 3, 8, 8), np.int16))
     assert r.logit_codes.shape == (2, 4)
-    assert IntegerExecutor(q).run(np.zeros((0, 3, 8, 8), np.float32)).logit_codes.shape == (0, 4)
+    assert GraphIntegerExecutor(q).run(np.zeros((0, 3, 8, 8), np.float32)).logit_codes.shape == (0, 4)
 
 
 def test_unreadable_folder_is_one_line(tmp_path, monkeypatch):

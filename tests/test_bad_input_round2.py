@@ -338,12 +338,14 @@ def _edit_qvit_member(member, make):
 
 
 @pytest.mark.parametrize("member, make, needle", [
-    ("blocks.0.qkv.w_q", lambda a: npy_payload_of(a[:, :-1]), "blocks.0.qkv.w_q: expected shape"),
-    ("blocks.0.qkv.w_q", lambda a: npy_payload_of(np.zeros(0, np.int8)), "blocks.0.qkv.w_q: expected shape"),
-    ("blocks.0.qkv.w_q", lambda a: npy_payload_of(a.astype(np.float32)), "expected int8 codes"),
-    ("head.out_shift", lambda a: npy_payload_of(a + 100), "head.out_shift: expected integers in [0, 62]"),
-    ("blocks.1.fc2.bias_q", lambda a: b"garbage, not an npy payload", "blocks.1.fc2.bias_q: expected an array"),
-    ("blocks.1.fc2.bias_q", lambda a: b"", "blocks.1.fc2.bias_q: expected an array"),
+    ("params.blocks.0.attn.qkv.w_q", lambda a: npy_payload_of(a[:, :-1]), "blocks.0.attn.qkv.w_q: expected shape"),
+    ("params.blocks.0.attn.qkv.w_q", lambda a: npy_payload_of(np.zeros(0, np.int8)),
+     "blocks.0.attn.qkv.w_q: expected shape"),
+    ("params.blocks.0.attn.qkv.w_q", lambda a: npy_payload_of(a.astype(np.float32)), "expected int8 codes"),
+    ("params.head.out_shift", lambda a: npy_payload_of(a + 100), "head.out_shift: expected integers in [0, 62]"),
+    ("params.blocks.1.mlp.fc2.bias_q", lambda a: b"garbage, not an npy payload",
+     "blocks.1.mlp.fc2.bias_q: expected an array"),
+    ("params.blocks.1.mlp.fc2.bias_q", lambda a: b"", "blocks.1.mlp.fc2.bias_q: expected an array"),
 ])
 def test_resealed_qvit_members_are_checked_before_any_kernel(member, make, needle, vector_set, tmp_path, capsys,
                                                              monkeypatch):

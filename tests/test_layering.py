@@ -63,15 +63,14 @@ PACKAGES = ("simulator", "reference", "hwmodels", "reports")
 RANKS = (
     ("simulator.fixedpoint", 0),     # scalar integer primitives, no imports at all
     ("simulator.errors", 0),         # the one error type every package raises
-    ("simulator", 1),                # the integer datapath: QuantizedViT, kernels, executor, trace
+    ("simulator", 1),                # the integer datapath: IR, walk, QuantizedGraph, kernels, op set, trace
     ("hwmodels", 2),                 # cost model: sees only simulator.trace / simulator.errors
-    ("reference", 2),                # torch/timm: lowering, calibration, recipes, fake-quant executor
-    ("reference.scalepredictor_eval", 3),   # a study driver: runs both executors and costs them
+    ("reference", 2),                # torch/timm: lowering, calibration, recipes, fake-quant op set
     ("reports", 3),                  # sweeps and reports: run points, read result files
     ("simulator.cli", 4),            # commands: the composition root, upstream imports lazily
     ("simulator.cost_command", 4),
     ("simulator.summary", 4),        # the main command's console/CSV/accelerator records
-    ("simulator.engines", 4),        # --engine: picks the graph or the legacy executors
+    ("simulator.engines", 4),        # --engine (graph only) and the graph calibrator / executors of a run
     ("reports.sweep", 5),            # the `simulate sweep` command, on top: uses the CLI's parser and logging
     ("simulator.vectors", 4),        # export-/verify-vectors commands
     ("simulator.onnx_command", 4),   # export-onnx / --onnx-qdq commands (docs/onnx.md)

@@ -1,6 +1,6 @@
 """The APQ/MAQEE threshold x bit-width search on the graph.
 
-The driver of `reference.apq_run` (same steps, same order, same report)
+The APQ search driver (the removed per-model `reference.apq_run`'s steps, order and report)
 with candidates assembled as quantized graphs (`apq_graph.Candidates`),
 profiled by the graph integer executor and costed from the graph's trace;
 every formula comes from `reference.apq_search` (exposure, greedy

@@ -1,4 +1,5 @@
-"""`scalepredictor`: per-image activation scales predicted from a shallow range statistic.
+"""`scalepredictor`: per-image activation scales predicted from a shallow range statistic:
+params, the statistic and the fit; the calibrator is `reference.recipes.scalepredictor_graph`.
 
 ScalePredictor (seeds/001, 000: "the range of shallow-layer activations of an
 image predicts the optimal scales of its deeper layers"). Our design, where
@@ -31,40 +32,18 @@ import dataclasses
 
 import numpy as np
 
-from reference.calibration import collect_boundaries
 from reference.recipes import params as _params
-from reference.recipes.config import RecipeConfig
-from reference.recipes.static import freeze_static
-from reference.vit_float import check_supported, vit_arch
-from simulator.errors import InputError
 from simulator.fixedpoint import round_half_up, rounding_rshift
-from simulator.qvit import LayerNormQ, QuantizedViT, ScalePredictorQ
-from simulator.scale_predictor import (COEF_LIMIT, LOG2_LIMIT, MAX_DEGREE, PRED_FRAC_BITS,
-                                       normalise_statistic, statistic_rank)
+from simulator.qvit import LayerNormQ
+from simulator.scale_predictor import COEF_LIMIT, MAX_DEGREE, PRED_FRAC_BITS, normalise_statistic, statistic_rank
 
-__all__ = ["build", "ScalePredictorParams", "parse_params", "static_scales", "oracle_log2",
-           "x0_statistic"]
+__all__ = ["ScalePredictorParams", "parse_params", "x0_statistic"]
 
 BETA_LIMIT_BITS = 46        # |B_c| < 2**46 so B_c * mantissa (<= 2**15) stays below 2**61
 
 
 ScalePredictorParams = _params.ScalePredictorParams
 parse_params = _params.parse_scalepredictor
-
-
-def static_scales(q: QuantizedViT) -> np.ndarray:
-    """Static scale of every predicted boundary, [depth * 7] in `PREDICTED_BOUNDARIES` order."""
-    return np.array([s for b in q.blocks for s in (b.norm1.out_scale, b.q_scale, b.k_scale, b.v_scale,
-                                                   b.av.out_scale, b.norm2.out_scale, b.gelu.out_scale)])
-
-
-def oracle_log2(model, images: np.ndarray, q: QuantizedViT) -> np.ndarray:
-    """Per-image oracle log2(s_oracle / s_static) in Q15, clamped to +-LOG2_LIMIT: int64 [N, depth*7]."""
-    from reference.scale_premise import oracle_scales
-
-    o = oracle_scales(model, images, q.meta["a_bits"], len(q.blocks))
-    y = round_half_up(np.log2(o / static_scales(q)) * (1 << PRED_FRAC_BITS)).astype(np.int64)
-    return np.clip(y, -LOG2_LIMIT, LOG2_LIMIT)
 
 
 def x0_statistic(x0_codes: np.ndarray, permille: int) -> np.ndarray:
@@ -98,25 +77,3 @@ def _fit(stats: np.ndarray, target: np.ndarray, degree: int) -> tuple[int, int, 
     return center, norm_shift, coeffs
 
 
-def build(model, calib_images: np.ndarray, cfg: RecipeConfig, model_name: str = "model") -> QuantizedViT:
-    """Static calibration, then the per-boundary polynomial fitted on the calibration images."""
-    from reference.fakequant import FakeQuantExecutor
-
-    params = parse_params(cfg.params)
-    check_supported(model)
-    arch = vit_arch(model)
-    calib = calib_images[: cfg.calib_images]
-    q = freeze_static(model, collect_boundaries(model, calib), cfg, arch, model_name, len(calib))
-    blocks = tuple(dataclasses.replace(b, norm1=_bound_beta(b.norm1), norm2=_bound_beta(b.norm2))
-                   for b in q.blocks)
-    q = dataclasses.replace(q, blocks=blocks)
-    x0 = FakeQuantExecutor(q).run(calib).codes["x0"]
-    stats = x0_statistic(x0, params.permille)
-    target = oracle_log2(model, calib, q) if params.degree > 0 else np.zeros((len(calib), 7 * len(blocks)))
-    center, norm_shift, coeffs = _fit(stats, target, params.degree)
-    sp = ScalePredictorQ(permille=params.permille, center=center, norm_shift=norm_shift,
-                         degree=params.degree, coeffs=coeffs)
-    meta = {**q.meta, "scale_predictor": {"point": "x0", "statistic": f"|code| order statistic "
-                                          f"{params.permille}/1000", "degree": params.degree,
-                                          "target": "log2(s_oracle / s_static)"}}
-    return dataclasses.replace(q, meta=meta, extras={**q.extras, "scale_predictor": sp})

@@ -1,4 +1,5 @@
-"""`static`: baseline post-training quantization into a frozen `QuantizedViT`.
+"""`static`: the baseline post-training quantization formulas (the calibrator is
+`reference.recipes.static_graph`, which freezes a `QuantizedGraph` with them).
 
 Per-output-channel symmetric weights, per-tensor symmetric activations
 (softmax outputs unsigned at ``2**-a_bits``), calibrated by minmax, percentile
@@ -7,7 +8,7 @@ residual stream; patch embed and head operands at ``edge_bits``. Every
 rescaling between tensors is frozen here as a dyadic ``(mult, shift)``;
 LayerScale gammas are folded into the preceding linear layer.
 
-The other recipes reuse `freeze_linear`, `freeze_layernorm` and friends.
+Every graph calibrator reuses `freeze_linear`, `freeze_layernorm`, `Scales` and `RESIDUAL_HEADROOM`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import math
 import numpy as np
 import torch
 
-from reference.calibration import BoundaryStats, collect_boundaries
+from reference.calibration import BoundaryStats
 from reference.quantizers import QParams, calibrate, code_range, dyadic, quantize, weight_scales
 from reference.recipes.config import RecipeConfig
-from reference.vit_float import check_supported, vit_arch
-from simulator.int_nonlinear import GELU_FRAC_BITS, LN_FRAC_BITS, EXP_FRAC_BITS
-from simulator.qvit import Block, GeluQ, LayerNormQ, Linear, QuantizedViT, Requant, SoftmaxQ
+from simulator.int_nonlinear import LN_FRAC_BITS
+from simulator.qvit import LayerNormQ, Linear
 
-__all__ = ["build", "freeze_linear", "freeze_layernorm", "Scales"]
+__all__ = ["freeze_linear", "freeze_layernorm", "Scales", "RESIDUAL_HEADROOM"]
 
 RESIDUAL_HEADROOM = 1.25   # residual stream / logits: room beyond the calibrated max
 ACC_BITS = 32
@@ -99,72 +99,3 @@ class Scales:
         return max(self.stats[name].amax * RESIDUAL_HEADROOM, 1e-8) / hi
 
 
-def build(model: torch.nn.Module, calib_images: np.ndarray, cfg: RecipeConfig,
-          model_name: str = "model") -> QuantizedViT:
-    """Calibrate on ``calib_images`` and freeze the static recipe."""
-    check_supported(model)
-    arch = vit_arch(model)
-    calib = calib_images[: cfg.calib_images]
-    stats = collect_boundaries(model, calib)
-    return freeze_static(model, stats, cfg, arch, model_name, len(calib))
-
-
-def freeze_static(model, stats, cfg: RecipeConfig, arch: dict, model_name: str,
-                  n_calib: int) -> QuantizedViT:
-    sc = Scales(stats, cfg)
-    wb, ab = cfg.w_bits, cfg.a_bits
-    eb_w, eb_a = (cfg.edge_bits or wb), (cfg.edge_bits or ab)
-    rb, wm = cfg.residual_bits, cfg.weight_calibration
-    s_in = sc.act("input", eb_a)
-    s_x = sc.residual("x0")
-    pe = model.patch_embed.proj
-    patch = freeze_linear(pe.weight.flatten(1), pe.bias, s_in, eb_a, eb_w, s_x, rb, wm)
-    cls_q = quantize(_np(model.cls_token).reshape(-1), QParams(s_x, rb))
-    pos_q = quantize(_np(model.pos_embed)[0], QParams(s_x, rb))
-    blocks = []
-    for i, blk in enumerate(model.blocks):
-        p = f"blocks.{i}."
-        s_n1 = sc.act(p + "norm1", ab)
-        norm1 = freeze_layernorm(blk.norm1, s_x, rb, s_n1, ab)
-        s_q, s_k, s_v = sc.act(p + "q", ab), sc.act(p + "k", ab), sc.act(p + "v", ab)
-        d = arch["embed_dim"]
-        qkv_out = np.concatenate([np.full(d, s_q), np.full(d, s_k), np.full(d, s_v)])
-        qkv = freeze_linear(blk.attn.qkv.weight, blk.attn.qkv.bias, s_n1, ab, wb, qkv_out, ab, wm)
-        sm_in = s_q * s_k * float(blk.attn.scale)
-        m, k = dyadic(sm_in * math.log2(math.e) * 2.0 ** EXP_FRAC_BITS)
-        softmax = SoftmaxQ(in_mult=int(m), in_shift=int(k), in_scale=sm_in, out_bits=ab)
-        s_ao = sc.act(p + "attn_out", ab)
-        m, k = dyadic(2.0 ** -ab * s_v / s_ao)
-        av = Requant(mult=int(m), shift=int(k), out_bits=ab, out_scale=s_ao)
-        s_mid = sc.residual(p + "x_mid")
-        proj = freeze_linear(blk.attn.proj.weight, blk.attn.proj.bias, s_ao, ab, wb, s_mid, rb, wm,
-                             residual_scale=s_x, res_bits=rb, gamma=_gamma(blk.ls1))
-        s_n2 = sc.act(p + "norm2", ab)
-        norm2 = freeze_layernorm(blk.norm2, s_mid, rb, s_n2, ab)
-        fc1 = freeze_linear(blk.mlp.fc1.weight, blk.mlp.fc1.bias, s_n2, ab, wb,
-                            2.0 ** -GELU_FRAC_BITS, 0, wm)
-        s_g = sc.act(p + "gelu", ab)
-        m, k = dyadic(2.0 ** -GELU_FRAC_BITS / s_g)
-        gelu = GeluQ(out_mult=int(m), out_shift=int(k), out_bits=ab, out_scale=s_g)
-        s_out = sc.residual(p + "x_out")
-        fc2 = freeze_linear(blk.mlp.fc2.weight, blk.mlp.fc2.bias, s_g, ab, wb, s_out, rb, wm,
-                            residual_scale=s_mid, res_bits=rb, gamma=_gamma(blk.ls2))
-        blocks.append(Block(norm1=norm1, qkv=qkv, softmax=softmax, av=av, proj=proj, norm2=norm2,
-                            fc1=fc1, gelu=gelu, fc2=fc2, q_scale=s_q, k_scale=s_k, v_scale=s_v,
-                            a_bits=ab))
-        s_x = s_out
-    s_nf = sc.act("norm", eb_a)
-    norm = freeze_layernorm(model.norm, s_x, rb, s_nf, eb_a)
-    s_logit = sc.residual("logits")
-    head = freeze_linear(model.head.weight, model.head.bias, s_nf, eb_a, eb_w, s_logit, rb, wm)
-    meta = {"model": model_name, **arch, "recipe": cfg.recipe, "label": cfg.label,
-            "w_bits": wb, "a_bits": ab, "residual_bits": rb, "edge_bits": cfg.edge_bits,
-            "calibration": {"weights": wm, "activations": cfg.act_calibration,
-                            "images": int(n_calib)}}
-    return QuantizedViT(meta=meta, in_scale=s_in, in_bits=eb_a, patch_embed=patch, x0_scale=sc.residual("x0"),
-                        cls_q=cls_q, pos_q=pos_q, blocks=tuple(blocks), norm=norm, head=head,
-                        logit_scale=s_logit, residual_bits=rb)
-
-
-def _gamma(ls):
-    return None if ls is None or isinstance(ls, torch.nn.Identity) else ls.gamma

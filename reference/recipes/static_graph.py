@@ -4,8 +4,8 @@ Phase 2 of issue 13. The float walk (`reference.float_ops`, float32, batches
 of 64) feeds `reference.calibration.BoundaryStats` through ``keep``; every
 op is then frozen with the formulas of the old recipe
 (`reference.recipes.static`: `freeze_linear`, `freeze_layernorm`, `Scales`,
-residual headroom, edge bits), so on a plain ViT the codes equal the old
-`QuantizedViT`'s at every boundary (tested on the default model).
+residual headroom, edge bits), so on a plain ViT the codes equal the removed
+legacy executor's at every boundary (recorded: tests/reference/test_legacy_golden.py).
 
 One module, not a package: the static recipe is one mechanism (quantizer
 placement + freezing); a package pays off once a recipe has its own
@@ -51,12 +51,14 @@ import numpy as np
 import torch
 
 from reference.calibration import BoundaryStats
+from reference.degenerate import check_boundary_ranges
 from reference.float_ops import FloatOps
 from reference.quantizers import QParams, dyadic, quantize, weight_scales
 from reference.recipes.config import RecipeConfig
 from reference.recipes.static import Scales, freeze_layernorm, freeze_linear
 from simulator import ir
 from simulator.errors import InputError
+from simulator.progress import track
 from simulator.int_nonlinear import EXP_FRAC_BITS, GELU_FRAC_BITS, GELU_INPUT_LIMIT
 from simulator.qgraph import ChannelRequant, ConstCodes, QuantizedGraph, Quantizer, RescaleSum
 from simulator.qvit import GeluQ, Linear, Requant, SoftmaxQ
@@ -106,7 +108,8 @@ def stat_names(graph: ir.Graph) -> list[str]:
 @torch.no_grad()
 def collect_graph_stats(graph: ir.Graph, images: np.ndarray, names, batch_size: int = 64,
                         max_samples: int = 1 << 16, seed: int = 0) -> dict[str, BoundaryStats]:
-    """The float32 walk over ``images``; `BoundaryStats` of each tensor in ``names``."""
+    """The float32 walk over ``images``; `BoundaryStats` of each tensor in ``names`` (an `InputError`
+    naming the layer when a range overflows float32 or is exactly zero: `reference.degenerate`)."""
     rng = np.random.default_rng(seed)
     stats: dict[str, BoundaryStats] = {}
     names = set(names)
@@ -116,8 +119,9 @@ def collect_graph_stats(graph: ir.Graph, images: np.ndarray, names, batch_size: 
         if name in names:
             stats.setdefault(name, BoundaryStats(max_samples, rng)).add(t)
 
-    for s in range(0, len(images), batch_size):
+    for s in track(range(0, len(images), batch_size), f"calibrating on {len(images)} images", unit="batch"):
         walk(graph, ops, torch.as_tensor(np.asarray(images[s:s + batch_size], dtype=np.float32)), keep)
+    check_boundary_ranges(stats, len(images))   # overflowing / all-zero layers: one line naming the layer
     return stats
 
 

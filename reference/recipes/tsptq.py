@@ -1,4 +1,7 @@
-"""`tsptq`: TSPTQ-ViT post-training quantization (Tai & Wu, 2023) into a frozen `QuantizedViT`.
+"""`tsptq`: TSPTQ-ViT post-training quantization (Tai & Wu, 2023): params and the scale searches.
+
+The calibrator that rewrites a static `QuantizedGraph` with them is
+`reference.recipes.tsptq_graph` (the ``two_scaled`` mechanism).
 
 Built on the `static` recipe (same weights, residual stream, edge layers),
 then three changes per block:
@@ -37,27 +40,15 @@ are frozen in float64 / dyadic.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
 
 import numpy as np
-import torch
 
-from reference.calibration import collect_boundaries
-from reference.quantizers import calibrate, code_range, dyadic
+from reference.quantizers import calibrate, code_range
 from reference.recipes import params as _params
-from simulator.progress import track
-from reference.recipes.config import RecipeConfig
-from reference.recipes.static import _gamma, freeze_layernorm, freeze_linear, freeze_static
-from reference.vit_float import check_supported, float_boundaries, vit_arch
-from simulator.errors import InputError
-from simulator.int_nonlinear import GELU_FRAC_BITS
-from simulator.qvit import GeluQ, QuantizedViT
 from simulator.two_scaled import v2sf_decode, v2sf_encode
 
-__all__ = ["TsptqParams", "parse_params", "build", "search_softmax", "search_gelu", "search_outliers",
-           "v2sf_fake_quantize"]
+__all__ = ["TsptqParams", "parse_params", "search_softmax", "search_gelu", "search_outliers", "v2sf_fake_quantize"]
 
 
 TsptqParams = _params.TsptqParams
@@ -168,91 +159,3 @@ def search_outliers(x: np.ndarray, bits: int, thresholds, max_shift: int,
 
 
 # --- freezing ---------------------------------------------------------------------------
-@torch.no_grad()
-def _float_tensors(model, images: np.ndarray, suffixes: tuple, flatten: bool,
-                   batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Float boundary tensors whose names end with ``suffixes`` (float32; as
-    [rows, last dim] when ``flatten``), concatenated over ``images``."""
-    out: dict[str, list] = {}
-    for s in range(0, len(images), batch_size):
-        x = torch.as_tensor(np.asarray(images[s:s + batch_size], dtype=np.float32))
-        for name, t in float_boundaries(model, x).items():
-            if name.endswith(suffixes):
-                t = t.float().reshape(-1, t.shape[-1]) if flatten else t.float()
-                out.setdefault(name, []).append(t.numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def _o2sf(ln, lin_w, lin_b, lnq, linq, x, cfg: RecipeConfig, params: TsptqParams, out_bits: int):
-    """Refreeze a LayerNorm and the linear it feeds with O-2SF outlier channels."""
-    ab = lnq.out_bits
-    s, shifts, _ = search_outliers(x, ab, params.outlier_thresholds, params.max_outlier_shift,
-                                   cfg.act_calibration)
-    f = torch.as_tensor(2.0 ** -shifts.astype(np.float64))
-    gamma = ln.weight.detach().double() if ln.weight is not None else torch.ones(len(f), dtype=torch.float64)
-    beta = ln.bias.detach().double() if ln.bias is not None else torch.zeros(len(f), dtype=torch.float64)
-    scaled = types.SimpleNamespace(weight=gamma * f, bias=beta * f, eps=ln.eps, normalized_shape=ln.normalized_shape)
-    new_ln = dataclasses.replace(freeze_layernorm(scaled, lnq.in_scale, lnq.in_bits, s, ab), channel_shift=shifts)
-    w = lin_w.detach().double() / f[None, :]
-    new_lin = freeze_linear(w, lin_b, s, ab, linq.w_bits, linq.out_scale, out_bits, cfg.weight_calibration)
-    info = {"outliers": int(np.count_nonzero(shifts)), "shift": int(shifts.max(initial=0)), "fine_scale": s}
-    return new_ln, new_lin, info
-
-
-def _two_scaled_block(blk, b, i: int, stats, fl, cfg: RecipeConfig, params: TsptqParams):
-    p = f"blocks.{i}."
-    ab, wb, wm, rb = b.a_bits, cfg.w_bits, cfg.weight_calibration, cfg.residual_bits
-    ch, info = {}, {}
-    out_obj = params.objective == "output"
-    if params.softmax:
-        attn = fl[p + "attn"] if out_obj else stats[p + "attn"].values()
-        f, r, _ = search_softmax(attn, ab, params.max_ratio_shift, v=fl.get(p + "v"))
-        ch["softmax"] = dataclasses.replace(b.softmax, fine_exp=f, ratio_shift=r)
-        m, k = dyadic(2.0 ** -f * b.v_scale / b.av.out_scale)
-        ch["av"] = dataclasses.replace(b.av, mult=int(m), shift=int(k))
-        info["softmax"] = {"fine_exp": f, "ratio_shift": r}
-    if params.gelu:
-        w2 = None
-        if out_obj:
-            w2 = blk.mlp.fc2.weight.detach().float()
-            g2 = _gamma(blk.ls2)
-            w2 = (w2 if g2 is None else w2 * g2.detach().float()[:, None]).numpy()
-        g = fl[p + "gelu"].reshape(-1, w2.shape[1]) if out_obj else stats[p + "gelu"].values()
-        s_g, r, _ = search_gelu(g, ab, params.max_ratio_shift, w=w2, amax=stats[p + "gelu"].amax)
-        m, k = dyadic(2.0 ** -GELU_FRAC_BITS / s_g)
-        if int(k) + r > 62:
-            raise ValueError(f"{p}gelu: fine shift {int(k)} + ratio {r} exceeds 62")
-        ch["gelu"] = GeluQ(out_mult=int(m), out_shift=int(k), out_bits=ab, out_scale=s_g, ratio_shift=r)
-        ch["fc2"] = freeze_linear(blk.mlp.fc2.weight, blk.mlp.fc2.bias, s_g, ab, wb, float(b.fc2.out_scale[0]),
-                                  rb, wm, residual_scale=float(b.proj.out_scale[0]), res_bits=rb,
-                                  gamma=_gamma(blk.ls2))
-        info["gelu"] = {"fine_scale": s_g, "ratio_shift": r}
-    if params.layernorm:
-        ch["norm1"], ch["qkv"], info["norm1"] = _o2sf(blk.norm1, blk.attn.qkv.weight, blk.attn.qkv.bias, b.norm1,
-                                                      b.qkv, fl[p + "norm1"], cfg, params, ab)
-        ch["norm2"], ch["fc1"], info["norm2"] = _o2sf(blk.norm2, blk.mlp.fc1.weight, blk.mlp.fc1.bias, b.norm2,
-                                                      b.fc1, fl[p + "norm2"], cfg, params, 0)
-    return dataclasses.replace(b, **ch), info
-
-
-def build(model: torch.nn.Module, calib_images: np.ndarray, cfg: RecipeConfig,
-          model_name: str = "model") -> QuantizedViT:
-    """Calibrate on ``calib_images`` and freeze the TSPTQ-ViT recipe."""
-    params = parse_params(cfg.params)
-    check_supported(model)
-    arch = vit_arch(model)
-    calib = calib_images[: cfg.calib_images]
-    stats = collect_boundaries(model, calib)
-    base = freeze_static(model, stats, cfg, arch, model_name, len(calib))
-    fl = _float_tensors(model, calib, (".norm1", ".norm2"), True) if params.layernorm else {}
-    if params.objective == "output":
-        fl.update(_float_tensors(model, calib[: params.objective_images], (".attn", ".v", ".gelu"), False))
-    blocks, infos = [], []
-    for i, b in track(list(enumerate(base.blocks)), f"tsptq search ({cfg.label})", unit="block"):
-        nb, info = _two_scaled_block(model.blocks[i], b, i, stats, fl, cfg, params)
-        blocks.append(nb)
-        infos.append(info)
-    meta = {**base.meta, "tsptq": {"params": {k: (list(v) if isinstance(v, tuple) else v)
-                                              for k, v in dataclasses.asdict(params).items()},
-                                   "blocks": infos}}
-    return dataclasses.replace(base, blocks=tuple(blocks), meta=meta)

@@ -30,7 +30,8 @@ Searches read float32 tensors of the graph's float walk in batches of 64, as
 the old recipe reads `float_boundaries`: the LayerNorm outputs over all
 calibration images, the V-2SF tensors (and their GEMM's other operand or
 weight) over the first ``objective_images``. On the default model the codes
-equal the old `tsptq` `QuantizedViT`'s at every shared boundary (tested).
+equal the removed legacy `tsptq` executor's at every shared boundary
+(recorded: tests/reference/test_legacy_golden.py).
 """
 
 from __future__ import annotations

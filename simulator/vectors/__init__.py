@@ -2,7 +2,7 @@
 
 ``simulate export-vectors --out DIR`` writes, for N images, every layer's
 input/output codes and parameters (npz + ``$readmemh`` hex + a checksummed
-manifest + the QuantizedViT); ``simulate verify-vectors DIR`` checks the files
+manifest + the QuantizedGraph); ``simulate verify-vectors DIR`` checks the files
 and re-runs the simulator. Formats: `simulator.vectors.hexfile`,
 `simulator.vectors.npzfile`, `simulator.vectors.manifest`.
 

@@ -3,7 +3,7 @@
 ``DIR/`` holds::
 
     manifest.json        records with checksums (see `simulator.vectors.manifest`)
-    qvit.npz             the frozen QuantizedViT (deterministic npz, loads with QuantizedViT.load)
+    qvit.npz             the frozen QuantizedGraph (deterministic npz, loads with QuantizedGraph.load)
     vectors.npz          every tensor, one member per tensor name
     hex/<name>.hex       the same tensor as a $readmemh file (see `simulator.vectors.hexfile`)
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from simulator.atomic_files import check_writable, write_tree
 from simulator.errors import InputError
-from simulator.qvit import QuantizedViT
+from simulator.qgraph import QuantizedGraph
 from simulator.vectors import manifest as mf
 from simulator.vectors.hexfile import encode_hex, hex_digits
 from simulator.vectors.npzfile import member_table, npy_payload, npz_bytes, payload_array
@@ -43,8 +43,8 @@ def tool_version() -> str:
         return "unknown (not installed)"
 
 
-def qvit_payloads(q: QuantizedViT) -> dict[str, bytes]:
-    """`QuantizedViT.save`'s members (arrays and the JSON ``__header__``) as ``.npy`` payloads."""
+def qvit_payloads(q: QuantizedGraph) -> dict[str, bytes]:
+    """`QuantizedGraph.save`'s members (arrays and the JSON ``__header__``) as ``.npy`` payloads."""
     buf = io.BytesIO()
     q.npz_writer()(buf)
     buf.seek(0)
@@ -53,8 +53,10 @@ def qvit_payloads(q: QuantizedViT) -> dict[str, bytes]:
 
 
 def qvit_member_tensor(member: str) -> str:
-    """The tensor holding a copy of a qvit.npz member (its JSON header is ``qvit.header``, uint8)."""
-    return "qvit.header" if member == "__header__" else f"params.{member}"
+    """The tensor holding a copy of a qvit.npz member (its JSON header is ``qvit.header``, uint8;
+    the integer params ``params.<op>.<field>`` are tensors of the same name; the float graph and the
+    quantizers' scales have no second copy)."""
+    return "qvit.header" if member == "__header__" else member
 
 
 def qvit_header_array(payloads: dict[str, bytes]) -> np.ndarray:
@@ -65,7 +67,7 @@ def _file_record(path: str, kind: str, data: bytes, **extra) -> dict:
     return {"path": path, "kind": kind, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), **extra}
 
 
-def _build(q: QuantizedViT, images: np.ndarray, codes: dict, extras: dict):
+def _build(q: QuantizedGraph, images: np.ndarray, codes: dict, extras: dict):
     """(manifest, {relative path: bytes}) of a vector set."""
     qvit = qvit_payloads(q)
     tensors = collect_tensors(q, images, codes, extras, qvit_header_array(qvit))
@@ -98,16 +100,16 @@ def _build(q: QuantizedViT, images: np.ndarray, codes: dict, extras: dict):
     return manifest, files
 
 
-def export_vectors(q: QuantizedViT, images: np.ndarray, out_dir: str | os.PathLike) -> dict:
+def export_vectors(q: QuantizedGraph, images: np.ndarray, out_dir: str | os.PathLike) -> dict:
     """Run the integer executor on ``images`` and write the vector set to ``out_dir`` (must not exist)."""
-    from simulator.executor import IntegerExecutor
+    from simulator.int_ops import GraphIntegerExecutor
 
     out = Path(out_dir)
     if out.exists():
         raise InputError(f"--out {out}: already exists; choose a new directory")
     if not out.resolve().parent.is_dir():
         raise InputError(f"--out {out}: directory {out.parent} does not exist")
-    result = IntegerExecutor(q).run(images)
+    result = GraphIntegerExecutor(q).run(images)
     manifest, files = _build(q, images, result.codes, result.trace.extras)
     write_vector_set(out, manifest, files)
     return manifest

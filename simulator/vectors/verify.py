@@ -7,11 +7,11 @@ Order of checks; the first problem found is reported and nothing after it:
 2. every listed file exists with its recorded size and SHA-256. A file that
    differs is located by rebuilding its expected bytes from the *other*,
    verified copy of the same values (every tensor is stored twice, in
-   ``vectors.npz`` and as hex; every qvit array is also a ``params.*`` tensor)
+   ``vectors.npz`` and as hex; every integer param array of ``qvit.npz`` is also a ``params.*`` tensor)
    and pointing at the first differing byte: hex -> line, flat index and
    multi-index; npz -> member, element or ``.npy`` header, or the zip
    structure (local header, central directory) that holds the byte;
-3. the simulator is re-run with the stored QuantizedViT on the stored images
+3. the simulator is re-run with the stored QuantizedGraph on the stored images
    and every tensor compared: the first difference is reported as layer,
    tensor, flat index, multi-index, expected (stored) and got (re-run).
 
@@ -182,13 +182,19 @@ def _check_files(vs: _VectorSet) -> None:
 
 
 def _rerun(vs: _VectorSet) -> int:
-    from simulator.executor import IntegerExecutor
-    from simulator.qvit import QuantizedViT
+    from simulator.int_ops import GraphIntegerExecutor
+    from simulator.qgraph import LegacyFormatError, QuantizedGraph
     from simulator.vectors.tensors import collect_tensors
 
     stored = {name: vs.trusted(name) for name in vs.tensors}
-    q = QuantizedViT.load(vs.root / QVIT_FILE)
-    result = IntegerExecutor(q).run(stored["images"])
+    try:
+        q = QuantizedGraph.load(vs.root / QVIT_FILE)
+    except LegacyFormatError:
+        raise InputError(f"{vs.root}: exported by the legacy walks ({QVIT_FILE} is a format_version 1 "
+                         "QuantizedViT), which were removed; export the vectors again with this version "
+                         "(old golden sets are checked against the graph by scripts/verify_golden_on_graph.py)"
+                         ) from None
+    result = GraphIntegerExecutor(q).run(stored["images"])
     header = qvit_header_array(qvit_payloads(q))
     fresh = {t.name: t.array for t in collect_tensors(q, stored["images"], result.codes, result.trace.extras, header)}
     for name in fresh:

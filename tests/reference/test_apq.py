@@ -117,7 +117,9 @@ def test_bundled_heads_fit_the_default_model():
 
 @pytest.mark.slow   # end to end; still run by `python -m pytest -q` (.ci/run)
 def test_apq_build_on_a_random_vit_is_bit_exact():
-    from exits_support import assert_exits_equivalent
+    from reference.fakequant_ops import GraphFakeQuantExecutor
+    from simulator.int_ops import GraphIntegerExecutor
+    from simulator.results import first_mismatch
 
     model = build_vit(SMALL, seed=5)
     calib = random_images(SMALL, 40, seed=6)
@@ -126,12 +128,16 @@ def test_apq_build_on_a_random_vit_is_bit_exact():
                          "bop_budgets": [1.0, 0.5], "threshold_grid": [0.9, 0.6], "risk_bound": 0.5}}
     q = quantize(model, calib, recipe, model_name="rand")
     rep = q.meta["apq"]
-    assert [e.after_block for e in q.exits] == [0, 1] and rep["n_holdout"] == 20
+    assert [op.after_block for op in q.graph.ops if op.kind == "exit"] == [0, 1] and rep["n_holdout"] == 20
     for pt in rep["pareto"]:
         assert pt["bops_fraction"] <= pt["budget"] + 1e-9 or pt["threshold"] == 1.0
     if rep["certified"]:
         assert rep["chosen"]["upper_bound"] <= 0.5
-    assert_exits_equivalent(q, random_images(SMALL, 5, seed=7))
+    x = random_images(SMALL, 5, seed=7)
+    rf, ri = GraphFakeQuantExecutor(q).run(x), GraphIntegerExecutor(q).run(x)
+    assert first_mismatch(rf.codes, ri.codes) is None and np.array_equal(rf.logits, ri.logits)
+    assert np.array_equal(rf.trace.extras["exit_depth"], ri.trace.extras["exit_depth"])
+    assert np.array_equal(rf.trace.layer_ran, ri.trace.layer_ran) and rf.trace.layers == ri.trace.layers
 
 
 @pytest.mark.parametrize("name", ["apq.yaml", "apq_exits_w8a8.yaml", "apq_exits_w4a4.yaml"])

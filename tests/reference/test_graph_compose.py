@@ -324,10 +324,19 @@ def test_mechanisms_only_on_static(tmp_path):
     assert "mechanisms: expected a list" in _load_error(tmp_path, "mechanisms: two_scaled\n")
 
 
-def test_old_per_model_quantize_refuses_mechanisms():
-    cfg = load_recipe("configs/recipes/tsptq_groups_w4a4.yaml")
-    with pytest.raises(InputError, match="integer graph only"):
-        reference.quantize(None, np.zeros((1, 3, 8, 8), np.float32), cfg)
+def test_public_quantize_composes_mechanisms():
+    """`reference.quantize` (the public API, one entry for every recipe) freezes a composed recipe
+    exactly as `composed.quantize_graph` does; `reference.quantize_graph` is the same function."""
+    from dataclasses import replace
+
+    from strategies import build_vit, random_images
+    from test_graph_static import SMALL
+
+    model, images = build_vit(SMALL, seed=5), random_images(SMALL, 14, seed=5)
+    cfg = replace(load_recipe("configs/recipes/tsptq_groups_w4a4.yaml"), calib_images=8)
+    qg = reference.quantize(model, images[:8], cfg)
+    assert qg.meta["label"] == "two_scaled+groups_w4a4" and reference.quantize_graph is reference.quantize
+    _same_codes(qg, quantize_graph(model, images[:8], cfg), images[8:])
 
 
 def test_bundled_composed_recipes():

@@ -1,10 +1,9 @@
 """APQ/MAQEE early exits + per-block bit-widths on the lowered graph (issue 13, exits port).
 
-* Default model, 64 digits test images: the graph's codes equal the old
-  `IntegerExecutor`'s at every shared boundary (incl. ``exits.*``), as do
-  the exit decisions, depths, logits, overflows and ``layer_ran`` -- for the
-  shipped ``apq_exits_w8a8`` (its searched threshold), a fixed threshold
-  with images leaving at both exits, and mixed per-block widths.
+* Default model, 64 digits test images: a fixed threshold with images
+  leaving at both exits, and mixed per-block widths; both executors
+  identical (identity with the removed legacy executor: shipped recipes, a
+  search with exits and distilled heads in tests/reference/test_legacy_golden.py).
 * Random timm configurations x exits after random blocks x random
   thresholds x random per-block widths: both graph executors identical
   codes, depths and traces; some / none / all images leaving.
@@ -13,7 +12,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 import numpy as np
@@ -22,119 +20,49 @@ import torch
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
-import reference
-from hwmodels.cost import estimate
-from hwmodels.load import load
 from reference.fakequant_ops import GraphFakeQuantExecutor
 from reference.float_ops import float_forward
 from reference.lowering import lower
 from reference.lowering.coverage import perturb_
 from reference.recipes.apq_graph import freeze_apq_graph, quantize_apq_graph
+from reference.recipes.apq import threshold_code
 from reference.recipes.config import RecipeConfig, load_recipe
 from simulator import ir
-from simulator.executor import IntegerExecutor
 from simulator.graph_exits import add_exits, graph_depth
 from simulator.int_ops import GraphIntegerExecutor
 from simulator.qgraph import QuantizedGraph
-from simulator.results import bit_exact_images, first_mismatch
+from simulator.results import first_mismatch
 from simulator.walk import Leave, walk
 from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
 
 MIXED = [(8, 8), (4, 4), (4, 8), (6, 6), (8, 8), (4, 4)]
 
 
-def _old_apq(model, calib, cfg, taus, block_bits):
-    """The old recipe's QuantizedViT with the given thresholds and per-block widths (its own functions)."""
-    from reference.calibration import collect_boundaries
-    from reference.recipes.apq import _heads, assemble, freeze_exits, parse_params
-    from reference.recipes.static import freeze_static
-    from reference.vit_float import vit_arch
-    p = parse_params(cfg.params)
-    heads = _heads(model, calib, p, "vit_digits")
-    stats = collect_boundaries(model, calib)
-    keys = list(dict.fromkeys(block_bits))
-    variants = {b: freeze_static(model, stats, cfg.with_bits(*b), vit_arch(model), "vit_digits", len(calib))
-                for b in keys}
-    exits = freeze_exits(model, heads, calib, variants[keys[0]], cfg, [1.0] * len(heads.after))
-    return assemble(variants, [keys.index(b) for b in block_bits], exits, taus)
-
-
-def _trace_key(layers):
-    """Record names with the old fused-residual names (``blocks.i.add1/2``) mapped to the graph's."""
-    fused = {"add1": "attn.proj.add", "add2": "mlp.fc2.add"}
-    return [(re.sub(r"\.(add[12])$", lambda m: "." + fused[m.group(1)], r.name), r.kind, r.macs, r.bops)
-            for r in layers]
-
-
-def _assert_identical(old, qg, test):
-    ro, rn = IntegerExecutor(old).run(test), GraphIntegerExecutor(qg).run(test)
-    shared = sorted(set(ro.codes) & set(rn.codes))
-    assert {f"exits.{j}.{n}" for j in range(len(old.exits)) for n in ("norm", "logits", "confidence")} <= set(shared)
-    assert len(shared) == 76       # 70 static boundaries + 2 exits x 3
-    a, b = {k: ro.codes[k] for k in shared}, {k: rn.codes[k] for k in shared}
-    ok = bit_exact_images(a, b)
-    assert ok.all() and len(ok) == 64, first_mismatch(a, b)
-    assert np.array_equal(ro.trace.extras["exit_depth"], rn.trace.extras["exit_depth"])
-    assert np.array_equal(ro.logit_codes, rn.logit_codes) and np.array_equal(ro.logits, rn.logits)
-    assert np.array_equal(ro.trace.layer_ran, rn.trace.layer_ran)
-    assert ro.trace.overflows == rn.trace.overflows
-    assert _trace_key(ro.trace.layers) == _trace_key(rn.trace.layers)
-    npu = load("configs/npu_int8.yaml")       # hwmodels charges each image the depth it executed
-    co, cn = estimate(ro.trace, npu), estimate(rn.trace, npu)
-    for metric in ("bops", "cycles", "energy_uj"):
-        assert np.array_equal(co.per_image(metric), cn.per_image(metric)), metric
-    rf = GraphFakeQuantExecutor(qg).run(test)
+def _run_both(qg, test):
+    """Both graph executors on ``test``: identical codes, logits and exit depths; returns the depths."""
+    rn, rf = GraphIntegerExecutor(qg).run(test), GraphFakeQuantExecutor(qg).run(test)
     assert first_mismatch(rn.codes, rf.codes) is None and np.array_equal(rn.logits, rf.logits)
+    assert np.array_equal(rn.trace.extras["exit_depth"], rf.trace.extras["exit_depth"])
+    assert {f"exits.{j}.{n}" for j in range(2) for n in ("norm", "logits", "confidence")} <= set(rn.codes)
     return rn.trace.extras["exit_depth"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["apq_exits_w8a8", "apq"])
-def test_shipped_recipes_identical_to_the_old_executor(digits, recipe):
-    """As shipped (both searches pick tau = 1 and W8A8 everywhere on this model: no image exits)."""
-    model, calib, test = digits
-    cfg = load_recipe(f"configs/recipes/{recipe}.yaml")
-    old = reference.quantize(model, calib, cfg, "vit_digits")
-    if recipe == "apq_exits_w8a8":         # the search on the graph (1 model profiled)
-        qg = quantize_apq_graph(model, calib, cfg, "vit_digits")
-        assert qg.meta["apq"] == old.meta["apq"]
-    else:                                  # the old search's choice (33 models profiled) frozen on the graph
-        qg = quantize_apq_graph(model, calib, cfg, "vit_digits", block_bits=old.meta["block_bits"],
-                                thresholds=old.meta["exit_thresholds"])
-    assert qg.meta["exit_threshold_codes"] == old.meta["exit_threshold_codes"]
-    _assert_identical(old, qg, test)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("tau, block_bits", [(0.9, [(8, 8)] * 6), (0.8, MIXED)])
-def test_fixed_thresholds_and_per_block_bits_identical_to_the_old_executor(digits, tau, block_bits):
+def test_fixed_thresholds_and_per_block_bits(digits, tau, block_bits):
+    """Images leave at both exits, the widths are the given ones, both executors identical (identity
+    with the removed legacy executor on the shipped recipes and a search with exits:
+    tests/reference/test_legacy_golden.py)."""
     model, calib, test = digits
     cfg = load_recipe("configs/recipes/apq_exits_w8a8.yaml")
     cfg = replace(cfg, calib_images=512, params={**cfg.params, "threshold": tau})
     calib = calib[:512]
-    old = _old_apq(model, calib, cfg, [tau, tau], block_bits)
     qg = quantize_apq_graph(model, calib, cfg, "vit_digits", block_bits=block_bits)
-    depth = _assert_identical(old, qg, test)
+    assert qg.meta["exit_threshold_codes"] == [threshold_code(tau)] * 2
+    depth = _run_both(qg, test)
     assert set(np.unique(depth)) == {2, 4, 6}          # images leave at both exits, others run to the end
     assert [qg.quantizers[f"blocks.{i}.gelu"].bits for i in range(6)] == [a for _, a in block_bits]
     assert [qg.params[f"blocks.{i}.mlp.fc1"].w_bits for i in range(6)] == [w for w, _ in block_bits]
-
-
-@pytest.mark.slow
-def test_search_on_the_graph_equals_the_old_search(digits):
-    """Same Pareto report, choice and thresholds (images exit at the chosen tau); identical codes after."""
-    model, calib, test = digits
-    cfg = load_recipe("configs/recipes/apq.yaml")
-    cfg = replace(cfg, calib_images=300, params={**cfg.params, "risk_bound": 0.2, "bop_budgets": [1.0, 0.5],
-                                                 "threshold_grid": [0.9, 0.7, 0.5]})
-    old = reference.quantize(model, calib, cfg, "vit_digits")
-    qg = quantize_apq_graph(model, calib, cfg, "vit_digits")
-    assert qg.meta["apq"] == old.meta["apq"]           # every candidate's disagreements, BOPs, bounds
-    assert qg.meta["apq"]["models_profiled"] == 21 and qg.meta["apq"]["chosen"]["threshold"] == 0.5
-    assert qg.meta["exit_threshold_codes"] == old.meta["exit_threshold_codes"]
-    assert qg.meta["block_bits"] == old.meta["block_bits"]
-    depth = _assert_identical(old, qg, test)
-    assert (depth < 6).any()
 
 
 def _heads(dim, classes, n, seed):
@@ -312,19 +240,3 @@ def test_walk_cuts_the_batch_and_merges_outputs():
     assert out["out"].tolist() == (x + 11).tolist()
 
 
-def test_distilled_heads_on_a_small_random_vit_identical_to_the_old_executor():
-    """``exit_heads: distill`` (heads fitted on unlabeled images) on a non-default model."""
-    cfg_model = {**SMALL, "depth": 4}
-    model = build_vit(cfg_model, seed=3)
-    images = random_images(cfg_model, 96, seed=3)
-    cfg = RecipeConfig(recipe="apq", calib_images=64, edge_bits=8,
-                       params={"exit_heads": "distill", "threshold": 0.3, "allocation": "uniform"})
-    old = reference.quantize(model, images[:64], cfg)
-    qg = quantize_apq_graph(model, images[:64], cfg)
-    ro, rn = IntegerExecutor(old).run(images[64:]), GraphIntegerExecutor(qg).run(images[64:])
-    shared = set(ro.codes) & set(rn.codes)
-    assert len(shared) == 2 + 11 * 4 + 2 + 3 * 1    # input x0 / 11 per block / norm logits / 1 exit (after block 1)
-    assert first_mismatch({k: ro.codes[k] for k in shared}, {k: rn.codes[k] for k in shared}) is None
-    d = rn.trace.extras["exit_depth"]
-    assert np.array_equal(ro.trace.extras["exit_depth"], d) and set(np.unique(d)) == {2, 4}
-    assert np.array_equal(ro.logits, rn.logits) and np.array_equal(ro.trace.layer_ran, rn.trace.layer_ran)

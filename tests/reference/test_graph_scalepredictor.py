@@ -1,10 +1,9 @@
 """ScalePredictor on the lowered graph: the ``predicted`` quantizer kind.
 
-* On the bundled default model (64 digits test images) ``scalepredictor_w4a4``
-  and ``scalepredictor_w6a6`` give the same coefficients and identical codes
-  at every shared boundary as the old executor, the same overflow counts and
-  trace totals (predictor records included); both graph executors agree,
-  and the float-nonlinear mode equals the old one's.
+* On the bundled default model ``scalepredictor_w4a4`` and
+  ``scalepredictor_w6a6`` predict the seven boundaries of every block and
+  both graph executors agree (identity with the removed legacy executor:
+  tests/reference/test_legacy_golden.py).
 * Degree 0 equals the static recipe on the graph, at every tensor.
 * On random timm configurations x bit-widths x degree both graph executors
   give identical codes and traces.
@@ -19,56 +18,42 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hwmodels
-import reference
 from reference.fakequant_ops import GraphFakeQuantExecutor
 from reference.lowering import lower
 from reference.recipes.config import RecipeConfig, load_recipe
 from reference.recipes.scalepredictor_graph import predicted_boundaries, quantize_scalepredictor_graph
 from reference.recipes.static_graph import quantize_graph
-from simulator.executor import IntegerExecutor
 from simulator.int_ops import GraphIntegerExecutor
 from simulator.predicted_graph import gain_factor, predicted_tensors
 from simulator.qgraph import QuantizedGraph
-from simulator.results import bit_exact_images, first_mismatch
+from simulator.results import first_mismatch
 from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
-from test_graph_static import SHARED, SMALL, _random_model
+from test_graph_static import SMALL, _random_model
 
 PREDICTED = ("norm1", "q", "k", "v", "attn_out", "norm2", "gelu")
 
 
 @pytest.mark.parametrize("recipe", ["scalepredictor_w4a4", "scalepredictor_w6a6"])
-def test_codes_identical_to_the_old_scalepredictor_executor(digits, recipe):
+def test_predicted_boundaries_on_the_default_model(digits, recipe):
+    """Predicted scales on the seven boundaries of every block, two predictor records costed on the
+    SFU, both executors identical (identity with the removed legacy executor, coefficients, codes,
+    records: tests/reference/test_legacy_golden.py)."""
     model, calib, test = digits
     cfg = load_recipe(f"configs/recipes/{recipe}.yaml")
-    old, qg = reference.quantize(model, calib, cfg), quantize_scalepredictor_graph(model, calib, cfg)
+    qg = quantize_scalepredictor_graph(model, calib, cfg)
     depth = len(model.blocks)
     names = qg.meta["scale_predictor"]["boundaries"]
     assert names == [f"blocks.{i}.{b}" for i in range(depth) for b in PREDICTED]
-    sp = old.extras["scale_predictor"]
-    assert np.array_equal(np.stack([qg.quantizers[n].predictor.coeffs for n in names]), sp.coeffs)
     assert (qg.quantizers["x0"].kind, qg.quantizers["blocks.0.attn.qkv"].predictor.coeffs.shape) == (
         "static", (3 * model.embed_dim, 4))
-    ro, rn = IntegerExecutor(old).run(test), GraphIntegerExecutor(qg).run(test)
-    shared = {k: ro.codes[k] for k in ro.codes if k in rn.codes}
-    assert shared.keys() == {n.format(i=i) for n in SHARED for i in range(depth)}
-    ok = bit_exact_images(shared, {k: rn.codes[k] for k in shared})
-    assert ok.all() and len(ok) == 64, first_mismatch(shared, {k: rn.codes[k] for k in shared})
-    assert np.array_equal(ro.logit_codes, rn.logit_codes) and ro.trace.overflows == rn.trace.overflows
-    pred = lambda ls: [(r.name, r.elements, r.rows, r.in_bits, r.out_bits) for r in ls   # noqa: E731
-                       if r.kind == "scale_predictor"]
-    assert pred(rn.trace.layers) == pred(ro.trace.layers) and len(pred(ro.trace.layers)) == 2
-    for attr in ("macs", "bops", "elements"):
-        assert sum(getattr(r, attr) for r in rn.trace.layers) == sum(getattr(r, attr) for r in ro.trace.layers)
+    rn = GraphIntegerExecutor(qg).run(test)
+    pred = [r for r in rn.trace.layers if r.kind == "scale_predictor"]
+    assert len(pred) == 2
     npu = hwmodels.load("configs/npu_int8.yaml")
-    co, cn = hwmodels.estimate(ro.trace, npu), hwmodels.estimate(rn.trace, npu)
-    sp_cycles = lambda rep: sum(c.cycles for c in rep.layers if c.kind == "scale_predictor")   # noqa: E731
-    assert (cn.cycles, sp_cycles(cn)) == (co.cycles, sp_cycles(co))
+    cn = hwmodels.estimate(rn.trace, npu)
+    assert sum(c.cycles for c in cn.layers if c.kind == "scale_predictor") > 0
     rf = GraphFakeQuantExecutor(qg).run(test[:16])
     assert first_mismatch({k: v[:16] for k, v in rn.codes.items()}, rf.codes) is None
-    # float-nonlinear mode: the per-image float scales equal the old executor's too
-    fo = reference.FakeQuantExecutor(old, nonlinear="float").run(test[:16])
-    fn = GraphFakeQuantExecutor(qg, nonlinear="float").run(test[:16])
-    assert first_mismatch({k: fo.codes[k] for k in shared}, {k: fn.codes[k] for k in shared}) is None
 
 
 def test_degree_0_equals_static_on_the_graph():

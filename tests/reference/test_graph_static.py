@@ -1,8 +1,7 @@
 """The static recipe on the lowered graph (issue 13, phase 2).
 
-* On the bundled default model the quantized graph's codes equal the old
-  static `QuantizedViT` executor's at every shared boundary (W8A8, W4A4),
-  and the trace's MACs/BOPs totals equal `static_layers`'.
+* Identity with the removed legacy static executor on the bundled model:
+  tests/reference/test_legacy_golden.py (recorded codes of every shipped recipe).
 * On random timm VisionTransformer configurations x bit-widths the numba
   and torch op sets give identical codes at every tensor.
 * W8A8 agrees with fp32 on a small random model; save/load round-trips;
@@ -11,51 +10,24 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import reference
 from reference.fakequant_ops import GraphFakeQuantExecutor
 from reference.lowering import lower
 from reference.lowering.coverage import perturb_
-from reference.recipes.config import RecipeConfig, load_recipe
+from reference.recipes.config import RecipeConfig
 from reference.recipes.static_graph import quantize_graph
 from simulator.errors import InputError
-from simulator.executor import IntegerExecutor
-from simulator.graph import static_layers
 from simulator.int_ops import GraphIntegerExecutor
 from simulator.qgraph import FORMAT_VERSION, QuantizedGraph
-from simulator.results import bit_exact_images, first_mismatch
+from simulator.results import first_mismatch
 from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
-
-SHARED = ["input", "x0", "norm", "logits"] + [f"blocks.{{i}}.{n}" for n in (
-    "norm1", "q", "k", "v", "attn", "attn_out", "x_mid", "norm2", "fc1", "gelu", "x_out")]
-
-
-@pytest.mark.parametrize("recipe", ["static_w8a8", "static_w4a4"])
-def test_codes_identical_to_the_old_static_executor(digits, recipe):
-    model, calib, test = digits
-    cfg = load_recipe(f"configs/recipes/{recipe}.yaml")
-    old = reference.quantize(model, calib, cfg)
-    qg = quantize_graph(model, calib, cfg)
-    ro, rn = IntegerExecutor(old).run(test), GraphIntegerExecutor(qg).run(test)
-    names = [n.format(i=i) for n in SHARED for i in range(len(model.blocks))]
-    assert set(names) <= ro.codes.keys() & rn.codes.keys()
-    shared = {k: ro.codes[k] for k in ro.codes if k in rn.codes}
-    assert shared.keys() == set(names)
-    ok = bit_exact_images(shared, {k: rn.codes[k] for k in shared})
-    assert ok.all() and len(ok) == 64, first_mismatch(shared, {k: rn.codes[k] for k in shared})
-    assert np.array_equal(ro.logit_codes, rn.logit_codes) and np.array_equal(ro.logits, rn.logits)
-    assert ro.trace.overflows == rn.trace.overflows
-    old_layers = static_layers(old)
-    assert sum(r.macs for r in rn.trace.layers) == sum(r.macs for r in old_layers)
-    assert sum(r.bops for r in rn.trace.layers) == sum(r.bops for r in old_layers)
-    gemms = lambda ls: [(r.name, r.m, r.k, r.n, r.batch, r.a_bits, r.b_bits) for r in ls if r.macs]
-    assert gemms(rn.trace.layers) == gemms(old_layers)
-
 
 def _random_model(drawn):
     model_cls, kwargs, image_size, seed = drawn
@@ -97,7 +69,7 @@ def test_w8a8_agrees_with_fp32_on_a_small_random_model():
     assert rel < 0.05, rel
 
 
-def test_save_load_round_trip_and_version_errors(tmp_path, digits):
+def test_save_load_round_trip_and_version_errors(tmp_path):
     model = build_vit(SMALL, seed=2, global_pool="avg", class_token=False, fc_norm=True)
     images = random_images(SMALL, 12, seed=2)
     qg = quantize_graph(model, images[:8], RecipeConfig(calib_images=8, act_calibration="minmax"))
@@ -110,10 +82,11 @@ def test_save_load_round_trip_and_version_errors(tmp_path, digits):
     assert first_mismatch(a.codes, b.codes) is None and np.array_equal(a.logits, b.logits)
     assert not list(tmp_path.glob("*.tmp"))
 
-    old = tmp_path / "old.npz"
-    reference.quantize(digits[0], digits[1][:8], RecipeConfig(calib_images=8, act_calibration="minmax")).save(old)
+    old = tmp_path / "old.npz"             # the removed per-model QuantizedViT's header
+    np.savez(old, __header__=np.frombuffer(json.dumps({"format_version": 1, "tree": {}}).encode(), dtype=np.uint8))
     with pytest.raises(InputError, match=rf"old\.npz: format_version 1 is the old per-model QuantizedViT format, "
-                                         rf"expected format_version {FORMAT_VERSION}"):
+                                         rf"written before the legacy walks were removed; expected format_version "
+                                         rf"{FORMAT_VERSION} \(a QuantizedGraph\)"):
         QuantizedGraph.load(old)
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
@@ -155,14 +128,3 @@ def test_every_lowered_configuration_quantizes_bit_exactly(cfg):
     assert rel < 0.25, rel        # not garbage (random weights, 6 calibration images, minmax)
 
 
-def test_float_nonlinear_mode_equals_the_old_one(digits):
-    """``nonlinear="float"``: the same codes as the old FakeQuantExecutor's float-nonlinear mode."""
-    model, calib, test = digits
-    cfg = load_recipe("configs/recipes/static_w8a8.yaml")
-    old = reference.FakeQuantExecutor(reference.quantize(model, calib, cfg), nonlinear="float").run(test[:32])
-    new = GraphFakeQuantExecutor(quantize_graph(model, calib, cfg), nonlinear="float").run(test[:32])
-    shared = {k: old.codes[k] for k in old.codes if k in new.codes}
-    assert len(shared) == 70
-    assert first_mismatch(shared, {k: new.codes[k] for k in shared}) is None
-    integer = GraphFakeQuantExecutor(quantize_graph(model, calib, cfg)).run(test[:32])
-    assert first_mismatch(shared, {k: integer.codes[k] for k in shared}) is not None   # the modes differ

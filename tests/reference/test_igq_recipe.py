@@ -11,9 +11,10 @@ import hwmodels
 from hwmodels.cost import layer_cost
 from reference.recipes import quantize
 from reference.recipes.config import RecipeConfig, recipe_from_dict
-from reference.recipes.igq import choose_exps, parse_params, total_bops
+from reference.recipes.igq import choose_exps, parse_params
+from reference.recipes.igq_graph_allocation import graph_total_bops as total_bops
 from simulator.errors import InputError
-from simulator.executor import IntegerExecutor
+from simulator.int_ops import GraphIntegerExecutor
 from simulator.igq import overhead_bops
 from simulator.trace import LayerRecord
 from strategies import build_vit, random_images
@@ -71,13 +72,13 @@ def test_budget_too_small_names_minimum(model_and_data):
     minimum = float(re.search(r"achievable (\S+)", str(e.value)).group(1))
     assert minimum > 1.0
     q = quantize(model, cal, _rc(bop_budget=minimum * 1.000001, candidates=[2, 4], allocation_images=4))
-    assert all(g >= 2 for row in q.meta["igq_groups"] for g in row)
+    assert all(g >= 2 for g in q.meta["igq_groups"].values())
 
 
 def test_allocation_respects_budget(model_and_data):
     model, cal = model_and_data
     tight = quantize(model, cal, _rc(bop_budget=1.0, allocation_images=4))
-    assert all(g == 1 for row in tight.meta["igq_groups"] for g in row)
+    assert all(g == 1 for g in tight.meta["igq_groups"].values())
     loose = quantize(model, cal, _rc(bop_budget=1.5, allocation_images=4))
     a = loose.meta["igq_allocation"]
     assert a["bops"] == total_bops(loose) <= 1.5 * a["static_bops"]
@@ -93,7 +94,7 @@ def test_hwmodels_counts_grouping(model_and_data):
     q1 = quantize(model, cal, _rc(groups=1))
     q8 = quantize(model, cal, _rc(groups=8))
     x = random_images(CFG, 2, seed=1)
-    t1, t8 = IntegerExecutor(q1).run(x).trace, IntegerExecutor(q8).run(x).trace
+    t1, t8 = GraphIntegerExecutor(q1).run(x).trace, GraphIntegerExecutor(q8).run(x).trace
     assert overhead_bops(t1.layers) == 0 and overhead_bops(t8.layers) > 0
     ga = [r for r in t8.layers if r.kind == "group_assign"]
     assert len(ga) == 5 and all(r.out_bits == 3 for r in ga)

@@ -16,7 +16,6 @@ import reference
 from reference.float_ops import float_forward
 from reference.lowering import LoweringError, lower
 from reference.lowering.coverage import CONFIGURATIONS, build, max_error, perturb_
-from reference.vit_float import float_boundaries
 from simulator import ir
 from simulator.errors import InputError
 from strategies import build_vit, lowering_configs, random_images
@@ -63,15 +62,29 @@ def test_public_api_and_boundary_names():
     torch.testing.assert_close(reference.float_forward(graph, x), model(x), rtol=TOL, atol=TOL)
 
 
-def test_walk_boundaries_equal_the_hand_written_float_forward():
-    """Every boundary today's calibration reads has the same name and value."""
+def test_walk_boundaries_equal_timm_module_outputs():
+    """The calibration boundaries that a timm module produces have the module's value (forward hooks)."""
     model = build_vit(dict(img_size=16, patch_size=4, in_chans=3, embed_dim=24, depth=2, num_heads=2,
                            num_classes=5, init_values=0.1), seed=4)
     x = torch.from_numpy(random_images(dict(in_chans=3, img_size=16), 2, seed=4))
+    modules = {"logits": model.head}
+    for i, blk in enumerate(model.blocks):
+        p = f"blocks.{i}."
+        modules.update({p + "norm1": blk.norm1, p + "attn.qkv": blk.attn.qkv, p + "norm2": blk.norm2,
+                        p + "fc1": blk.mlp.fc1, p + "gelu": blk.mlp.act, p + "x_out": blk})
+    timm_out = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: timm_out.__setitem__(n, out.detach()))
+             for n, m in modules.items()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
     seen = {}
     float_forward(lower(model), x, torch.float32, keep=seen.__setitem__)
-    legacy = float_boundaries(model, x)
-    for name, value in legacy.items():
+    assert timm_out.keys() == modules.keys()
+    for name, value in timm_out.items():
         torch.testing.assert_close(seen[name], value, rtol=1e-5, atol=1e-5, msg=name)
 
 

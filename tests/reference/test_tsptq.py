@@ -11,7 +11,7 @@ from reference.recipes.tsptq import (TsptqParams, _v2sf_fast, parse_params, sear
                                      search_softmax, v2sf_fake_quantize)
 from reference.quantizers import calibrate, fake_quantize
 from simulator.errors import InputError
-from simulator.qvit import QuantizedViT
+from simulator.qgraph import QuantizedGraph
 from strategies import build_vit, random_images
 
 
@@ -89,16 +89,18 @@ def test_freeze_and_save_round_trip(tmp_path):
         model.blocks[0].norm1.weight[:2] *= 10.0                # two outlier channels into qkv
     q = quantize(model, random_images(cfg, 8, seed=3), {"recipe": "tsptq", "w_bits": 6, "a_bits": 6,
                                                          "calib_images": 8})
-    b0 = q.blocks[0]
-    assert b0.softmax.ratio_shift >= 1 and b0.gelu.ratio_shift >= 1
-    assert b0.norm1.channel_shift[:2].min() >= 1 and not b0.norm1.channel_shift[2:].any()
-    assert q.meta["tsptq"]["blocks"][0]["norm1"]["outliers"] == 2
-    assert -32 <= b0.qkv.w_q.min() and b0.qkv.w_q.max() <= 31      # weight codes stay w_bits wide
+    qa, qgelu, n1 = q.quantizers["blocks.0.attn"], q.quantizers["blocks.0.gelu"], q.params["blocks.0.norm1"]
+    assert (qa.kind, qgelu.kind) == ("two_scaled", "two_scaled")
+    assert qa.ratio_shift >= 1 and qgelu.ratio_shift >= 1
+    assert n1.channel_shift[:2].min() >= 1 and not n1.channel_shift[2:].any()
+    assert q.meta["tsptq"]["tensors"]["blocks.0.norm1"]["outliers"] == 2
+    w_q = q.params["blocks.0.attn.qkv"].w_q
+    assert -32 <= w_q.min() and w_q.max() <= 31                      # weight codes stay w_bits wide
     path = tmp_path / "q.npz"
     q.save(path)
-    r = QuantizedViT.load(path)
-    assert r.blocks[0].softmax == b0.softmax and r.blocks[0].gelu == b0.gelu
-    assert np.array_equal(r.blocks[0].norm1.channel_shift, b0.norm1.channel_shift)
+    r = QuantizedGraph.load(path)
+    assert r.quantizers["blocks.0.attn"] == qa and r.quantizers["blocks.0.gelu"] == qgelu
+    assert np.array_equal(r.params["blocks.0.norm1"].channel_shift, n1.channel_shift)
     assert r.meta == q.meta
 
 

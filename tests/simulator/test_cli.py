@@ -80,10 +80,10 @@ def test_bad_recipe_yaml_field(capsys, tmp_path):
 
 
 def test_save_qvit_round_trips(capsys, tmp_path):
-    from simulator.qvit import QuantizedViT
+    from simulator.qgraph import QuantizedGraph
 
     path = tmp_path / "m.npz"
     code, _, err = _run(capsys, "--images", "8", "--save-qvit", str(path), "--no-progress")
     assert code == 0, err
-    q = QuantizedViT.load(path)
+    q = QuantizedGraph.load(path)
     assert q.meta["model"] == "vit_digits" and q.meta["w_bits"] == 8

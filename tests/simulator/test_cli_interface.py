@@ -346,14 +346,20 @@ def test_progress_lines_when_not_a_terminal(logged, monkeypatch):
 
 
 def test_no_progress_silences_calibration(logged, monkeypatch):
-    from reference.calibration import collect_boundaries
     from reference.data import load_dataset
+    from reference.lowering import lower
     from reference.models import load_model
+    from reference.recipes.static_graph import collect_graph_stats, stat_names
 
     monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
     monkeypatch.setattr(progress, "QUIET_BELOW_S", 0.0)
     model = load_model()
     images, _ = load_dataset("digits", model, split="calib", limit=40)
+    graph = lower(model)
+
+    def collect_boundaries(model, images, batch_size):     # the calibration walk of every recipe
+        return collect_graph_stats(graph, images, stat_names(graph), batch_size=batch_size)
+
     progress.configure(enabled=False)
     try:
         collect_boundaries(model, images, batch_size=8)

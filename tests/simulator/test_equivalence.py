@@ -1,5 +1,5 @@
-"""End to end: FakeQuantExecutor(nonlinear="integer") and IntegerExecutor are
-bit-exact -- every boundary's codes, the logits, the trace layers and the
+"""End to end on the integer graph: GraphFakeQuantExecutor(nonlinear="integer") and
+GraphIntegerExecutor are bit-exact -- every boundary's codes, the logits, the trace layers and the
 overflow counts -- over random small ViTs x bit-widths x GEMM backends, on
 ordinary images and on scaled-up ones that drive codes into saturation.
 """
@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference.fakequant import FakeQuantExecutor
+from reference.fakequant_ops import GraphFakeQuantExecutor
 from reference.quantizers import CALIBRATIONS
 from reference.recipes import quantize
 from reference.recipes.config import RecipeConfig
-from simulator.executor import IntegerExecutor
+from simulator.int_ops import GraphIntegerExecutor
 from simulator.kernels.gemm import BACKENDS
 from equivalence_support import assert_equivalent
 from strategies import BIT_WIDTHS, bit_widths, build_vit, random_images, vit_configs
@@ -43,7 +43,7 @@ def test_random_vits_bit_exact(cfg, seed, bits, act_cal, backend, boost):
     images = np.concatenate([random_images(cfg, 3, seed=seed + 7), random_images(cfg, 2, seed=seed + 8,
                                                                                    scale=boost)])
     rf, _ = assert_equivalent(q, images, backend)
-    lo, hi = -(1 << (q.in_bits - 1)), (1 << (q.in_bits - 1)) - 1
+    lo, hi = q.quantizers["input"].lo, q.quantizers["input"].hi
     if boost == 1000.0:     # the scaled-up images really reach the input code range's ends
         assert rf.codes["input"][3:].min() == lo and rf.codes["input"][3:].max() == hi
 
@@ -76,7 +76,7 @@ def test_parallel_kernels_bit_exact(layerscale_cfg, backend, parallel_numba):
 def test_batching_does_not_change_codes(layerscale_cfg):
     q = _quantized(layerscale_cfg, 4, 8, 8)
     x = random_images(layerscale_cfg, 5, seed=5)
-    for ex in (FakeQuantExecutor(q), IntegerExecutor(q)):
+    for ex in (GraphFakeQuantExecutor(q), GraphIntegerExecutor(q)):
         a, b = ex.run(x, batch_size=64), ex.run(x, batch_size=2)
         assert all(np.array_equal(a.codes[k], b.codes[k]) for k in a.codes)
         assert a.trace.overflows == b.trace.overflows
@@ -93,19 +93,21 @@ def base_q():
 def test_bias_overflow_counted_identically(base_q):
     """A head bias at the int32 edges: ``acc + bias`` leaves int32 and both executors count it."""
     cfg, q = base_q
-    n = q.head.w_q.shape[0]
+    head = q.params["head"]
+    n = head.w_q.shape[0]
     bias = np.where(np.arange(n) % 2 == 0, ACC_HI, ACC_LO).astype(np.int64)
-    q2 = dataclasses.replace(q, head=dataclasses.replace(q.head, bias_q=bias))
+    q2 = dataclasses.replace(q, params={**q.params, "head": dataclasses.replace(head, bias_q=bias)})
     images = random_images(cfg, 6, seed=22)
-    ri = IntegerExecutor(q2).run(images)
-    acc = ri.codes["norm"] @ q2.head.w_q.astype(np.int64).T + bias       # exact, independent of both
+    ri = GraphIntegerExecutor(q2).run(images)
+    acc = ri.codes["norm"] @ head.w_q.astype(np.int64).T + bias          # exact, independent of both
     expected = int(np.count_nonzero((acc > ACC_HI) | (acc < ACC_LO)))
     assert expected > 0
     for backend in BACKENDS:
-        assert IntegerExecutor(q2, gemm_backend=backend).run(images).trace.overflows == {"head": expected}, backend
-    rf = FakeQuantExecutor(q2).run(images)
+        assert GraphIntegerExecutor(q2, gemm_backend=backend).run(images).trace.overflows == {"head": expected}, \
+            backend
+    rf = GraphFakeQuantExecutor(q2).run(images)
     assert rf.trace.overflows == {"head": expected}, (
-        f"FakeQuantExecutor counts {rf.trace.overflows} overflows, IntegerExecutor {{'head': {expected}}}")
+        f"the fake-quant executor counts {rf.trace.overflows} overflows, the integer one {{'head': {expected}}}")
     for backend in BACKENDS:
         assert_equivalent(q2, images, backend)
 
@@ -117,15 +119,17 @@ def test_attention_accumulator_overflow_counted_identically(base_q):
     BLAS backend claims (see test_gemm.test_wide_operands_exact_or_refused).
     """
     cfg, q = base_q
-    b = q.blocks[0]
+    qkv0 = q.params["blocks.0.attn.qkv"]
     d = cfg["embed_dim"]
     hd = d // cfg["num_heads"]
-    bias = b.qkv.bias_q.copy()
-    mult, shift = b.qkv.out_mult.copy(), b.qkv.out_shift.copy()
+    bias = qkv0.bias_q.copy()
+    mult, shift = qkv0.out_mult.copy(), qkv0.out_shift.copy()
     bias[: 2 * d] = 1 << 30                       # q and k channels: acc + 2**30 ...
     mult[: 2 * d], shift[: 2 * d] = 1 << 30, 44   # ... times 2**-14 = 2**16 + small -> saturates at 32767
-    qkv = dataclasses.replace(b.qkv, bias_q=bias, out_mult=mult, out_shift=shift, out_bits=16)
-    q2 = dataclasses.replace(q, blocks=(dataclasses.replace(b, qkv=qkv, a_bits=16),))
+    qkv = dataclasses.replace(qkv0, bias_q=bias, out_mult=mult, out_shift=shift, out_bits=16)
+    wide = {t: dataclasses.replace(q.quantizers[t], bits=16)          # 16-bit q, k, v codes
+            for t in ("blocks.0.attn.qkv", "blocks.0.q", "blocks.0.k", "blocks.0.v")}
+    q2 = dataclasses.replace(q, params={**q.params, "blocks.0.attn.qkv": qkv}, quantizers={**q.quantizers, **wide})
     images = random_images(cfg, 3, seed=23)
     rf, ri = assert_equivalent(q2, images, "numba")
     assert (rf.codes["blocks.0.q"] == 32767).all() and (rf.codes["blocks.0.k"] == 32767).all()

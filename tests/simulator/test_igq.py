@@ -14,18 +14,20 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import oracles
-from reference.fakequant import FakeQuantExecutor
-from reference.igq_fakequant import _grouped_linear as fq_grouped_linear
+from types import SimpleNamespace
+
+from reference.fakequant_ops import FakeQuantOps, GraphFakeQuantExecutor
 from reference.igq_fakequant import group_quantize as fq_group_quantize
 from reference.recipes import quantize
 from reference.recipes.config import RecipeConfig
-from simulator.executor import IntegerExecutor
-from simulator.igq import GroupQuantizer, index_bits
-from simulator.igq_executor import grouped_linear
+from simulator import ir
+from simulator.igq import SITES, GroupQuantizer, index_bits
+from simulator.int_ops import GraphIntegerExecutor, IntOps
 from simulator.kernels.gemm import BACKENDS
 from simulator.kernels.grouped import group_quantize
-from simulator.qvit import Linear, QuantizedViT
-from equivalence_support import assert_equivalent
+from simulator.qgraph import QuantizedGraph, Quantizer
+from simulator.qvit import Linear
+from simulator.results import first_mismatch
 from strategies import build_vit, random_images, vit_configs
 
 ACC_LO, ACC_HI = -(1 << 31), (1 << 31) - 1
@@ -141,22 +143,36 @@ def test_grouped_gemm_matches_oracle(case, backend):
                           for k in range(c))
                 acc = oracles.saturate(oracles.saturate(acc, ACC_LO, ACC_HI) + int(lin.bias_q[j]), ACC_LO, ACC_HI)
                 want[b, i, j] = oracle_code(acc, int(lin.out_mult[j]), int(lin.out_shift[j]), -128, 127)
-    ex = IntegerExecutor(None, gemm_backend=backend)
-    got = grouped_linear(ex, "l", lin, codes.astype(np.int8), gidx, gq)
-    assert np.array_equal(got, want)
-    fq = FakeQuantExecutor(None)
-    assert np.array_equal(fq_grouped_linear(fq, "l", lin, torch.as_tensor(codes), torch.as_tensor(gidx), gq).numpy(),
-                          want)
+    # the graph's two op sets on a one-op graph: a linear reading a grouped tensor "x"
+    q = {"x": Quantizer("grouped", 1.0, int(lin.in_bits), exps=tuple(exps)), "y": Quantizer("static", 1.0, 8)}
+    qg = SimpleNamespace(quantizers=q, params={"l": lin})
+    op = ir.Linear(name="l", inputs=("x",), outputs=("y",))
+    ex, fq = IntOps(qg, gemm_backend=backend), FakeQuantOps(qg)
+    ex.groups["x"], fq.groups["x"] = gidx, torch.as_tensor(gidx)
+    assert np.array_equal(ex.linear(op, codes.astype(np.int8)), want)
+    assert np.array_equal(fq.linear(op, torch.as_tensor(codes)).numpy(), want)
     assert ex.overflows == fq.overflows
 
 
-# --- end to end -------------------------------------------------------------------------------------
+# --- end to end (the integer graph) -----------------------------------------------------------------
 def _igq(cfg, seed, bits, params, n_calib=6):
     rc = RecipeConfig(recipe="igq", w_bits=bits[0], a_bits=bits[1], weight_calibration="minmax",
                       act_calibration="minmax", calib_images=n_calib, params=params)
     return quantize(build_vit(cfg, seed=seed), random_images(cfg, n_calib, seed=seed), rc, model_name="rand")
 
 
+def _both(qg, images, backend="auto"):
+    """(fake-quant, integer) runs of the graph: identical codes (group maps included), logits, traces."""
+    rf, ri = GraphFakeQuantExecutor(qg).run(images), GraphIntegerExecutor(qg, gemm_backend=backend).run(images)
+    assert first_mismatch(rf.codes, ri.codes) is None
+    assert np.array_equal(rf.logits, ri.logits) and rf.trace.layers == ri.trace.layers
+    assert rf.trace.overflows == ri.trace.overflows
+    return rf, ri
+
+
+def _sites(qg):
+    """Group count of every grouped tensor (views such as ``attn.av`` share their owner's quantizer)."""
+    return {t: len(qz.exps) for t, qz in qg.quantizers.items() if qz.kind == "grouped"}
 
 
 @settings(max_examples=12)
@@ -166,13 +182,39 @@ def _igq(cfg, seed, bits, params, n_calib=6):
 def test_random_vits_igq_bit_exact(cfg, seed, bits, groups, max_exp, backend, boost):
     q = _igq(cfg, seed, bits, {"groups": groups, "max_exp": max_exp})
     images = np.concatenate([random_images(cfg, 3, seed=seed + 7), random_images(cfg, 2, seed=seed + 8, scale=boost)])
-    rf, _ = assert_equivalent(q, images, backend)
+    rf, _ = _both(q, images, backend)
     names = [r.name for r in rf.trace.layers]
-    assert sum(n.endswith(".group_assign") for n in names) == 5 * len(q.blocks)
-    for i, gb in enumerate(q.extras["igq"]):
-        for site in ("norm1", "attn", "attn_out", "norm2", "gelu"):
-            g = rf.codes[f"blocks.{i}.{site}.groups"]
-            assert g.min() >= 0 and g.max() < getattr(gb, site).groups
+    assert sum(n.endswith(".group_assign") for n in names) == 5 * cfg["depth"]
+    maps = {k[: -len(".groups")]: v for k, v in rf.codes.items() if k.endswith(".groups")}
+    assert {f"blocks.{i}.{site}" for i in range(cfg["depth"]) for site in SITES} <= maps.keys()
+    sites = _sites(q)
+    for t, m in maps.items():
+        assert m.min() >= 0 and m.max() < sites[t]
+
+
+@pytest.fixture(scope="module")
+def small_cfg():
+    return dict(depth=2, num_heads=2, embed_dim=16, mlp_ratio=2, img_size=8, patch_size=2, in_chans=3,
+                num_classes=7, init_values=0.1)
+
+
+@pytest.mark.parametrize("bits", [(4, 4), (6, 6), (8, 8)], ids=lambda b: f"W{b[0]}A{b[1]}")
+def test_g1_reproduces_static_exactly(small_cfg, bits):
+    """igq with G = 1 everywhere: the same frozen params and the same codes at every static tensor."""
+    cfg = small_cfg
+    rc = dict(w_bits=bits[0], a_bits=bits[1], weight_calibration="mse", act_calibration="mse", calib_images=6)
+    model, cal = build_vit(cfg, seed=5), random_images(cfg, 6, seed=5)
+    qs = quantize(model, cal, RecipeConfig(**rc))
+    q1 = quantize(model, cal, RecipeConfig(recipe="igq", params={"groups": 1}, **rc))
+    assert q1.params.keys() == qs.params.keys()
+    assert all(_same(q1.params[k], qs.params[k]) for k in qs.params)
+    x = np.concatenate([random_images(cfg, 4, seed=6), random_images(cfg, 2, seed=7, scale=30.0)])
+    for ex in (GraphIntegerExecutor, GraphFakeQuantExecutor):
+        rs, r1 = ex(qs).run(x), ex(q1).run(x)
+        for k in rs.codes:
+            assert np.array_equal(rs.codes[k], r1.codes[k]), k
+        assert all((r1.codes[k] == 0).all() for k in r1.codes if k.endswith(".groups"))
+    assert GraphIntegerExecutor(q1).run(x[:1]).trace.layers == GraphIntegerExecutor(qs).run(x[:1]).trace.layers
 
 
 def _same(a, b) -> bool:
@@ -186,34 +228,10 @@ def _same(a, b) -> bool:
     return a == b
 
 
-@pytest.fixture(scope="module")
-def small_cfg():
-    return dict(depth=2, num_heads=2, embed_dim=16, mlp_ratio=2, img_size=8, patch_size=2, in_chans=3,
-                num_classes=7, init_values=0.1)
-
-
-@pytest.mark.parametrize("bits", [(4, 4), (6, 6), (8, 8)], ids=lambda b: f"W{b[0]}A{b[1]}")
-def test_g1_reproduces_static_exactly(small_cfg, bits):
-    """igq with G = 1 everywhere: the same model parameters and the same codes at every static boundary."""
-    cfg = small_cfg
-    rc = dict(w_bits=bits[0], a_bits=bits[1], weight_calibration="mse", act_calibration="mse", calib_images=6)
-    model, cal = build_vit(cfg, seed=5), random_images(cfg, 6, seed=5)
-    qs = quantize(model, cal, RecipeConfig(**rc))
-    q1 = quantize(model, cal, RecipeConfig(recipe="igq", params={"groups": 1}, **rc))
-    assert _same(q1.blocks, qs.blocks) and _same(q1.head, qs.head)
-    x = np.concatenate([random_images(cfg, 4, seed=6), random_images(cfg, 2, seed=7, scale=30.0)])
-    for ex in (IntegerExecutor, FakeQuantExecutor):
-        rs, r1 = ex(qs).run(x), ex(q1).run(x)
-        for k in rs.codes:
-            assert np.array_equal(rs.codes[k], r1.codes[k]), k
-        assert all((r1.codes[k] == 0).all() for k in r1.codes if k.endswith(".groups"))
-    assert [r for r in IntegerExecutor(q1).run(x[:1]).trace.layers] == IntegerExecutor(qs).run(x[:1]).trace.layers
-
-
 def test_groups_change_codes_and_reduce_error(small_cfg):
     """With G = 8 the grouped boundaries use several groups and the codes differ from static."""
     q = _igq(small_cfg, 9, (4, 4), {"groups": 8})
-    r = IntegerExecutor(q).run(random_images(small_cfg, 4, seed=10))
+    r = GraphIntegerExecutor(q).run(random_images(small_cfg, 4, seed=10))
     used = np.unique(r.codes["blocks.0.gelu.groups"])
     assert len(used) >= 2
 
@@ -222,18 +240,18 @@ def test_save_load_roundtrip(small_cfg, tmp_path):
     q = _igq(small_cfg, 3, (4, 4), {"groups": 4})
     p = tmp_path / "igq.npz"
     q.save(p)
-    q2 = QuantizedViT.load(p)
+    q2 = QuantizedGraph.load(p)
     x = random_images(small_cfg, 3, seed=4)
-    a, b = IntegerExecutor(q).run(x), IntegerExecutor(q2).run(x)
+    a, b = GraphIntegerExecutor(q).run(x), GraphIntegerExecutor(q2).run(x)
     assert all(np.array_equal(a.codes[k], b.codes[k]) for k in a.codes)
-    assert isinstance(q2.extras["igq"][0].norm1, GroupQuantizer)
+    assert q2.quantizers["blocks.0.norm1"].kind == "grouped" and _sites(q2) == _sites(q)
 
 
 def test_float_nonlinear_mode_runs_grouped(small_cfg):
     q = _igq(small_cfg, 2, (4, 4), {"groups": 4})
     x = random_images(small_cfg, 3, seed=2)
-    rf = FakeQuantExecutor(q, "float").run(x)
-    ri = FakeQuantExecutor(q, "integer").run(x)
+    rf = GraphFakeQuantExecutor(q, "float").run(x)
+    ri = GraphFakeQuantExecutor(q, "integer").run(x)
     assert rf.logits.shape == ri.logits.shape
     assert rf.codes["blocks.0.gelu.groups"].max() < 4
 
@@ -250,8 +268,8 @@ def test_default_model_igq_bit_exact_and_g1_is_static():
     igq = dataclasses.replace(load_recipe("configs/recipes/igq_w4a4.yaml"), calib_images=64)
     qs = quantize(model, calib, static)
     q1 = quantize(model, calib, dataclasses.replace(igq, params={"groups": 1}))
-    rs, r1 = IntegerExecutor(qs).run(x), IntegerExecutor(q1).run(x)
+    rs, r1 = GraphIntegerExecutor(qs).run(x), GraphIntegerExecutor(q1).run(x)
     assert all(np.array_equal(rs.codes[k], r1.codes[k]) for k in rs.codes)
     q4 = quantize(model, calib, dataclasses.replace(igq, params={"groups": 4}))
-    _, ri = assert_equivalent(q4, x, "auto")
+    _, ri = _both(q4, x)
     assert not np.array_equal(ri.codes["blocks.0.norm1"], rs.codes["blocks.0.norm1"])

@@ -1,7 +1,7 @@
 """Integer softmax, GELU and LayerNorm.
 
 (a) Bit-exactness: the numba kernels (`simulator.kernels.nonlinear`), the
-    torch vectorised operators of `FakeQuantExecutor` and the element
+    torch vectorised stage functions of the fake-quant op set and the element
     functions on numpy/torch all equal the Python-int oracle (tolerance 0),
     on hypothesis-drawn shapes including extreme inputs, all-equal rows
     (LayerNorm sigma = 0), rows of length 1 and huge negative logits.
@@ -20,27 +20,36 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import oracles
-from reference.fakequant import FakeQuantExecutor
 from reference.quantizers import dyadic
-from reference.recipes.config import RecipeConfig
 from simulator import int_nonlinear as nl
 from simulator import jit
 from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
 from simulator.kernels.output_stage import code_dtype
 from simulator.qvit import GeluQ, LayerNormQ, SoftmaxQ
-from strategies import build_vit, code_bounds, dyadic_multipliers, int_arrays, random_images, shapes
+from strategies import code_bounds, dyadic_multipliers, int_arrays, shapes
 
 
 @pytest.fixture(scope="module")
 def fq():
-    """The torch operators under test, on a FakeQuantExecutor of a tiny real QuantizedViT."""
-    from reference.recipes import quantize
+    """The torch stage functions under test (those `reference.fakequant_ops.FakeQuantOps` calls for a
+    softmax / GELU / LayerNorm op: `reference.fakequant`, two-scaled words `reference.two_scaled_fq`),
+    called with a frozen op's params."""
+    from types import SimpleNamespace
 
-    cfg = dict(depth=1, num_heads=1, embed_dim=8, mlp_ratio=1, img_size=4, patch_size=2, in_chans=1,
-               num_classes=2, init_values=None)
-    cal = RecipeConfig(weight_calibration="minmax", act_calibration="minmax", calib_images=4)
-    q = quantize(build_vit(cfg), random_images(cfg, 4), cal)
-    return FakeQuantExecutor(q, nonlinear="integer")
+    from reference import two_scaled_fq as v2sf
+    from reference.fakequant import gelu_stage, layernorm_stage, softmax_stage
+
+    def bounds(bits):
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+    return SimpleNamespace(
+        _softmax=lambda sm, acc: (v2sf.softmax_words(sm, acc, "integer") if sm.ratio_shift
+                                  else softmax_stage(acc, sm.in_mult, sm.in_shift, sm.out_bits)),
+        _gelu=lambda g, _, h: (v2sf.gelu_words(g, h, "integer") if g.ratio_shift
+                               else gelu_stage(h, g.out_mult, g.out_shift, *bounds(g.out_bits))),
+        _layernorm=lambda ln, x: layernorm_stage(x, ln.eps_q, torch.as_tensor(np.asarray(ln.gamma_mult)),
+                                                 torch.as_tensor(np.asarray(ln.beta_q)), ln.out_shift,
+                                                 *bounds(ln.out_bits)))
 
 
 def _apply_rows(fn, arr):

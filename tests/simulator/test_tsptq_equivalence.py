@@ -1,4 +1,4 @@
-"""tsptq end to end: FakeQuantExecutor(nonlinear="integer") and IntegerExecutor
+"""tsptq end to end on the graph: the fake-quant (integer-only) and integer executors
 bit-exact on random small ViTs (all GEMM backends, all widths 4-8, outlier
 LayerNorm channels forced) and on the bundled default model; the trace
 tallies the V-2SF decode on the requant unit and hwmodels costs it.
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hwmodels
-from reference.fakequant import FakeQuantExecutor
+from reference.fakequant_ops import GraphFakeQuantExecutor
 from reference.recipes import quantize
 from simulator.kernels.gemm import BACKENDS
 from equivalence_support import assert_equivalent
@@ -42,8 +42,8 @@ def test_random_vits_tsptq_bit_exact(cfg, seed, bits, backend, boost):
     images = np.concatenate([random_images(cfg, 3, seed=seed + 7), random_images(cfg, 2, seed=seed + 8,
                                                                                    scale=boost)])
     rf, _ = assert_equivalent(q, images, backend)
-    for i, b in enumerate(q.blocks):
-        assert b.softmax.ratio_shift >= 1 and b.gelu.ratio_shift >= 1
+    for i in range(cfg["depth"]):
+        assert q.quantizers[f"blocks.{i}.attn"].ratio_shift >= 1 and q.quantizers[f"blocks.{i}.gelu"].ratio_shift >= 1
         for name in ("attn", "gelu"):
             words = rf.codes[f"blocks.{i}.{name}"]
             assert words.min() >= 0 and words.max() < 2 ** bits
@@ -56,12 +56,12 @@ def test_both_regions_used_and_outliers_folded():
     images = np.concatenate([random_images(cfg, 6, seed=6), random_images(cfg, 2, seed=7, scale=10.0)])
     rfs = [assert_equivalent(q, images, backend)[0] for backend in BACKENDS]
     rf = rfs[0]
-    assert any(b.norm1.channel_shift.any() or b.norm2.channel_shift.any() for b in q.blocks)
+    assert any(q.params[f"blocks.{i}.{n}"].channel_shift.any() for i in range(2) for n in ("norm1", "norm2"))
     for i in range(2):
         for name in ("attn", "gelu"):
             flags = rf.codes[f"blocks.{i}.{name}"] >> 5
             assert 0 < flags.mean() < 1, f"{name}: both the fine and the coarse region occur"
-    rff = FakeQuantExecutor(q, nonlinear="float").run(images, keep_codes=False)
+    rff = GraphFakeQuantExecutor(q, nonlinear="float").run(images, keep_codes=False)
     assert rff.logits.shape == rf.logits.shape
 
 
@@ -82,8 +82,8 @@ def test_default_model_bit_exact_and_costed(digits, bits):
     rf, ri = assert_equivalent(q, x, "auto")
     assert (ri.predictions == y).mean() >= 0.9
     names = [r.name for r in ri.trace.layers]
-    depth, t = q.meta["depth"], q.meta["num_tokens"]
-    h, hidden = q.meta["num_heads"], q.meta["mlp_hidden"]
+    depth, t = len(model.blocks), model.patch_embed.num_patches + 1
+    h, hidden = model.blocks[0].attn.num_heads, model.blocks[0].mlp.fc1.out_features
     dec = {r.name: r for r in ri.trace.layers if r.name.endswith(".decode")}
     assert len(dec) == 2 * depth
     assert dec["blocks.0.attn.decode"].elements == h * t * t and dec["blocks.0.mlp.decode"].elements == t * hidden

@@ -13,15 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import oracles
-from reference.fakequant import FakeQuantExecutor
-from reference.recipes import quantize
-from reference.recipes.config import RecipeConfig
 from reference.two_scaled_fq import gelu_operand as fq_gelu_operand
 from reference.two_scaled_fq import softmax_operand as fq_softmax_operand
 from simulator import jit, two_scaled
 from simulator.kernels.two_scaled import gelu_operand, gelu_stage, softmax_operand, softmax_stage
 from simulator.qvit import GeluQ, SoftmaxQ
-from strategies import build_vit, dyadic_multipliers, int_arrays, random_images, shapes
+from strategies import dyadic_multipliers, int_arrays, shapes
 
 V2SF_BITS = st.integers(4, 8)
 
@@ -122,11 +119,25 @@ def test_switch_point_and_accuracy(bits):
 # --- kernels vs oracle vs torch ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fq():
-    cfg = dict(depth=1, num_heads=1, embed_dim=8, mlp_ratio=1, img_size=4, patch_size=2, in_chans=1,
-               num_classes=2, init_values=None)
-    q = quantize(build_vit(cfg), random_images(cfg, 4), RecipeConfig(weight_calibration="minmax",
-                                                                     act_calibration="minmax", calib_images=4))
-    return FakeQuantExecutor(q, nonlinear="integer")
+    """The torch stage functions under test (those `reference.fakequant_ops.FakeQuantOps` calls for a
+    softmax / GELU / LayerNorm op: `reference.fakequant`, two-scaled words `reference.two_scaled_fq`),
+    called with a frozen op's params."""
+    from types import SimpleNamespace
+
+    from reference import two_scaled_fq as v2sf
+    from reference.fakequant import gelu_stage, layernorm_stage, softmax_stage
+
+    def bounds(bits):
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+    return SimpleNamespace(
+        _softmax=lambda sm, acc: (v2sf.softmax_words(sm, acc, "integer") if sm.ratio_shift
+                                  else softmax_stage(acc, sm.in_mult, sm.in_shift, sm.out_bits)),
+        _gelu=lambda g, _, h: (v2sf.gelu_words(g, h, "integer") if g.ratio_shift
+                               else gelu_stage(h, g.out_mult, g.out_shift, *bounds(g.out_bits))),
+        _layernorm=lambda ln, x: layernorm_stage(x, ln.eps_q, torch.as_tensor(np.asarray(ln.gamma_mult)),
+                                                 torch.as_tensor(np.asarray(ln.beta_q)), ln.out_shift,
+                                                 *bounds(ln.out_bits)))
 
 
 def _rows(fn, arr):

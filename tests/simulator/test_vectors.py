@@ -3,6 +3,8 @@ kind of file damage (one flipped bit) reported with its location."""
 
 from __future__ import annotations
 
+import hashlib
+
 import importlib.metadata
 import json
 import shutil
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from simulator.cli import main
-from simulator.executor import IntegerExecutor
+from simulator.int_ops import GraphIntegerExecutor as IntegerExecutor
 from simulator.vectors import Mismatch, verify_vectors
 from simulator.vectors.export import _build, export_vectors, write_vector_set
 from simulator.vectors.hexfile import decode_hex, encode_hex
@@ -60,7 +62,7 @@ def test_cli_round_trip_all_tensors_match(capsys, tmp_path):
     assert m["header"]["tool_version"] == importlib.metadata.version("vit-intsim")
     assert m["header"]["recipe"] == "static_w4a8" and m["header"]["n_images"] == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    w = next(t for t in m["tensors"] if t["name"] == "params.blocks.0.qkv.w_q")
+    w = next(t for t in m["tensors"] if t["name"] == "params.blocks.0.attn.qkv.w_q")
     assert (w["bits"], w["hex_digits"], w["layer"]) == (4, 1, "blocks.0.attn.qkv")
     lines = (out / w["hex_file"]).read_text().splitlines()
     assert len(lines) == int(np.prod(w["shape"])) and all(len(s) == 1 for s in lines)
@@ -73,15 +75,17 @@ def test_manifest_lists_every_layer_and_boundary(vector_set, default_qvit):
     codes = IntegerExecutor(q).run(images).codes
     assert set(codes) <= names and "images" in names and "qvit.header" in names
     by_name = {lay["name"]: lay for lay in m["layers"]}
-    qkv = by_name["blocks.0.attn.qkv"]
-    assert qkv["inputs"] == ["blocks.0.norm1"] and qkv["outputs"] == ["blocks.0.q", "blocks.0.k", "blocks.0.v"]
-    assert {"params.blocks.0.qkv.w_q", "params.blocks.0.qkv.bias_q", "params.blocks.0.qkv.out_mult",
-            "params.blocks.0.qkv.out_shift"} <= set(qkv["params"])
+    qkv, split = by_name["blocks.0.attn.qkv"], by_name["blocks.0.attn.split_heads"]
+    assert qkv["inputs"] == ["blocks.0.norm1"] and qkv["outputs"] == ["blocks.0.attn.qkv"]
+    assert split["inputs"] == ["blocks.0.attn.qkv"] and split["outputs"] == ["blocks.0.q", "blocks.0.k", "blocks.0.v"]
+    assert {"params.blocks.0.attn.qkv.w_q", "params.blocks.0.attn.qkv.bias_q", "params.blocks.0.attn.qkv.out_mult",
+            "params.blocks.0.attn.qkv.out_shift"} <= set(qkv["params"])
+    assert [lay["name"] for lay in m["layers"]] == [op.name for op in q.graph.ops]
     for lay in m["layers"]:
         assert set(lay["inputs"] + lay["params"] + lay["outputs"]) <= names
     with np.load(out / "vectors.npz") as z:
         np.testing.assert_array_equal(z["blocks.3.attn"], codes["blocks.3.attn"])
-        np.testing.assert_array_equal(z["params.blocks.3.fc1.w_q"], q.blocks[3].fc1.w_q)
+        np.testing.assert_array_equal(z["params.blocks.3.mlp.fc1.w_q"], q.params["blocks.3.mlp.fc1"].w_q)
     t = next(t for t in m["tensors"] if t["name"] == "blocks.2.x_mid")
     hexed = decode_hex((out / t["hex_file"]).read_bytes(), t["shape"], t["dtype"], t["bits"], t["encoding"], True)
     np.testing.assert_array_equal(hexed, codes["blocks.2.x_mid"])
@@ -105,7 +109,7 @@ def _member(m, path, name):
 
 def _flip_cases(m, root: Path):
     """(file, byte offset, what the report must contain) for each kind of damage."""
-    _, w_start, w_size, _ = _member(m, "qvit.npz", "blocks.1.fc1.w_q")
+    _, w_start, w_size, _ = _member(m, "qvit.npz", "params.blocks.1.mlp.fc1.w_q")
     _, h_start, h_size, _ = _member(m, "qvit.npz", "__header__")
     _, a_start, a_size, _ = _member(m, "vectors.npz", "blocks.0.attn_out")
     qvit_len = (root / "qvit.npz").stat().st_size
@@ -115,9 +119,9 @@ def _flip_cases(m, root: Path):
     return [
         ("manifest.json", text.index('"name": "blocks.1.gelu"') + 12, ["manifest.json", f"tensors[{gelu}]"]),
         ("manifest.json", text.index('"files"') - 1, ["manifest.json line"]),
-        ("qvit.npz", w_start + w_size - 5, ["qvit.npz byte", "blocks.1.fc1.w_q", "flat index", "expected"]),
+        ("qvit.npz", w_start + w_size - 5, ["qvit.npz byte", "params.blocks.1.mlp.fc1.w_q", "flat index", "expected"]),
         ("qvit.npz", h_start + h_size // 2, ["qvit.npz byte", "qvit.header", "flat index"]),
-        ("qvit.npz", w_start - 20, ["qvit.npz byte", "local file header", "blocks.1.fc1.w_q"]),
+        ("qvit.npz", w_start - 20, ["qvit.npz byte", "local file header", "params.blocks.1.mlp.fc1.w_q"]),
         ("qvit.npz", qvit_len - 40, ["qvit.npz byte", "central directory"]),
         ("vectors.npz", a_start + a_size - 3, ["vectors.npz byte", "blocks.0.attn_out", "index [", "expected"]),
         ("vectors.npz", a_start + 20, ["vectors.npz byte", "blocks.0.attn_out", ".npy header"]),
@@ -169,7 +173,7 @@ def test_rerun_difference_reports_layer_index_expected_got(default_qvit, tmp_pat
     stdout = capsys.readouterr().out
     got = result.codes["blocks.1.gelu"][1, 2, 3]
     flat = int(np.ravel_multi_index((1, 2, 3), codes["blocks.1.gelu"].shape))
-    assert (f"layer blocks.1.mlp.gelu: tensor blocks.1.gelu: flat index {flat}, index [1, 2, 3]: "
+    assert (f"layer blocks.1.mlp.act: tensor blocks.1.gelu: flat index {flat}, index [1, 2, 3]: "
             f"expected {got + 1}, got {got}") in stdout
 
 
@@ -195,3 +199,65 @@ def test_failed_export_leaves_nothing(default_qvit, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         export_vectors(q, images, out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_vector_set_of_the_removed_legacy_walks_is_refused(vector_set, tmp_path, capsys):
+    """A folder exported before the graph (its qvit.npz a format_version 1 QuantizedViT, every file hash
+    intact) is one line, exit 2, naming the format and where old golden sets are checked."""
+    import io
+
+    from simulator.vectors import manifest as mf
+    from simulator.vectors.npzfile import member_table
+
+    src, m = vector_set
+    dst = tmp_path / "old"
+    shutil.copytree(src, dst)
+    buf = io.BytesIO()
+    np.savez(buf, __header__=np.frombuffer(json.dumps({"format_version": 1, "tree": {}}).encode(), np.uint8))
+    data = buf.getvalue()
+    (dst / "qvit.npz").write_bytes(data)
+    plain = {"header": {k: v for k, v in m["header"].items() if k != "record_sha256"}}
+    for section in ("files", "tensors", "layers"):
+        plain[section] = [{k: v for k, v in r.items() if k != "record_sha256"} for r in m[section]]
+    rec = next(f for f in plain["files"] if f["path"] == "qvit.npz")
+    rec.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), members=member_table(data))
+    (dst / "manifest.json").write_bytes(mf.dumps(mf.seal(plain)))
+    assert main(["verify-vectors", str(dst)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"simulate: error: {dst}: exported by the legacy walks")
+    assert "format_version 1 QuantizedViT" in err[0] and "scripts/verify_golden_on_graph.py" in err[0]
+
+
+TINY = dict(depth=2, num_heads=2, embed_dim=16, mlp_ratio=2, img_size=8, patch_size=2, in_chans=3, num_classes=5,
+            init_values=None)
+EVERY_RECIPE = {
+    "static": {"recipe": "static", "w_bits": 4, "a_bits": 8},
+    "tsptq": {"recipe": "tsptq", "w_bits": 6, "a_bits": 6},
+    "igq": {"recipe": "igq", "w_bits": 4, "a_bits": 4, "params": {"groups": 2}},
+    "scalepredictor": {"recipe": "scalepredictor", "w_bits": 6, "a_bits": 6, "params": {"degree": 2}},
+    "apq": {"recipe": "apq", "params": {"exit_heads": "distill", "exits_every": 1, "threshold": 0.3,
+                                        "allocation": "uniform"}},
+    "two_scaled+groups": {"recipe": "static", "w_bits": 4, "a_bits": 4,
+                          "mechanisms": [{"two_scaled": {}}, {"groups": {"groups": 2}}]},
+}
+
+
+@pytest.mark.parametrize("name", list(EVERY_RECIPE))
+def test_every_recipe_exports_and_verifies(name, tmp_path):
+    """export-vectors -> verify-vectors round trip for every recipe (and a composed one) on the graph:
+    its quantizer kinds' tensors, group maps and exit decisions included."""
+    from reference import quantize
+    from strategies import build_vit, random_images
+
+    images = random_images(TINY, 20, seed=8)
+    rc = {"weight_calibration": "minmax", "act_calibration": "minmax", "calib_images": 16, **EVERY_RECIPE[name]}
+    q = quantize(build_vit(TINY, seed=8), images[:16], rc, model_name="tiny")
+    m = export_vectors(q, images[16:], tmp_path / "v")
+    assert verify_vectors(tmp_path / "v") == f"all {m['header']['n_tensors']} tensors match"
+    names = {t["name"] for t in m["tensors"]}
+    assert [lay["name"] for lay in m["layers"]] == [op.name for op in q.graph.ops]
+    kinds = {qz.kind for qz in q.quantizers.values()}
+    if "grouped" in kinds:
+        assert any(n.endswith(".groups") for n in names)
+    if name == "apq":
+        assert {"exits.0.logits", "exits.0.confidence"} <= names

@@ -1,4 +1,4 @@
-"""QuantizedViT persistence: lossless round trip, atomic save, clear errors."""
+"""QuantizedGraph persistence: lossless round trip, atomic save, clear errors."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from reference.fakequant import FakeQuantExecutor
+from reference.fakequant_ops import GraphFakeQuantExecutor
 from reference.recipes import quantize
 from reference.recipes.config import RecipeConfig
 from simulator.errors import InputError
-from simulator.qvit import FORMAT_VERSION, QuantizedViT
+from simulator.qgraph import FORMAT_VERSION, QuantizedGraph
 from strategies import build_vit, random_images
 
 CFG = dict(depth=2, num_heads=2, embed_dim=16, mlp_ratio=2, img_size=8, patch_size=4, in_chans=2,
@@ -23,11 +23,11 @@ CFG = dict(depth=2, num_heads=2, embed_dim=16, mlp_ratio=2, img_size=8, patch_si
 
 
 @pytest.fixture(scope="module")
-def qvit() -> QuantizedViT:
+def qvit() -> QuantizedGraph:
     rc = RecipeConfig(w_bits=4, a_bits=8, weight_calibration="minmax", act_calibration="percentile",
                       calib_images=8)
     q = quantize(build_vit(CFG, seed=3), random_images(CFG, 8, seed=3), rc, model_name="tiny")
-    return dataclasses.replace(q, extras={"note": "x", "exit_thr": np.array([3, -7], np.int16)})
+    return dataclasses.replace(q, meta={**q.meta, "note": "x", "list": [1, 2.5, "a"]})
 
 
 def _assert_same(a, b, path="qvit"):
@@ -62,26 +62,35 @@ def _assert_same(a, b, path="qvit"):
 def test_round_trip_preserves_every_array_and_field(qvit, tmp_path):
     path = tmp_path / "model.npz"
     qvit.save(path)
-    loaded = QuantizedViT.load(path)
+    loaded = QuantizedGraph.load(path)
     _assert_same(qvit, loaded)
+
+
+def test_old_format_1_file_names_its_version(tmp_path):
+    """A file of the removed per-model QuantizedViT (format_version 1) is refused naming the version."""
+    msg = _expect_input_error(_npz_with_header(tmp_path / "v1.npz", json.dumps(
+        {"format_version": 1, "tree": {"__class__": "QuantizedViT"}}).encode()))
+    assert "format_version 1 is the old per-model QuantizedViT format" in msg
 
 
 def test_round_trip_arrays_and_scalars(qvit, tmp_path):
     """The arrays (dtype, values) and scalar fields of every layer survive, whatever meta does."""
     qvit.save(tmp_path / "m.npz")
-    loaded = QuantizedViT.load(tmp_path / "m.npz")
-    for name in ("patch_embed", "head", "norm", "blocks", "cls_q", "pos_q", "in_scale", "in_bits",
-                 "x0_scale", "logit_scale", "residual_bits", "extras"):
+    loaded = QuantizedGraph.load(tmp_path / "m.npz")
+    for name in ("quantizers", "params", "meta"):
         _assert_same(getattr(qvit, name), getattr(loaded, name), name)
-    assert loaded.blocks[1].fc2.w_q.dtype == np.int8 and loaded.blocks[0].fc1.bias_q.dtype == np.int64
-    assert loaded.blocks[0].proj.res_mult > 0 and loaded.head.out_bits == qvit.head.out_bits
+    _assert_same(qvit.graph.params, loaded.graph.params, "graph.params")
+    assert loaded.graph.ops == qvit.graph.ops and loaded.graph.outputs == qvit.graph.outputs
+    p = loaded.params
+    assert p["blocks.1.mlp.fc2"].w_q.dtype == np.int8 and p["blocks.0.mlp.fc1"].bias_q.dtype == np.int64
+    assert p["blocks.0.attn.proj"].res_mult > 0 and p["head"].out_bits == qvit.params["head"].out_bits
 
 
 def test_loaded_model_runs_identically(qvit, tmp_path):
     qvit.save(tmp_path / "m.npz")
     x = random_images(CFG, 3, seed=9)
-    a = FakeQuantExecutor(qvit).run(x)
-    b = FakeQuantExecutor(QuantizedViT.load(tmp_path / "m.npz")).run(x)
+    a = GraphFakeQuantExecutor(qvit).run(x)
+    b = GraphFakeQuantExecutor(QuantizedGraph.load(tmp_path / "m.npz")).run(x)
     assert a.codes.keys() == b.codes.keys()
     for k in a.codes:
         assert np.array_equal(a.codes[k], b.codes[k]), k
@@ -111,7 +120,7 @@ def test_failed_save_keeps_old_file_and_no_temp(qvit, tmp_path, monkeypatch):
 # --- bad files --------------------------------------------------------------------------------
 def _expect_input_error(path):
     with pytest.raises(InputError) as ei:
-        QuantizedViT.load(path)
+        QuantizedGraph.load(path)
     msg = str(ei.value)
     assert str(path) in msg and "\n" not in msg, msg
     return msg
@@ -162,7 +171,7 @@ def test_wrong_format_version(qvit, tmp_path):
 
 @pytest.mark.parametrize("header", [b"not json {", b"\xff\xfe", json.dumps({"format_version": FORMAT_VERSION}).encode(),
                                     json.dumps({"format_version": FORMAT_VERSION,
-                                                "tree": {"__class__": "QuantizedViT"}}).encode(),
+                                                "tree": {"__class__": "QuantizedGraph"}}).encode(),
                                     json.dumps({"format_version": FORMAT_VERSION,
                                                 "tree": {"__class__": "Nope"}}).encode()])
 def test_corrupt_header(tmp_path, header):
@@ -171,8 +180,8 @@ def test_corrupt_header(tmp_path, header):
 
 @pytest.mark.parametrize("header", [[1], {"format_version": FORMAT_VERSION, "tree": 5}],
                          ids=["json-list", "tree-not-a-model"])
-def test_header_that_is_not_a_quantized_vit(tmp_path, header):
-    """Valid JSON that does not describe a QuantizedViT is a bad file, not a traceback or a wrong object."""
+def test_header_that_is_not_a_quantized_graph(tmp_path, header):
+    """Valid JSON that does not describe a QuantizedGraph is a bad file, not a traceback or a wrong object."""
     _expect_input_error(_npz_with_header(tmp_path / "h.npz", json.dumps(header).encode()))
 
 
@@ -182,14 +191,14 @@ def test_missing_array_in_archive(qvit, tmp_path):
     bad = tmp_path / "missing.npz"
     with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
         for item in zin.infolist():
-            if item.filename != "head.w_q.npy":
+            if item.filename != "params.head.w_q.npy":
                 zout.writestr(item, zin.read(item.filename))
-    assert "head.w_q.npy" in zipfile.ZipFile(good).namelist()
+    assert "params.head.w_q.npy" in zipfile.ZipFile(good).namelist()
     _expect_input_error(bad)
 
 
 def test_str_and_pathlike_paths(qvit, tmp_path):
     """`save`/`load` take str and os.PathLike alike."""
     qvit.save(str(tmp_path / "s.npz"))
-    _assert_same(qvit.head, QuantizedViT.load(tmp_path / "s.npz").head)
-    _assert_same(qvit.norm, QuantizedViT.load(str(tmp_path / "s.npz")).norm)
+    _assert_same(qvit.params["head"], QuantizedGraph.load(tmp_path / "s.npz").params["head"])
+    _assert_same(qvit.params["norm"], QuantizedGraph.load(str(tmp_path / "s.npz")).params["norm"])
