@@ -29,6 +29,7 @@ from dataclasses import replace
 import numpy as np
 import timm
 import torch
+from throughput import best_rate   # benchmarks/ is sys.path[0] when run as a script
 
 NAME = "swin_tiny_patch4_window7_224"
 
@@ -96,16 +97,6 @@ def cost(hw: str = "configs/npu_int8.yaml") -> None:
               f"{c['cycles']:,.0f} | {c['latency_ms']:.2f} | {c.get('bound', '?')} |", flush=True)
 
 
-def _best_rate(fn, batch: int, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return batch / best
-
-
 def throughput(batch: int, repeats: int) -> None:
     from simulator.int_ops import GraphIntegerExecutor
     model = _model(NAME)
@@ -114,8 +105,8 @@ def throughput(batch: int, repeats: int) -> None:
     x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
     ex = GraphIntegerExecutor(qg)
     with torch.no_grad():
-        fp32 = _best_rate(lambda: model(torch.from_numpy(x)), batch, repeats)
-    sim = _best_rate(lambda: ex.run(x, batch_size=batch, keep_codes=False), batch, repeats)
+        fp32 = best_rate(lambda: model(torch.from_numpy(x)), batch, repeats)
+    sim = best_rate(lambda: ex.run(x, batch_size=batch, keep_codes=False), batch, repeats)
     print(f"| `{NAME}` batch {batch} | fp32 eager {fp32:.2f} img/s | integer simulator (numba, W8A8) {sim:.2f} img/s "
           f"| ratio {sim / fp32:.3f} | torch threads {torch.get_num_threads()} |", flush=True)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 
-def _best_rate(fn, batch: int, repeats: int) -> float:
+def best_rate(fn, batch: int, repeats: int) -> float:
     """images/s of the fastest of ``repeats`` timed calls (after one warm-up)."""
     fn()
     best = float("inf")
@@ -74,13 +74,13 @@ def main(argv=None) -> int:
         with torch.no_grad():
             model(xt)
 
-    rates = {"fp32": _best_rate(fp32, args.batch, args.repeats),
-             "simulator": _best_rate(lambda: sim.run(x, batch_size=args.batch, keep_codes=False),
+    rates = {"fp32": best_rate(fp32, args.batch, args.repeats),
+             "simulator": best_rate(lambda: sim.run(x, batch_size=args.batch, keep_codes=False),
                                      args.batch, args.repeats)}
     if args.fakequant:
         fq = FakeQuantExecutor(qvit, compile=args.compile)
         key = "fakequant_compiled" if args.compile else "fakequant"
-        rates[key] = _best_rate(lambda: fq.run(x, batch_size=args.batch, keep_codes=False),
+        rates[key] = best_rate(lambda: fq.run(x, batch_size=args.batch, keep_codes=False),
                                 args.batch, args.repeats)
     print(f"{args.model}  batch {args.batch}  W{args.wbits}A{args.abits}  backend {args.backend}  "
           f"threads {torch.get_num_threads()}")
