@@ -240,3 +240,25 @@ def test_walk_cuts_the_batch_and_merges_outputs():
     assert out["out"].tolist() == (x + 11).tolist()
 
 
+
+
+def test_hardware_cost_per_image_follows_its_exit_depth(small):
+    """hwmodels charges each image the layers it ran: images leaving at the first exit cost
+    less than those running every block, and the mean equals ``layer_ran @ per-layer BOPs``."""
+    import hwmodels
+
+    images = small[1][16:]
+    never = GraphIntegerExecutor(_small_qg(small, [1.0, 1.0])).run(images)
+    conf = never.codes["exits.0.confidence"][:, 0]
+    some = GraphIntegerExecutor(_small_qg(small, [float(np.median(conf)) / 4096 + 1e-9, 1.0])).run(images)
+    depth = some.trace.extras["exit_depth"]
+    assert 0 < (depth == 1).sum() < len(depth)
+    rep = hwmodels.estimate(some.trace, hwmodels.load("configs/npu_int8.yaml"))
+    bops = np.array([r.bops for r in some.trace.layers], dtype=np.int64)
+    per_image = some.trace.layer_ran.astype(np.int64) @ bops
+    assert rep.distribution("bops").mean == pytest.approx(float(per_image.mean()), rel=1e-12)
+    cycles = np.asarray(rep.per_image("cycles"))
+    assert cycles[depth == 1].max() < cycles[depth == 3].min()
+    assert per_image[depth == 1].max() < per_image[depth == 3].min()
+    full = hwmodels.estimate(never.trace, hwmodels.load("configs/npu_int8.yaml"))
+    assert np.allclose(np.asarray(full.per_image("cycles"))[depth == 3], cycles[depth == 3], rtol=1e-12)
