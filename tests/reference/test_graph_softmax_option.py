@@ -120,15 +120,21 @@ def test_bad_softmax_params_are_one_line_errors(params, message):
 
 
 def test_fixed_scale_collapses_with_257_tokens_and_the_options_do_not():
-    """vit_tiny-like at 64 px / patch 4 (257 tokens), depth 2, W4A4: agreement with fp32 top-1."""
+    """vit_tiny-like at 64 px / patch 4 (257 tokens), depth 2, W4A4: at 2**-4 almost every
+    probability is code 0 (attn @ V ~ 0); calibrated and log2 codes keep most of the mass and
+    bring the integer logits closer to the float ones."""
     cfg = dict(img_size=64, patch_size=4, in_chans=3, embed_dim=96, depth=2, num_heads=3, num_classes=10,
                mlp_ratio=4, init_values=None)
     model = build_vit(cfg, seed=11)
-    images = random_images(cfg, 48, seed=11)
+    images = random_images(cfg, 24, seed=11)
     with torch.no_grad():
-        ref = model(torch.from_numpy(images[16:])).argmax(-1).numpy()
-    agree = {}
+        ref = model(torch.from_numpy(images[16:])).numpy()
+    err, zeros = {}, {}
     for name, opt in (("fixed", None), ("calibrated", {"scale": "calibrated"}), ("log2", {"quantizer": "log2"})):
         qg = quantize_graph(model, images[:16], _cfg((4, 4), opt, 16))
-        agree[name] = float((GraphIntegerExecutor(qg).run(images[16:]).predictions == ref).mean())
-    assert agree["calibrated"] > agree["fixed"] and agree["log2"] > agree["fixed"], agree
+        res = GraphIntegerExecutor(qg).run(images[16:])
+        err[name] = float(np.linalg.norm(res.logits - ref) / np.linalg.norm(ref))
+        a = res.codes["blocks.0.attn"]
+        zeros[name] = float((a == (qg.quantizers["blocks.0.attn"].hi if name == "log2" else 0)).mean())
+    assert zeros["fixed"] > 0.9 and zeros["calibrated"] < zeros["fixed"] and zeros["log2"] < zeros["fixed"], zeros
+    assert err["calibrated"] < err["fixed"] and err["log2"] < err["fixed"], err
