@@ -21,6 +21,7 @@ from reference.calibration import BoundaryStats, collect_boundaries
 from reference.quantizers import QParams, calibrate, code_range, dyadic, quantize, weight_scales
 from reference.recipes.config import RecipeConfig
 from reference.vit_float import check_supported, vit_arch
+from simulator.errors import InputError
 from simulator.int_nonlinear import GELU_FRAC_BITS, LN_FRAC_BITS, EXP_FRAC_BITS
 from simulator.qvit import Block, GeluQ, LayerNormQ, Linear, QuantizedViT, Requant, SoftmaxQ
 
@@ -102,6 +103,10 @@ class Scales:
 def build(model: torch.nn.Module, calib_images: np.ndarray, cfg: RecipeConfig,
           model_name: str = "model") -> QuantizedViT:
     """Calibrate on ``calib_images`` and freeze the static recipe."""
+    from reference.recipes.params import SoftmaxOption, parse_static
+    if parse_static(cfg.params, f"recipe {cfg.label}").softmax != SoftmaxOption():
+        raise InputError(f"recipe {cfg.label}: params.softmax: the post-softmax options run on the integer "
+                         "graph only; use --engine graph")
     check_supported(model)
     arch = vit_arch(model)
     calib = calib_images[: cfg.calib_images]
