@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout, 
 OPTIONS = (("fixed", None), ("calibrated", {"scale": "calibrated"}), ("log2", {"quantizer": "log2"}))
 
 
-def _row(model, calib, test, ref, w, a, opt, npu, name):
+def _row(model, calib, test, ref, w, a, opt, npu, name, ref_logits=None):
     import reference
     from hwmodels.cost import estimate
     from reference.fakequant_ops import GraphFakeQuantExecutor
@@ -40,8 +40,12 @@ def _row(model, calib, test, ref, w, a, opt, npu, name):
     rep = estimate(ri.trace, npu)
     sm = qg.quantizers[next(t for t in qg.quantizers if t.endswith("attn") and t.startswith("blocks.0"))]
     fmt = f"log2 {sm.bits}b" if sm.kind == "log2" else f"2^-{round(-__import__('math').log2(float(sm.scale)))}"
-    return (100 * float((ri.predictions == ref).mean()), exact, len(test), rep.per_image("bops").mean() / 1e6,
-            rep.per_image("cycles").mean() / 1e6, fmt)
+    out = (100 * float((ri.predictions == ref).mean()), exact, len(test), rep.per_image("bops").mean() / 1e6,
+           rep.per_image("cycles").mean() / 1e6, fmt)
+    if ref_logits is None:
+        return out
+    import numpy as np
+    return out + (float(np.linalg.norm(ri.logits - ref_logits) / np.linalg.norm(ref_logits)),)
 
 
 def digits():
@@ -74,14 +78,19 @@ def timm_random():
     calib = rng.standard_normal((64, 3, 224, 224)).astype(np.float32)
     test = rng.standard_normal((64, 3, 224, 224)).astype(np.float32)
     with torch.no_grad():
-        ref = model(torch.as_tensor(test)).argmax(1).numpy()
+        ref_logits = model(torch.as_tensor(test)).double().numpy()
+    ref = ref_logits.argmax(1)
+    print(f"fp32 top-1 classes on the 64 images: {len(np.unique(ref))} distinct")
     npu = load(str(Path(__file__).resolve().parents[1] / "configs" / "npu_int8.yaml"))
-    print("| W/A | softmax | block-0 softmax format | agreement with fp32 top-1 | bit-exact | GBOPs | npu_int8 Mcycles |")
-    print("|---|---|---|---|---|---|---|")
+    print("| W/A | softmax | block-0 softmax format | agreement with fp32 top-1 | logits: relative L2 error | "
+          "bit-exact | GBOPs | npu_int8 Mcycles |")
+    print("|---|---|---|---|---|---|---|---|")
     for w, a in ((4, 4),):
         for label, opt in OPTIONS:
-            acc, ex, n, bops, cyc, fmt = _row(model, calib, test, ref, w, a, opt, npu, "deit_tiny_random")
-            print(f"| W{w}A{a} | {label} | {fmt} | {acc:.1f}% | {ex}/{n} | {bops / 1e3:.3f} | {cyc:.3f} |", flush=True)
+            acc, ex, n, bops, cyc, fmt, err = _row(model, calib, test, ref, w, a, opt, npu, "deit_tiny_random",
+                                                   ref_logits)
+            print(f"| W{w}A{a} | {label} | {fmt} | {acc:.1f}% | {err:.3f} | {ex}/{n} | {bops / 1e3:.3f} | {cyc:.3f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
