@@ -56,6 +56,9 @@ def test_bundled_recipe_loads(path):
     if cfg.mechanisms:                                            # composed: static + mechanisms
         assert cfg.recipe == "static" and cfg.label == "+".join(n for n, _ in cfg.mechanisms) + f"_w{w}a{a}"
         return
+    if cfg.params.get("softmax"):                                 # static + a post-softmax option
+        assert cfg.recipe == "static" and cfg.label == f"{recipe}_w{w}a{a}"
+        return
     assert isinstance(cfg, RecipeConfig) and cfg.recipe == recipe
     assert cfg.label == f"{recipe}_w{w}a{a}"
 
