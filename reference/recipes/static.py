@@ -104,7 +104,8 @@ def build(model: torch.nn.Module, calib_images: np.ndarray, cfg: RecipeConfig,
           model_name: str = "model") -> QuantizedViT:
     """Calibrate on ``calib_images`` and freeze the static recipe."""
     from reference.recipes.params import SoftmaxOption, parse_static
-    if parse_static(cfg.params, f"recipe {cfg.label}").softmax != SoftmaxOption():
+    sm = {"softmax": cfg.params["softmax"]} if "softmax" in cfg.params else {}
+    if parse_static(sm, f"recipe {cfg.label}").softmax != SoftmaxOption():
         raise InputError(f"recipe {cfg.label}: params.softmax: the post-softmax options run on the integer "
                          "graph only; use --engine graph")
     check_supported(model)

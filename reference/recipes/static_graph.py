@@ -134,7 +134,9 @@ def collect_graph_stats(graph: ir.Graph, images: np.ndarray, names, batch_size: 
 
 def softmax_option(cfg: RecipeConfig) -> SoftmaxOption:
     """The static recipe's ``params.softmax`` (defaults for every other recipe: their params are theirs)."""
-    return parse_static(cfg.params, f"recipe {cfg.label}").softmax if cfg.recipe == "static" else SoftmaxOption()
+    if cfg.recipe != "static" or "softmax" not in cfg.params:     # (recipes reuse static with their params)
+        return SoftmaxOption()
+    return parse_static({"softmax": cfg.params["softmax"]}, f"recipe {cfg.label}").softmax
 
 
 def pow2_exponent(values: np.ndarray, bits: int, method: str, percentile: float) -> int:
