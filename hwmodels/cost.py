@@ -7,6 +7,14 @@ the layers it ran. Formulas (sources in brackets):
 * MACs = ``batch*m*k*n``; BOPs = MACs * a_bits * b_bits with the trace's
   widths [IGQ-ViT, APQ; activation x activation matmuls use both activation
   widths]. Nonlinear work is reported as elements per SFU unit, not BOPs.
+* ``shift_matmul`` (``attn @ V`` on log2 softmax codes): BOPs as above with
+  ``a_bits`` = the code width (the barrel shifter's mux bits, `simulator.trace`).
+  Assumption: the NPU YAMLs describe no separate shift-add datapath, so the
+  array executes the shift-accumulate in the precision mode covering
+  ``(b_bits, a_bits)`` at that mode's MACs/PE/cycle and energy per MAC --
+  the same cycles and energy as a multiply of those widths (an upper bound
+  for a dedicated shifter array). The log2 encoding itself is a
+  ``requantize`` record on the requant unit.
 * Precision mode: the smallest supported ``(w_bits, a_bits)`` mode covering
   the layer's ``(b_bits, a_bits)`` (fewest w*a bits); none -> `InputError`.
 * Array cycles: SCALE-Sim fold timing, `hwmodels.dataflows`.

@@ -10,6 +10,10 @@ Every code equals the numba op set's (tested). ``two_scaled`` quantizers
 (TSPTQ V-2SF): `reference.two_scaled_fq` writes the words and decodes them
 in front of the reading GEMM, as `simulator.int_ops` does.
 
+Post-softmax encodings of the static recipe's ``softmax:`` option
+(`simulator.softmax_codes`, vectorised): codes at a calibrated ``2**-f``, or
+``log2`` codes decoded to ``2**(S - c)`` in front of ``attn @ V``.
+
 ``nonlinear="float"`` replaces the integer LayerNorm, softmax and
 activations by their float64 functions between the same quantizers (the
 "fake-quant, float nonlinear" mode the papers report, the same formulas as
@@ -28,7 +32,9 @@ from reference.fakequant import (ACC_HI, ACC_LO, exact_int_matmul, gelu_stage, l
                                  linear_output_stage, softmax_stage)
 from reference import two_scaled_fq as v2sf
 from reference import igq_graph_ops
-from reference.tensor_primitives import quick_gelu_q12, requantize, round_half_up, rounding_mean, saturate
+from reference.tensor_primitives import quick_gelu_q12, requantize, round_half_up, rounding_mean, saturate, vectorised
+from reference.tensor_primitives import SOFTMAX_RECIP_BITS, exp2_neg
+from simulator import softmax_codes
 from simulator import ir
 from simulator.int_nonlinear import GELU_FRAC_BITS
 from simulator.graph_exits import ExitRecorder
@@ -75,6 +81,8 @@ class FakeQuantOps:
 
     def _operand(self, t: str, x):
         qz = self.q[t]
+        if qz.kind == "log2":
+            return vectorised(softmax_codes.log2_operand)(x.long(), qz.bits)
         return v2sf.decode_operand(qz, x) if qz.kind == "two_scaled" else x
 
     def _gemm(self, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -191,9 +199,25 @@ class FakeQuantOps:
             return v2sf.softmax_words(sm, acc, "float" if self.float else "integer")
         if self.q[op.outputs[0]].kind == "grouped":
             return self._grouped(op, acc)
+        if self.q[op.outputs[0]].kind == "log2" or sm.fine_exp:
+            return self._softmax_codes(sm, acc, self.q[op.outputs[0]])
         if self.float:
             return _codes(torch.softmax(acc.double() * sm.in_scale, dim=-1) * (1 << sm.out_bits), self.q[op.outputs[0]])
         return softmax_stage(acc, sm.in_mult, sm.in_shift, sm.out_bits)
+
+    def _softmax_codes(self, sm, acc, qz):
+        """Calibrated power-of-two codes or log2 codes (`simulator.softmax_codes`)."""
+        if self.float:
+            p = torch.softmax(acc.double() * sm.in_scale, dim=-1)
+            if qz.kind == "log2":       # clip(round(-log2 p), 0, top); p = 0 -> top
+                c = round_half_up(-torch.log2(p.clamp_min(2.0 ** -1000))).long()
+                return saturate(c, 0, qz.hi)
+            return _codes(p * 2.0 ** sm.fine_exp, qz)
+        e = exp2_neg(-requantize(acc - acc.amax(-1, keepdim=True), sm.in_mult, sm.in_shift))
+        recip = (1 << SOFTMAX_RECIP_BITS) // e.sum(-1, keepdim=True)
+        if qz.kind == "log2":
+            return vectorised(softmax_codes.log2_code)(e, recip, sm.out_bits)
+        return vectorised(softmax_codes.softmax_pow2_codes)(e, recip, sm.fine_exp, sm.out_bits)
 
     def activation(self, op: ir.Activation, h):
         g, qz = self.p[op.name], self.q[op.outputs[0]]

@@ -23,7 +23,7 @@ from simulator.fixedpoint import round_half_up, saturate
 
 __all__ = [
     "QParams", "code_range", "quantize", "dequantize", "fake_quantize",
-    "calibrate", "weight_scales", "dyadic", "CALIBRATIONS",
+    "calibrate", "mse_search", "weight_scales", "dyadic", "CALIBRATIONS",
 ]
 
 CALIBRATIONS = ("minmax", "percentile", "mse")
@@ -95,14 +95,14 @@ def calibrate(x: np.ndarray, bits: int, method: str = "minmax", *, signed: bool 
             amax = min(amax, float(np.percentile(np.abs(x), percentile)))
         qp = QParams(_symmetric_scale(amax, bits, signed), bits, signed)
         if method == "mse":
-            qp = _mse_search(x, [QParams(_symmetric_scale(amax * r, bits, signed), bits, signed)
+            qp = mse_search(x, [QParams(_symmetric_scale(amax * r, bits, signed), bits, signed)
                                  for r in np.linspace(1.0, 0.2, grid)])
         return qp
     lo_v, hi_v = float(x.min(initial=0.0)), float(x.max(initial=0.0))
     if method == "percentile":
         lo_v, hi_v = (float(np.percentile(x, 100 - percentile)), float(np.percentile(x, percentile)))
     cands = [_asym(lo_v * r, hi_v * r, bits) for r in (np.linspace(1.0, 0.2, grid) if method == "mse" else [1.0])]
-    return _mse_search(x, cands) if len(cands) > 1 else cands[0]
+    return mse_search(x, cands) if len(cands) > 1 else cands[0]
 
 
 def _asym(lo_v: float, hi_v: float, bits: int) -> QParams:
@@ -113,7 +113,7 @@ def _asym(lo_v: float, hi_v: float, bits: int) -> QParams:
     return QParams(scale, bits, signed=False, zero_point=int(saturate(zp, 0, levels)))
 
 
-def _mse_search(x: np.ndarray, candidates: list[QParams]) -> QParams:
+def mse_search(x: np.ndarray, candidates: list[QParams]) -> QParams:
     """The candidate with the least mean squared error (ranked in float32 with
     np.clip, the same clamp as `saturate`, for speed; the scale stays float64)."""
     x32 = x.astype(np.float32)

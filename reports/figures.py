@@ -229,7 +229,7 @@ def layer_group(name: str, kind: str) -> str:
     if kind == "linear":
         return {"qkv": "QKV / proj", "proj": "QKV / proj", "fc1": "fc1 / fc2", "fc2": "fc1 / fc2"}.get(
             leaf, "embed / head GEMM")
-    if kind == "matmul":
+    if kind in ("matmul", "shift_matmul"):
         return "QKᵀ / AV"
     return {"softmax": "softmax", "gelu": "GELU", "layernorm": "LayerNorm", "requantize": "requant / add",
             "quantize_input": "requant / add", "add": "requant / add"}.get(kind, "other")

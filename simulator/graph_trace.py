@@ -14,6 +14,12 @@ Activation functions (erf / tanh GELU, quick-GELU) are all ``gelu`` records:
 the hardware models have one activation unit. A ``two_scaled`` output
 (TSPTQ V-2SF) adds a ``requantize`` record ``<op prefix>.decode``: the
 flag -> shift decode of each word in front of the reading GEMM.
+
+The static recipe's log2 softmax (`simulator.softmax_codes`): the softmax
+adds a ``requantize`` record ``<prefix>.log2`` (leading-one position and one
+``P*P`` compare per element, on the requant unit), and ``attn @ V`` is a
+``shift_matmul`` record with ``a_bits`` = the code width: a shift-accumulate,
+not a multiply (`simulator.trace`; costed by hwmodels on the PE array).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ def _rename(name: str) -> str:
 
 
 def _bits(qz) -> int:
-    return qz.bits if qz.kind in ("static", "two_scaled", "grouped", "predicted") else 32
+    return qz.bits if qz.kind in ("static", "two_scaled", "grouped", "predicted", "log2") else 32
 
 
 def _decode(op, elements, rows, qz) -> list[LayerRecord]:
@@ -44,6 +50,14 @@ def _decode(op, elements, rows, qz) -> list[LayerRecord]:
         return []
     return [LayerRecord(name=op.name.rsplit(".", 1)[0] + ".decode", kind="requantize", elements=elements,
                         rows=rows, in_bits=qz.bits, out_bits=qz.bits)]
+
+
+def _log2(op, elements, rows, qz) -> list[LayerRecord]:
+    """log2 codes of a softmax (`simulator.softmax_codes.log2_code`): one element per code."""
+    if qz.kind != "log2":
+        return []
+    return [LayerRecord(name=op.name.rsplit(".", 1)[0] + ".log2", kind="requantize", elements=elements,
+                        rows=rows, in_bits=32, out_bits=qz.bits)]
 
 
 def _linear(op, lin, x_shape, qg) -> list[LayerRecord]:
@@ -83,12 +97,13 @@ def _record(op, ins, outs, qg, producers) -> list[LayerRecord]:
         a, b = ins
         kk, n = (b[-1], b[-2]) if op.transpose_b else (b[-2], b[-1])
         qa, qb = q[op.inputs[0]], q[op.inputs[1]]
-        return [LayerRecord(name=_rename(op.name), kind="matmul", m=a[-2], k=kk, n=n, batch=prod(a[1:-2]),
+        kind = "shift_matmul" if qa.kind == "log2" else "matmul"
+        return [LayerRecord(name=_rename(op.name), kind=kind, m=a[-2], k=kk, n=n, batch=prod(a[1:-2]),
                             a_bits=qa.bits, b_bits=qb.bits, in_bits=qb.bits, out_bits=_bits(q[op.outputs[0]]))]
     if k in ("softmax", "activation"):
         return [LayerRecord(name=_rename(op.name), kind="softmax" if k == "softmax" else "gelu", elements=elements,
                             rows=rows, in_bits=32, out_bits=q[op.outputs[0]].bits)] + \
-            _decode(op, elements, rows, q[op.outputs[0]])
+            _decode(op, elements, rows, q[op.outputs[0]]) + _log2(op, elements, rows, q[op.outputs[0]])
     if k in ("add", "mean"):
         return [LayerRecord(name=op.name, kind="add", elements=elements * len(op.inputs), rows=rows,
                             in_bits=max(_bits(q[t]) for t in op.inputs), out_bits=_bits(q[op.outputs[0]]))]

@@ -22,6 +22,9 @@ half up; one saturation rule) per op kind:
 * ``matmul``: exact ``a @ b(^T)`` saturated to int32 (counted); kept as an
   accumulator when the softmax reads it, else ``saturate(requantize(acc, M, k))``.
 * ``softmax``: integer base-2 softmax, unsigned codes at ``2**-b``.
+* ``softmax`` with the static recipe's ``softmax:`` option (`simulator.softmax_codes`):
+  codes at a calibrated ``2**-f`` (``SoftmaxQ.fine_exp``), or ``log2`` codes that the
+  reading ``attn @ V`` decodes to ``2**(S - c)`` (a shift-accumulate, exact GEMM).
 * ``activation``: ``gelu_erf`` and ``gelu_tanh`` by the integer erf-GELU,
   ``quick_gelu`` by `simulator.int_activations.quick_gelu_q12`, on the Q12
   output of the preceding linear, then ``saturate(requantize(y, M, k))``.
@@ -59,6 +62,7 @@ from simulator.jit import saturate as jsaturate
 from simulator.kernels.gemm import int_matmul, saturate_acc
 from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
 from simulator.kernels.output_stage import code_dtype, linear_output, quantize_patches, requant_output
+from simulator.kernels.softmax_codes import int_softmax_log2, int_softmax_pow2, log2_decode
 from simulator.kernels.two_scaled import activation_words, decode_operand, softmax_stage
 from simulator.predicted_graph import leaving, observing, with_predicted_scales
 from simulator.predicted_scales import predict_log2
@@ -105,7 +109,7 @@ def biased_window_scores(op: ir.WindowBias, wb, acc: np.ndarray) -> tuple[np.nda
 
 
 def _dtype(qz) -> type:
-    if qz.kind == "two_scaled":
+    if qz.kind in ("two_scaled", "log2"):
         return np.uint8 if qz.bits <= 8 else np.uint16
     if qz.kind not in ("static", "grouped", "predicted"):
         return np.int32 if qz.kind == "fixed_point" else np.int64
@@ -130,6 +134,8 @@ class IntOps:
 
     def _operand(self, t: str, x):
         qz = self.q[t]
+        if qz.kind == "log2":
+            return log2_decode(x, qz.bits)
         return decode_operand(qz, x) if qz.kind == "two_scaled" else x
 
     def _gemm(self, name, a, b, a_max, b_max):
@@ -240,6 +246,10 @@ class IntOps:
             return softmax_stage(sm, np.ascontiguousarray(acc))
         if self.q[op.outputs[0]].kind == "grouped":
             return self._grouped(op, igq_graph.wide_value(op, sm, acc))
+        if self.q[op.outputs[0]].kind == "log2":
+            return int_softmax_log2(acc, sm.in_mult, sm.in_shift, sm.out_bits)
+        if sm.fine_exp:                             # calibrated power-of-two scale 2**-fine_exp
+            return int_softmax_pow2(acc, sm.in_mult, sm.in_shift, sm.fine_exp, sm.out_bits)
         return int_softmax(np.ascontiguousarray(acc), sm.in_mult, sm.in_shift, sm.out_bits)
 
     def activation(self, op: ir.Activation, h):

@@ -12,11 +12,12 @@ import types
 
 import numba
 
-from simulator import fixedpoint, int_activations, int_nonlinear, scale_predictor, two_scaled
+from simulator import fixedpoint, int_activations, int_nonlinear, scale_predictor, softmax_codes, two_scaled
 
 __all__ = ["kernel", "parallel_kernel", "rounding_rshift", "saturate", "requantize", "isqrt",
            "round_half_up", "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine",
-           "v2sf_encode", "v2sf_decode", "softmax_v2sf_code", "gelu_v2sf_code", "quick_gelu_q12", "rounding_mean"]
+           "v2sf_encode", "v2sf_decode", "softmax_v2sf_code", "gelu_v2sf_code", "quick_gelu_q12", "rounding_mean",
+           "softmax_pow2_codes", "log2_code", "log2_operand"]
 
 kernel = numba.njit(cache=True, nogil=True)
 parallel_kernel = numba.njit(cache=True, nogil=True, parallel=True)
@@ -59,3 +60,7 @@ normalise_statistic = _compile(scale_predictor.normalise_statistic)
 horner_log2 = _compile(scale_predictor.horner_log2)
 quick_gelu_q12 = _compile(int_activations.quick_gelu_q12)
 rounding_mean = _compile(int_activations.rounding_mean)
+softmax_pow2_codes = _compile(softmax_codes.softmax_pow2_codes)
+floor_log2 = _compile(softmax_codes.floor_log2)
+log2_code = _compile(softmax_codes.log2_code)
+log2_operand = _compile(softmax_codes.log2_operand)

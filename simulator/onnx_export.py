@@ -45,7 +45,8 @@ OPSET = 21
 EXPORTABLE_KINDS = ("static", "accumulator", "fixed_point")
 _WHY = {"two_scaled": "TSPTQ two-scaled codes choose one of two scales per value",
         "grouped": "IGQ groups choose a scale per channel and image",
-        "predicted": "ScalePredictor scales change per image"}
+        "predicted": "ScalePredictor scales change per image",
+        "log2": "log2 softmax codes 2**-c are not a linear QuantizeLinear"}
 
 
 def _onnx():

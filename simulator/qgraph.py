@@ -31,6 +31,10 @@ Quantizer slot (`Quantizer.kind`), one per tensor that holds integers:
   ``scale * 2**(d / 2**15)``, ``d`` predicted from a statistic of ``predictor.source``
   (`PredictedScale`; executed by `simulator.predicted_graph`).
 
+* ``log2`` (static recipe, ``softmax: {quantizer: log2}``): FQ-ViT log2 codes ``c`` of
+  ``bits`` (top code = zero) written by a softmax; the reading ``attn @ V`` decodes them to
+  ``2**(S - c)`` at ``scale = 2**-S``, ``S = 2**bits - 2`` (`simulator.softmax_codes`).
+
 Exits (APQ) are the next mechanism to port; a new kind is a new value of this
 field with its own fields and kernels (docs/graph.md, "Adding a mechanism").
 
@@ -60,7 +64,7 @@ from simulator.windows import WindowBiasQ
 __all__ = ["LegacyFormatError", "Quantizer", "PredictedScale", "ConstCodes", "ChannelRequant", "RescaleSum", "QuantizedGraph", "FORMAT_VERSION", "QUANTIZER_KINDS"]
 
 FORMAT_VERSION = 2
-QUANTIZER_KINDS = ("static", "fixed_point", "accumulator", "two_scaled", "grouped", "predicted")
+QUANTIZER_KINDS = ("static", "fixed_point", "accumulator", "two_scaled", "grouped", "predicted", "log2")
 
 
 @dataclass(frozen=True)
@@ -85,13 +89,13 @@ class Quantizer:
     def lo(self) -> int:
         if self.kind == "fixed_point":
             return -self.hi                   # symmetric: +-(2**(bits-1) - 1)
-        if self.kind == "two_scaled":
-            return 0                          # words: flag bit + field
+        if self.kind in ("two_scaled", "log2"):
+            return 0                          # words: flag bit + field; log2 codes
         return -(1 << (self.bits - 1)) if self.signed else 0
 
     @property
     def hi(self) -> int:
-        if self.kind == "two_scaled":
+        if self.kind in ("two_scaled", "log2"):
             return (1 << self.bits) - 1
         return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
 
@@ -100,6 +104,8 @@ class Quantizer:
         """Largest magnitude a value can have (the GEMM backends' exactness bound)."""
         if self.kind == "two_scaled":         # of the decoded operand, not of the word
             return operand_max(self.bits, self.ratio_shift, int(self.signed))
+        if self.kind == "log2":               # of the decoded operand 2**(S - c), S = 2**bits - 2
+            return 1 << ((1 << self.bits) - 2)
         return max(-self.lo, self.hi)
 
 

@@ -13,6 +13,12 @@ Conventions (hwmodels relies on them):
   second's; ``b_is_weight`` says whether the second operand is a stored weight
   (read from memory once per image batch) or an activation.
   MACs per image = ``batch * m * k * n``; BOPs = MACs * a_bits * b_bits.
+  ``shift_matmul`` is a GEMM whose first operand is a power-of-two code
+  (``attn @ V`` with the static recipe's log2 softmax, `simulator.softmax_codes`):
+  each "MAC" is a shift of the b_bits-wide operand by a value of ``a_bits`` bits
+  (an ``a_bits``-stage barrel shifter, ``a_bits * b_bits`` mux bits) and an add;
+  the same BOP formula counts those mux bits in place of a multiplier's
+  ``a_bits * b_bits`` partial-product bits.
 * Element-wise / row-wise special-function kinds (``softmax``, ``gelu``,
   ``layernorm``, ``requantize``, ``quantize_input``, ``add``) process
   ``elements`` values per image; ``rows`` is the number of independent
@@ -31,7 +37,7 @@ import numpy as np
 
 __all__ = ["LayerRecord", "Trace", "GEMM_KINDS", "SFU_KINDS"]
 
-GEMM_KINDS = ("linear", "matmul")
+GEMM_KINDS = ("linear", "matmul", "shift_matmul")
 SFU_KINDS = ("softmax", "gelu", "layernorm", "requantize", "quantize_input", "add")
 
 

@@ -62,6 +62,10 @@ class RecipeConfig:
             return f"apq_exits_w{self.w_bits}a{self.a_bits}"
         if self.mechanisms:
             return "+".join(n for n, _ in self.mechanisms) + f"_w{self.w_bits}a{self.a_bits}"
+        sm = self.params.get("softmax") if self.recipe == "static" and isinstance(self.params, dict) else None
+        if isinstance(sm, dict) and (sm.get("quantizer", "uniform"), sm.get("scale", "fixed")) != ("uniform", "fixed"):
+            kind = "log2" if sm.get("quantizer") == "log2" else "calibrated"     # the post-softmax option
+            return f"static_softmax_{kind}_w{self.w_bits}a{self.a_bits}"
         return f"{self.recipe}_w{self.w_bits}a{self.a_bits}"
 
     def with_bits(self, w_bits: int | None = None, a_bits: int | None = None) -> "RecipeConfig":

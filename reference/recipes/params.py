@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from simulator.errors import InputError
 from simulator.scale_predictor import MAX_DEGREE
 
-__all__ = ["GROUP_CHOICES", "IgqParams", "APQParams", "ScalePredictorParams", "TsptqParams", "ExitsParams",
+__all__ = ["StaticParams", "SoftmaxOption", "parse_static", "GROUP_CHOICES", "IgqParams", "APQParams", "ScalePredictorParams", "TsptqParams", "ExitsParams",
            "parse_igq", "parse_apq", "parse_scalepredictor", "parse_tsptq", "parse_exits", "CHECKS",
            "SWEEP_DEFAULT_PARAMS", "MECHANISM_PARSERS", "parse_mechanisms"]
 
@@ -239,8 +239,73 @@ def parse_exits(d: dict, where: str = "recipe") -> ExitsParams:
     return ExitsParams(**v)
 
 
+@dataclass(frozen=True)
+class SoftmaxOption:
+    """The static recipe's post-softmax quantizer (``params: {softmax: {...}}``).
+
+    ``quantizer: uniform`` (default): unsigned a_bits codes, ``scale: fixed`` (default, ``2**-a_bits``,
+    today's behaviour) or ``scale: calibrated`` (a power of two ``2**-f`` chosen on the calibration
+    images by the recipe's ``act_calibration``). ``quantizer: log2``: FQ-ViT log2 codes of ``bits``
+    (default ``min(a_bits, 4)``, at most 4; top code = zero), ``attn @ V`` as a shift-accumulate
+    (`simulator.softmax_codes`); ``scale`` does not apply."""
+
+    quantizer: str = "uniform"
+    scale: str = "fixed"
+    bits: int | None = None
+
+    def log2_bits(self, a_bits: int) -> int:
+        return self.bits if self.bits is not None else min(a_bits, 4)
+
+
+@dataclass(frozen=True)
+class StaticParams:
+    """``params:`` of a static recipe YAML (all optional)."""
+
+    softmax: SoftmaxOption = SoftmaxOption()
+
+
+def _unknown(where, key, known, what):
+    hint = difflib.get_close_matches(str(key), known, n=1)
+    return InputError(f"{where}.{key}: unknown {what} (expected one of {', '.join(known)})"
+                      + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+
+
+def parse_static(d: dict, where: str = "recipe") -> StaticParams:
+    """Validate static ``params`` into `StaticParams`; `InputError` ``<where>: params.<field>: ...``."""
+    where = f"{where}: params"
+    for key in d:
+        if key not in ("softmax",):
+            raise _unknown(where, key, ["softmax"], "static parameter")
+    sm = d.get("softmax", {})
+    if sm is None:
+        sm = {}
+    if not isinstance(sm, dict):
+        raise InputError(f"{where}.softmax: expected a mapping like {{quantizer: log2}}, got {sm!r}")
+    where = f"{where}.softmax"
+    known = [f.name for f in dataclasses.fields(SoftmaxOption)]
+    for key in sm:
+        if key not in known:
+            raise _unknown(where, key, known, "softmax option")
+    for key, choices in (("quantizer", ("uniform", "log2")), ("scale", ("fixed", "calibrated"))):
+        if key in sm and sm[key] not in choices:
+            hint = difflib.get_close_matches(str(sm[key]), choices, n=1)
+            raise InputError(f"{where}.{key}: expected one of {', '.join(choices)}, got {sm[key]!r}"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    q = sm.get("quantizer", "uniform")
+    if q == "log2" and "scale" in sm:
+        raise InputError(f"{where}.scale: applies to quantizer uniform only (log2 codes are powers of two)")
+    if "bits" in sm:
+        b = sm["bits"]
+        if q != "log2":
+            raise InputError(f"{where}.bits: applies to quantizer log2 only (uniform codes use a_bits)")
+        if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 4:
+            raise InputError(f"{where}.bits: expected an integer in [2, 4] (log2 shifts up to 2**b - 2 "
+                             f"keep attn @ V in int32), got {b!r}")
+    return StaticParams(softmax=SoftmaxOption(**sm))
+
+
 #: recipe name -> check(params, where) raising `InputError` "<where>: params.<field>: ..."
-CHECKS = {"igq": parse_igq, "apq": parse_apq, "scalepredictor": parse_scalepredictor, "tsptq": parse_tsptq}
+CHECKS = {"static": parse_static, "igq": parse_igq, "apq": parse_apq, "scalepredictor": parse_scalepredictor, "tsptq": parse_tsptq}
 
 #: params of a recipe named without any in a sweep (``recipe: "*"``): igq with G = 2 on every
 #: grouped boundary (the README table's row; an allocation under a BOP budget takes ~20 min);

@@ -25,7 +25,9 @@ owner tensor                                   quantizer
 =============================================  ==================================
 patchify output (``input``)                    signed, ``edge_bits`` (else a_bits)
 Swin scores (``window_bias`` output)           the ``q k^T`` accumulator's quantizer
-softmax output                                 unsigned a_bits at ``2**-a_bits``
+softmax output                                 unsigned a_bits at ``2**-a_bits``; with
+                                               ``params.softmax`` (`softmax_quantizer`):
+                                               calibrated ``2**-f``, or log2 codes
 linear read by a ``split`` (ViT-22B in_proj)   int32 accumulator at ``s_in s_w`` per channel
 read only by a softmax (``q k^T``)             int32 accumulator at ``s_q s_k scale``
 read only by an activation (``fc1``)           Q12 fixed point (GELU unit input)
@@ -36,6 +38,17 @@ read as a residual operand
 anything else (LayerNorm, activation, q/k/v,   signed a_bits (``edge_bits`` when it
 ``attn_out``)                                  feeds the head), calibrated scale
 =============================================  ==================================
+
+``params: {softmax: {quantizer: uniform|log2, scale: fixed|calibrated, bits: 2..4}}``
+(`reference.recipes.params.parse_static`; docs/recipes/static.md) replaces the fixed
+post-softmax scale: ``calibrated`` takes the scale ``s`` the recipe's ``act_calibration``
+gives the softmax output's samples (unsigned, a_bits) and restricts it to the power of two
+``2**-f``, ``f`` in {floor(-log2 s), floor(-log2 s) + 1} with the lower squared error on the
+same samples (clamped to [0, 62]); the softmax op's ``SoftmaxQ.fine_exp = f`` (the field
+TSPTQ's V-2SF fine scale uses) and its kernel is `simulator.softmax_codes.softmax_pow2_codes`.
+``log2`` gives the softmax output a ``log2`` quantizer (scale ``2**-S`` of the decoded
+operand, `simulator.softmax_codes`); the ``attn @ V`` matmul is frozen with the same static
+formula on that scale. Without the option (or with the defaults) nothing changes.
 
 Statistics are gathered for every owner tensor, in walk order, with one
 seeded generator -- the same set and order as the old `float_boundaries`,
@@ -53,13 +66,15 @@ import torch
 from reference.calibration import BoundaryStats
 from reference.degenerate import check_boundary_ranges
 from reference.float_ops import FloatOps
-from reference.quantizers import QParams, dyadic, quantize, weight_scales
+from reference.quantizers import QParams, mse_search, calibrate, dyadic, quantize, weight_scales
+from reference.recipes.params import SoftmaxOption, parse_static
 from reference.recipes.config import RecipeConfig
 from reference.recipes.static import Scales, freeze_layernorm, freeze_linear
 from simulator import ir
 from simulator.errors import InputError
 from simulator.progress import track
 from simulator.int_nonlinear import EXP_FRAC_BITS, GELU_FRAC_BITS, GELU_INPUT_LIMIT
+from simulator.softmax_codes import log2_shift
 from simulator.qgraph import ChannelRequant, ConstCodes, QuantizedGraph, Quantizer, RescaleSum
 from simulator.qvit import GeluQ, Linear, Requant, SoftmaxQ
 from simulator.walk import walk
@@ -67,7 +82,7 @@ from simulator.windows import WindowBiasQ, masked_pairs
 
 __all__ = ["quantize_graph", "freeze_graph", "assign_quantizers", "collect_graph_stats", "owners", "freeze_op",
            "consumers", "calibrate_static", "freeze_window_bias",
-           "shape_only_graph"]
+           "shape_only_graph", "softmax_quantizer", "softmax_option"]
 
 _SHARING = ("token_concat", "add_const", "merge_heads")   # their input is written at their output's scale
 _RESIDUAL_MAKERS = ("head", "add", "mean", "token_concat", "add_const")
@@ -125,6 +140,33 @@ def collect_graph_stats(graph: ir.Graph, images: np.ndarray, names, batch_size: 
     return stats
 
 
+def softmax_option(cfg: RecipeConfig) -> SoftmaxOption:
+    """The static recipe's ``params.softmax`` (defaults for every other recipe: their params are theirs)."""
+    if cfg.recipe != "static" or "softmax" not in cfg.params:     # (recipes reuse static with their params)
+        return SoftmaxOption()
+    return parse_static({"softmax": cfg.params["softmax"]}, f"recipe {cfg.label}").softmax
+
+
+def pow2_exponent(values: np.ndarray, bits: int, method: str, percentile: float) -> int:
+    """``f`` of the calibrated power-of-two post-softmax scale ``2**-f`` (module docstring)."""
+    s = float(calibrate(values, bits, method, signed=False, percentile=percentile).scale)
+    lo = int(np.clip(np.floor(-np.log2(s)), 0, 62))
+    cands = [QParams(2.0 ** -f, bits, signed=False) for f in sorted({lo, min(lo + 1, 62)})]
+    return int(round(-np.log2(mse_search(np.asarray(values, np.float64), cands).scale)))
+
+
+def softmax_quantizer(t: str, cfg: RecipeConfig, stats: dict) -> Quantizer:
+    """Quantizer of the softmax output ``t`` per the recipe's ``params.softmax``."""
+    opt, ab = softmax_option(cfg), cfg.a_bits
+    if opt.quantizer == "log2":
+        b = opt.log2_bits(ab)
+        return Quantizer("log2", 2.0 ** -log2_shift(b), b, signed=False)
+    if opt.scale == "calibrated":
+        f = pow2_exponent(stats[t].values(), ab, cfg.act_calibration, cfg.percentile)
+        return Quantizer("static", 2.0 ** -f, ab, signed=False)
+    return Quantizer("static", 2.0 ** -ab, ab, signed=False)
+
+
 class _Placement:
     """Quantizer of every tensor, computed on first use (in walk order, like the old recipe)."""
 
@@ -160,7 +202,7 @@ class _Placement:
         if p.kind == "patchify":
             return Quantizer("static", self.sc.act(t, self.edge_a), self.edge_a)
         if p.kind == "softmax":
-            return Quantizer("static", 2.0 ** -ab, ab, signed=False)
+            return softmax_quantizer(t, cfg, self.sc.stats)
         if p.kind == "window_bias":                   # Swin scores: the q k^T accumulator's scale
             return self(p.inputs[0])
         if cons and all(op.kind in ("softmax", "window_bias") for op, _ in cons):
@@ -223,7 +265,9 @@ def _freeze_op(op: ir.Op, g: ir.Graph, q: dict, cfg: RecipeConfig, prod) -> obje
     if k == "softmax":
         s_in = float(q[op.inputs[0]].scale)
         m, s = dyadic(s_in * math.log2(math.e) * 2.0 ** EXP_FRAC_BITS)
-        return SoftmaxQ(in_mult=int(m), in_shift=int(s), in_scale=s_in, out_bits=q[op.outputs[0]].bits)
+        qo = q[op.outputs[0]]
+        f = int(round(-math.log2(float(qo.scale)))) if qo.kind == "static" and qo.scale != 2.0 ** -qo.bits else 0
+        return SoftmaxQ(in_mult=int(m), in_shift=int(s), in_scale=s_in, out_bits=qo.bits, fine_exp=f)
     if k == "activation":
         qo = q[op.outputs[0]]
         m, s = dyadic(2.0 ** -GELU_FRAC_BITS / float(qo.scale))

@@ -56,6 +56,9 @@ def test_bundled_recipe_loads(path):
     if cfg.mechanisms:                                            # composed: static + mechanisms
         assert cfg.recipe == "static" and cfg.label == "+".join(n for n, _ in cfg.mechanisms) + f"_w{w}a{a}"
         return
+    if cfg.params.get("softmax"):                                 # static + a post-softmax option
+        assert cfg.recipe == "static" and cfg.label == f"{recipe}_w{w}a{a}"
+        return
     assert isinstance(cfg, RecipeConfig) and cfg.recipe == recipe
     assert cfg.label == f"{recipe}_w{w}a{a}"
 
@@ -161,7 +164,10 @@ def test_directory_and_binary_file(tmp_path):
 def test_recipe_from_dict_names_where():
     with pytest.raises(InputError, match=r"^cli: w_bits: expected a value in \[2, 8\], got 12$"):
         recipe_from_dict({"recipe": "static", "w_bits": 12}, where="cli")
-    assert recipe_from_dict({"recipe": "static", "params": {"k": 1}}).params == {"k": 1}
+    sm = {"softmax": {"quantizer": "log2"}}
+    assert recipe_from_dict({"recipe": "static", "params": sm}).params == sm
+    with pytest.raises(InputError, match=r"^recipe: params.k: unknown static parameter"):   # static checks its params
+        recipe_from_dict({"recipe": "static", "params": {"k": 1}})
 
 
 def test_with_bits():

@@ -22,14 +22,15 @@ def _parse(tmp_path, **changes):
 
 def test_bits_and_grid_expand_to_the_cartesian_product(tmp_path):
     spec = _parse(tmp_path, recipes=[{"recipe": "static", "bits": ["w8a8", "w6a6", "w4a8"],
-                                      "grid": {"act_calibration": ["mse", "percentile"], "params.extra": [1]},
+                                      "grid": {"act_calibration": ["mse", "percentile"], "params.softmax": [{"scale": "calibrated"}]},
                                       "calib_images": 32}])
     assert len(spec.runs) == 6
     bits = {(r.recipe["w_bits"], r.recipe["a_bits"]) for r in spec.runs}
     assert bits == {(8, 8), (6, 6), (4, 8)}
-    assert all(r.recipe["calib_images"] == 32 and r.recipe["params"] == {"extra": 1} for r in spec.runs)
+    assert all(r.recipe["calib_images"] == 32 and r.recipe["params"] == {"softmax": {"scale": "calibrated"}}
+               for r in spec.runs)
     labels = [r.label for r in spec.runs]
-    assert len(set(labels)) == 6 and "static_w6a6 act=percentile,calib=32,extra=1" in labels
+    assert len(set(labels)) == 6 and "static_w6a6 act=percentile,calib=32,softmax={'scale': 'calibrated'}" in labels
     assert spec.accelerators == (str(CONFIG_DIR / "npu_int8.yaml"),)
 
 
