@@ -378,7 +378,7 @@ def run_main(args) -> int:
         from simulator.engines import graph_executors, graph_quantizer
         from simulator.igq import overhead_bops
         from simulator.results import bit_exact_images, first_mismatch
-        from simulator.summary import accelerator_record, print_summary, summary_csv
+        from simulator.summary import accelerator_record, print_summary, significance_record, summary_csv
     model_name = args.model or DEFAULT_MODEL
     with progress.phase(f"building {model_name}"):
         model = load_model_from_args(args)
@@ -419,7 +419,8 @@ def run_main(args) -> int:
     if trace.layer_ran is not None:   # early exits: per-image facts of every batch
         trace.layer_ran, trace.extras["exit_depth"] = np.concatenate(ran), np.concatenate(depth)
     exact = np.concatenate(exact)
-    top1 = {k: float(np.mean(np.concatenate(v) == labels)) * 100 for k, v in preds.items()}
+    correct = {k: np.concatenate(v) == labels for k, v in preds.items()}
+    top1 = {k: float(np.mean(c)) * 100 for k, c in correct.items()}
     wall = time.perf_counter() - t_start
     grouping = np.array([overhead_bops([r]) for r in trace.layers], dtype=np.int64)
     from simulator.provenance import tool_info
@@ -432,6 +433,7 @@ def run_main(args) -> int:
         "calib_images_used": int(len(calib)),
         "top1": {"fp32": top1["fp32"], "fakequant_integer": top1["fq_int"],
                  "fakequant_float_nonlinear": top1["fq_float"], "simulator": top1["sim"]},
+        **significance_record(correct),
         "bit_exact_images": int(exact.sum()), "first_mismatch": mismatch,
         "accumulator_overflows": overflows,
         "macs_per_image": round(trace.macs_per_image().mean()), "bops_per_image": round(trace.bops_per_image().mean()),

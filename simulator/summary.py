@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 
-__all__ = ["print_summary", "summary_csv", "accelerator_record", "CSV_COLUMNS"]
+__all__ = ["print_summary", "summary_csv", "accelerator_record", "significance_record", "CSV_COLUMNS"]
 
 
 def accelerator_record(npu) -> dict:
@@ -59,14 +59,43 @@ def summary_csv(s: dict) -> str:
     return buf.getvalue()
 
 
+_SUMMARY_KEYS = {"fp32": "fp32", "fq_int": "fakequant_integer", "fq_float": "fakequant_float_nonlinear",
+                 "sim": "simulator"}
+
+
+def significance_record(correct: dict) -> dict:
+    """``top1_ci``: the exact 95% interval of every executor's top-1 (`simulator.significance`), and
+    ``simulator_vs_fp32``: McNemar's exact test of the simulator against fp32 on the same images.
+    ``correct``: executor key (fp32/fq_int/fq_float/sim) -> per-image bool array."""
+    from simulator.significance import accuracy_interval, paired_test
+
+    ci = {_SUMMARY_KEYS[k]: accuracy_interval(int(c.sum()), len(c)).as_dict() for k, c in correct.items()
+          if len(c)}
+    out = {"top1_ci": ci}
+    if len(correct["sim"]):
+        out["simulator_vs_fp32"] = paired_test(correct["sim"], correct["fp32"]).as_dict()
+    return out
+
+
+def _ci(s: dict, key: str) -> str:
+    c = s.get("top1_ci", {}).get(key)
+    return "" if c is None else f"  [{100 * c['ci_low']:6.2f}, {100 * c['ci_high']:6.2f}] 95% CI"
+
+
 def print_summary(s: dict, label: str) -> None:
     t = s["top1"]
     print(f"model {s['model']}  data {s['data']} ({s['images']} images)  recipe {label}  "
           f"(calibrated on {s['calib_images_used']})")
-    print(f"  fp32 top-1                          {t['fp32']:6.2f}%")
-    print(f"  fake-quant top-1 (integer-only)     {t['fakequant_integer']:6.2f}%")
-    print(f"  fake-quant top-1 (float nonlinear)  {t['fakequant_float_nonlinear']:6.2f}%")
-    print(f"  integer simulator top-1             {t['simulator']:6.2f}%")
+    print(f"  fp32 top-1                          {t['fp32']:6.2f}%{_ci(s, 'fp32')}")
+    print(f"  fake-quant top-1 (integer-only)     {t['fakequant_integer']:6.2f}%{_ci(s, 'fakequant_integer')}")
+    print(f"  fake-quant top-1 (float nonlinear)  {t['fakequant_float_nonlinear']:6.2f}%"
+          f"{_ci(s, 'fakequant_float_nonlinear')}")
+    print(f"  integer simulator top-1             {t['simulator']:6.2f}%{_ci(s, 'simulator')}")
+    if "simulator_vs_fp32" in s:
+        m = s["simulator_vs_fp32"]
+        print(f"  simulator vs fp32 (McNemar exact, same images): right only in simulator "
+              f"{m['a_only_correct']}, only in fp32 {m['b_only_correct']}, p = {m['p_value']:.3g}"
+              f" ({'significant' if m['significant'] else 'not significant'} at 0.05)")
     print(f"  bit-exact: {s['bit_exact_images']}/{s['images']} images"
           + ("" if s["first_mismatch"] is None else f"  (first mismatch: {s['first_mismatch']})"))
     ov = sum(s["accumulator_overflows"].values())

@@ -70,3 +70,19 @@ def test_paired_test_counts_only_discordant_images(pairs):
 def test_interval_rejects_impossible_counts(k, n):
     with pytest.raises(ValueError):
         accuracy_interval(k, n)
+
+
+def test_summary_record_has_an_interval_per_executor_and_the_paired_test():
+    from simulator.summary import significance_record
+
+    rng = np.random.default_rng(0)
+    correct = {k: rng.random(50) < p for k, p in (("fp32", 0.9), ("fq_int", 0.6), ("fq_float", 0.7), ("sim", 0.6))}
+    rec = significance_record(correct)
+    for key, name in (("fp32", "fp32"), ("fq_int", "fakequant_integer"), ("sim", "simulator")):
+        ci = rec["top1_ci"][name]
+        assert ci["correct"] == int(correct[key].sum()) and ci["total"] == 50
+        assert ci["ci_low"] <= ci["accuracy"] <= ci["ci_high"]
+    m = rec["simulator_vs_fp32"]
+    assert (m["a_only_correct"], m["b_only_correct"]) == (int(np.sum(correct["sim"] & ~correct["fp32"])),
+                                                          int(np.sum(~correct["sim"] & correct["fp32"])))
+    assert m["p_value"] == paired_test(correct["sim"], correct["fp32"]).p_value
