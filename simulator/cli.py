@@ -101,6 +101,10 @@ def add_model_arguments(p: argparse.ArgumentParser, data: bool = True) -> None:
     g.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="local .safetensors/.pth/.pt/.bin weights, read with timm's loader "
                         "(state_dict/model/EMA wrappers, 'module.' prefixes)")
+    g.add_argument("--plant-outliers", default=None, metavar="SPEC",
+                   help="stress variant: rescale a few post-LayerNorm channels and divide the next linear's "
+                        "input columns (the float model is unchanged); SPEC is 'default', an inline YAML "
+                        "mapping or a YAML file (reference/outliers.py, docs/recipes/outliers.md)")
     d = p.add_argument_group("data and recipe")
     d.add_argument("--data", default=None, metavar="DIR",
                    help="'digits' (default, the bundled 8x8 set) or an ImageFolder directory (<dir>/<class>/<image>)")
@@ -380,8 +384,16 @@ def run_main(args) -> int:
         from simulator.results import bit_exact_images, first_mismatch
         from simulator.summary import accelerator_record, print_summary, significance_record, summary_csv
     model_name = args.model or DEFAULT_MODEL
+    planted = None
+    if getattr(args, "plant_outliers", None) is not None:
+        from reference.outliers import parse_outlier_spec
+        outlier_spec = parse_outlier_spec(args.plant_outliers)        # a bad spec fails before the model builds
     with progress.phase(f"building {model_name}"):
         model = load_model_from_args(args)
+    if getattr(args, "plant_outliers", None) is not None:
+        from reference.outliers import plant_outliers
+        planted = plant_outliers(model, outlier_spec)
+        log.info("%s", planted.summary())
     images, labels, calib = load_inputs(args, model, plan, args.images)
     engine = "graph"
     t0 = time.perf_counter()
@@ -434,6 +446,7 @@ def run_main(args) -> int:
         "top1": {"fp32": top1["fp32"], "fakequant_integer": top1["fq_int"],
                  "fakequant_float_nonlinear": top1["fq_float"], "simulator": top1["sim"]},
         **significance_record(correct),
+        **({"planted_outliers": planted.to_dict()} if planted is not None else {}),
         "bit_exact_images": int(exact.sum()), "first_mismatch": mismatch,
         "accumulator_overflows": overflows,
         "macs_per_image": round(trace.macs_per_image().mean()), "bops_per_image": round(trace.bops_per_image().mean()),

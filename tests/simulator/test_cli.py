@@ -30,6 +30,27 @@ def test_main_job_prints_summary_and_is_bit_exact(capsys, tmp_path):
     assert abs(r["top1"]["simulator"] - r["top1"]["fp32"]) <= 3.0
     assert r["recipe"]["w_bits"] == 8 and r["recipe"]["a_bits"] == 8
     assert r["macs_per_image"] > 0 and r["bops_per_image"] == pytest.approx(r["bops_per_image"])
+    ci = r["top1_ci"]["simulator"]
+    assert ci["correct"] == round(r["top1"]["simulator"] * 96 / 100) and ci["ci_low"] < ci["accuracy"] < ci["ci_high"]
+    assert "95% CI" in out and r["simulator_vs_fp32"]["test"] == "mcnemar-exact"
+
+
+def test_plant_outliers_keeps_fp32_and_is_reported(capsys, tmp_path):
+    js = tmp_path / "p.json"
+    code, out, err = _run(capsys, "--images", "24", "--plant-outliers", "{alpha_range: [20, 40], seed: 3}",
+                          "--recipe", "static_w4a4", "--json", str(js), "--no-progress")
+    assert code == 0, err
+    r = json.loads(js.read_text())
+    assert r["planted_outliers"]["spec"]["seed"] == 3 and r["planted_outliers"]["planted"]
+    assert r["bit_exact_images"] == 24
+    code, _, _ = _run(capsys, "--images", "24", "--recipe", "static_w4a4", "--json", str(tmp_path / "o.json"),
+                      "--no-progress")
+    assert code == 0 and json.loads((tmp_path / "o.json").read_text())["top1"]["fp32"] == r["top1"]["fp32"]
+
+
+def test_bad_outlier_spec_is_one_line_exit_2(capsys):
+    code, out, err = _run(capsys, "--images", "4", "--plant-outliers", "{fraction: 2}", "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "--plant-outliers" in err and "fraction" in err
 
 
 def test_recipe_by_name_bits_override_and_hw(capsys, tmp_path):
