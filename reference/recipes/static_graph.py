@@ -155,13 +155,14 @@ def pow2_exponent(values: np.ndarray, bits: int, method: str, percentile: float)
     return int(round(-np.log2(mse_search(np.asarray(values, np.float64), cands).scale)))
 
 
-def softmax_quantizer(t: str, cfg: RecipeConfig, stats: dict) -> Quantizer:
-    """Quantizer of the softmax output ``t`` per the recipe's ``params.softmax``."""
+def softmax_quantizer(t: str, cfg: RecipeConfig, stats: dict | None) -> Quantizer:
+    """Quantizer of the softmax output ``t`` per the recipe's ``params.softmax`` (``stats`` None: no
+    statistics, as for a shape-only graph -- the calibrated option keeps the fixed scale's exponent)."""
     opt, ab = softmax_option(cfg), cfg.a_bits
     if opt.quantizer == "log2":
         b = opt.log2_bits(ab)
         return Quantizer("log2", 2.0 ** -log2_shift(b), b, signed=False)
-    if opt.scale == "calibrated":
+    if opt.scale == "calibrated" and stats is not None:
         f = pow2_exponent(stats[t].values(), ab, cfg.act_calibration, cfg.percentile)
         return Quantizer("static", 2.0 ** -f, ab, signed=False)
     return Quantizer("static", 2.0 ** -ab, ab, signed=False)
@@ -332,6 +333,8 @@ def quantize_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model_nam
 
 class _UnitScales:
     """Every calibrated scale is 1.0: quantizer placement and widths without statistics."""
+
+    stats = None
 
     def act(self, name: str, bits: int, method: str | None = None) -> float:
         return 1.0

@@ -30,7 +30,7 @@ def test_bits_and_grid_expand_to_the_cartesian_product(tmp_path):
     assert all(r.recipe["calib_images"] == 32 and r.recipe["params"] == {"softmax": {"scale": "calibrated"}}
                for r in spec.runs)
     labels = [r.label for r in spec.runs]
-    assert len(set(labels)) == 6 and "static_w6a6 act=percentile,calib=32,softmax={'scale': 'calibrated'}" in labels
+    assert len(set(labels)) == 6 and "static_softmax_calibrated_w6a6 act=percentile,calib=32,softmax={'scale': 'calibrated'}" in labels
     assert spec.accelerators == (str(CONFIG_DIR / "npu_int8.yaml"),)
 
 
