@@ -2,7 +2,7 @@
 
 * `tradeoff_figure`: simulator top-1 vs mean BOPs (GEMM + IGQ grouping
   overhead) / latency / energy per image, with the binomial 95% confidence
-  interval of each accuracy (Wilson score interval over the point's images)
+  interval of each accuracy (exact Clopper-Pearson interval over the point's images)
   as an error bar, the image count in the axis label, a log cost axis with
   1-2-5 ticks when the points span more than a decade, the Pareto front
   (`reports.pareto`) as the attainable staircase, and every point numbered
@@ -31,24 +31,23 @@ import numpy as np  # noqa: E402
 
 from reports.pareto import pareto_front  # noqa: E402
 from simulator.atomic_files import write_bytes  # noqa: E402
+from simulator.significance import accuracy_interval  # noqa: E402
 
 __all__ = ["tradeoff_figure", "breakdown_figure", "accelerator_breakdown_figure", "cycle_histogram_figure",
-           "place_labels", "METRICS", "layer_group", "MAX_LABELLED", "wilson_interval", "total_bops"]
+           "place_labels", "METRICS", "layer_group", "MAX_LABELLED", "accuracy_ci", "total_bops"]
 
 def total_bops(p: dict) -> float:
     """BOPs per image including IGQ's grouping overhead (BOP-equivalents; 0 for other recipes)."""
     return p["bops_per_image"] + p.get("grouping_bops_per_image", 0.0)
 
 
-def wilson_interval(correct: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Binomial 95% confidence interval (Wilson score) of an accuracy, in percent."""
+def accuracy_ci(top1_percent: float, n: int) -> tuple[float, float]:
+    """The exact 95% interval (Clopper-Pearson, `simulator.significance`) of a top-1 given in percent
+    over ``n`` images, in percent; [0, 100] without images."""
     if n <= 0:
         return 0.0, 100.0
-    phat = correct / n
-    denom = 1 + z * z / n
-    centre = (phat + z * z / (2 * n)) / denom
-    half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
-    return float(max(0.0, centre - half) * 100), float(min(1.0, centre + half) * 100)
+    ci = accuracy_interval(round(top1_percent * n / 100), n)
+    return 100 * ci.low, 100 * ci.high
 
 
 #: metric -> (axis label, how to read it from a point record)
@@ -137,7 +136,7 @@ def tradeoff_figure(points: list[dict], metric: str, path: Path, title: str = ""
     axis_label, value = METRICS[metric]
     x = np.array([value(p) for p in points], dtype=float)
     y = np.array([p["top1"]["simulator"] for p in points], dtype=float)
-    ci = np.array([wilson_interval(p["top1"]["simulator"] * p["images"] / 100, p["images"]) for p in points])
+    ci = np.array([accuracy_ci(p["top1"]["simulator"], p["images"]) for p in points])
     front = pareto_front(list(y), list(x))
     fig, ax = plt.subplots(figsize=(7.6, 5.0))
     colour_key = _colour_key(points)

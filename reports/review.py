@@ -103,7 +103,7 @@ def _accuracy_table(runs: list[dict], on_front: set) -> list[str]:
             "MACs / image (M) | BOPs / image (G) | grouping (G) | Pareto (BOPs) |",
             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for k, p in enumerate(runs, 1):
-        lo, hi = figures.wilson_interval(_acc(p) * p["images"] / 100, p["images"])
+        lo, hi = figures.accuracy_ci(_acc(p), p["images"])
         group = p.get("grouping_bops_per_image", 0.0)
         rows.append(f"| {k} | {p['label']} | {p['model']['name']} | {_bits(p)} | {_acc(p):.2f} | "
                     f"{lo:.1f}–{hi:.1f} | {p['top1']['fakequant_integer']:.2f} | {p['top1']['fp32']:.2f} | "
@@ -191,7 +191,7 @@ def _markdown(results: dict, figs: dict, front: dict, out: Path) -> str:
     lines += [f"Sweep file `{results['source']}`: {len(runs)} quantized models x "
               f"{len({p['accelerator'] for p in points})} accelerators = {len(points)} points; "
               f"{'/'.join(map(str, images))} evaluation images per point. Accuracy is the integer "
-              "simulator's top-1 with its binomial 95% confidence interval (Wilson score; one image is "
+              "simulator's top-1 with its exact binomial 95% confidence interval (Clopper-Pearson; one image is "
               f"{100 / max(images):.2f} points); *bit-exact* counts the images whose codes equal the fake-quant "
               "executor's at every tensor boundary. BOPs are GEMM BOPs plus IGQ's grouping overhead "
               "(BOP-equivalents, its own column). Costs are means per image (batch 1) from the hardware cost "

@@ -1,6 +1,7 @@
 """reports/ reads result files only: the figure, report and Pareto modules import
-no part of the pipeline (reference, simulator, hwmodels, torch, numba). The one
-exception is `simulator.atomic_files`, the project's file writer (no pipeline code)."""
+no part of the pipeline (reference, simulator, hwmodels, torch, numba). The
+exceptions are `simulator.atomic_files`, the project's file writer, and
+`simulator.significance`, its exact intervals and tests (numpy/scipy only): no pipeline code."""
 
 import ast
 from pathlib import Path
@@ -9,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 READERS = ("pareto.py", "figures.py", "review.py")
 ALLOWED_ROOTS = {"__future__", "collections", "os", "re", "tempfile", "pathlib", "itertools", "matplotlib",
                  "numpy", "reports"}
-WRITERS = {"simulator.atomic_files"}   # every output goes through the one writer (issue 18)
+WRITERS = {"simulator.atomic_files",    # every output goes through the one writer (issue 18)
+           "simulator.significance"}   # one interval / paired-test definition for CLI and reports
 
 
 def test_report_modules_read_json_only():

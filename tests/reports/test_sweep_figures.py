@@ -66,8 +66,8 @@ def test_report_tables_fronts_and_figures(tmp_path):
     # static_w4a8 (98.0 % at 0.38 GBOPs) is beaten by igq_w4a4 (98.6 % at 0.20 GBOPs); the rest trade off
     assert [runs[i]["label"] for i in front] == ["static_w4a4", "igq_w4a4", "static_w6a6", "static_w8a8"]
     assert "accuracy vs BOPs: static_w4a4, igq_w4a4, static_w6a6, static_w8a8" in md
-    # numbered rows, Wilson 95% interval of 49/50 = [89.5, 99.6] %, grouping overhead column
-    assert "| 3 | static_w4a8 | vit_digits | W8A8 | 98.00 | 89.5–99.6 | 98.00 | 99.00 | 50/50 | 10.000 | 0.380 | " \
+    # numbered rows, exact (Clopper-Pearson) 95% interval of 49/50 = [89.4, 99.9] %, grouping overhead column
+    assert "| 3 | static_w4a8 | vit_digits | W8A8 | 98.00 | 89.4–99.9 | 98.00 | 99.00 | 50/50 | 10.000 | 0.380 | " \
            "0.000 |  |" in md
     assert "| 5 | igq_w4a4 | vit_digits | W8A8 | 98.60 | " in md and "| 0.200 | 0.000 | ★ |" in md
     for p in runs:
@@ -119,15 +119,13 @@ def test_summary_lines_from_json_round_trip():
     assert any(line.startswith("static_w4a4") for line in lines)
 
 
-def test_wilson_interval_known_values():
-    # 49/50 correct: the Wilson score interval is [0.8950, 0.9965] (z = 1.96)
-    lo, hi = figures.wilson_interval(49, 50)
-    assert (lo, hi) == (pytest.approx(89.50, abs=0.01), pytest.approx(99.65, abs=0.01))
-    assert figures.wilson_interval(0, 10)[0] == 0.0 and figures.wilson_interval(10, 10)[1] == pytest.approx(100.0)
-    lo, hi = figures.wilson_interval(180, 360)
-    z, n = 1.959964, 360
-    half = z * np.sqrt(0.25 / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    assert lo < 50 < hi and hi - lo == pytest.approx(200 * half, rel=1e-9)
+def test_accuracy_ci_is_the_exact_interval_in_percent():
+    # 49/50 correct: Clopper-Pearson [0.8935, 0.9995]; the ends have closed forms at 0/n and n/n
+    lo, hi = figures.accuracy_ci(98.0, 50)
+    assert (lo, hi) == (pytest.approx(89.35, abs=0.01), pytest.approx(99.95, abs=0.01))
+    assert figures.accuracy_ci(0.0, 10)[0] == 0.0 and figures.accuracy_ci(100.0, 10)[1] == 100.0
+    assert figures.accuracy_ci(0.0, 10)[1] == pytest.approx(100 * (1 - 0.025 ** 0.1), rel=1e-9)
+    assert figures.accuracy_ci(50.0, 0) == (0.0, 100.0)
 
 
 def test_grouping_overhead_counts_in_bops_and_its_own_column(tmp_path):
