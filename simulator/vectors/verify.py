@@ -240,10 +240,11 @@ def verify_vectors(directory: str | Path) -> str:
 
 def verify_main(argv: list[str]) -> int:
     """``simulate verify-vectors DIR``: print the verdict; exit 0 match, 1 mismatch, 2 bad input."""
-    from simulator.cli import _Parser
+    from simulator.cli import _Parser, add_logging_arguments
 
     p = _Parser(prog="simulate verify-vectors", description="Check a vector set written by export-vectors.")
     p.add_argument("dir", metavar="DIR", help="a directory written by simulate export-vectors")
+    add_logging_arguments(p)      # the same -q / -v / --no-progress as every other subcommand
     args = p.parse_args(argv)
     try:
         print(verify_vectors(args.dir))

@@ -55,7 +55,7 @@ def test_cli_round_trip_all_tensors_match(capsys, tmp_path):
     out = tmp_path / "v"
     assert main(["export-vectors", "--out", str(out), "--images", "2", "--recipe", str(recipe)]) == 0
     capsys.readouterr()
-    assert main(["verify-vectors", str(out)]) == 0
+    assert main(["verify-vectors", str(out), "--no-progress"]) == 0     # the shared logging flags
     m = json.loads((out / "manifest.json").read_text())
     n = m["header"]["n_tensors"]
     assert capsys.readouterr().out.strip() == f"all {n} tensors match"
