@@ -194,3 +194,18 @@ def lowering_configs(draw):
 def _vit_class():
     from timm.models.vision_transformer import VisionTransformer
     return VisionTransformer
+
+
+def random_model(drawn):
+    """(model, image_size, 10 seeded standard-normal images) of a drawn ``lowering_configs()`` example:
+    the timm model in eval mode with `reference.lowering.coverage.perturb_` noise."""
+    import torch
+
+    from reference.lowering.coverage import perturb_
+
+    model_cls, kwargs, image_size, seed = drawn
+    torch.manual_seed(seed)
+    model = model_cls(**kwargs).eval()
+    perturb_(model, seed + 1)
+    images = np.random.default_rng(seed).standard_normal((10, kwargs["in_chans"], *image_size)).astype(np.float32)
+    return model, image_size, images

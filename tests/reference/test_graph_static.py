@@ -20,28 +20,20 @@ from hypothesis import strategies as st
 
 from reference.fakequant_ops import GraphFakeQuantExecutor
 from reference.lowering import lower
-from reference.lowering.coverage import perturb_
 from reference.recipes.config import RecipeConfig
 from reference.recipes.static_graph import quantize_graph
 from simulator.errors import InputError
 from simulator.int_ops import GraphIntegerExecutor
 from simulator.qgraph import FORMAT_VERSION, QuantizedGraph
 from simulator.results import first_mismatch
-from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
+from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images, random_model
 
-def _random_model(drawn):
-    model_cls, kwargs, image_size, seed = drawn
-    torch.manual_seed(seed)
-    model = model_cls(**kwargs).eval()
-    perturb_(model, seed + 1)
-    images = np.random.default_rng(seed).standard_normal((10, kwargs["in_chans"], *image_size)).astype(np.float32)
-    return model, image_size, images
 
 
 @settings(max_examples=30)
 @given(drawn=lowering_configs(), bits=st.sampled_from(BIT_WIDTHS))
 def test_both_graph_executors_give_identical_codes(drawn, bits):
-    model, image_size, images = _random_model(drawn)
+    model, image_size, images = random_model(drawn)
     graph = lower(model, image_size=image_size)
     cfg = RecipeConfig(w_bits=bits[0], a_bits=bits[1], calib_images=6)
     qg = quantize_graph(graph, images[:6], cfg)

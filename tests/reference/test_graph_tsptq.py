@@ -30,7 +30,7 @@ from simulator.kernels.two_scaled import activation_words, decode_operand
 from simulator.qgraph import QuantizedGraph, Quantizer
 from simulator.qvit import GeluQ
 from simulator.results import first_mismatch
-from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
+from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images, random_model
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["tsptq_w8a8", "tsptq_w6a6", "tsptq_w4a4"])
@@ -52,14 +52,6 @@ def test_two_scaled_placement_and_decodes_on_the_default_model(digits, recipe):
     assert first_mismatch({k: v[:16] for k, v in rn.codes.items()}, rf.codes) is None
 
 
-def _random_model(drawn):
-    from reference.lowering.coverage import perturb_
-    model_cls, kwargs, image_size, seed = drawn
-    torch.manual_seed(seed)
-    model = model_cls(**kwargs).eval()
-    perturb_(model, seed + 1)
-    images = np.random.default_rng(seed).standard_normal((10, kwargs["in_chans"], *image_size)).astype(np.float32)
-    return model, image_size, images
 
 
 def _tsptq(bits, objective="output", calib_images=6, **params):
@@ -70,7 +62,7 @@ def _tsptq(bits, objective="output", calib_images=6, **params):
 @settings(max_examples=20, deadline=None)
 @given(drawn=lowering_configs(), bits=st.sampled_from(BIT_WIDTHS), objective=st.sampled_from(["output", "tensor"]))
 def test_both_graph_executors_give_identical_codes_with_two_scaled(drawn, bits, objective):
-    model, image_size, images = _random_model(drawn)
+    model, image_size, images = random_model(drawn)
     graph = lower(model, image_size=image_size)
     qg = quantize_graph_tsptq(graph, images[:6], _tsptq(bits, objective))
     two = [t for t, qz in qg.quantizers.items() if qz.kind == "two_scaled"]
