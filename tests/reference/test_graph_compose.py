@@ -45,7 +45,7 @@ from simulator.int_ops import GraphIntegerExecutor
 from simulator.qgraph import QuantizedGraph
 from simulator.results import first_mismatch
 from strategies import build_vit, lowering_configs, random_images
-from test_graph_static import _random_model
+from strategies import random_model
 
 NAMES = ("two_scaled", "groups", "predicted", "exits")
 SUBSETS = [c for r in range(len(NAMES) + 1) for c in itertools.combinations(NAMES, r)]    # all 16
@@ -97,7 +97,7 @@ def _shorthand(names, model, images, cfg, image_size, groups, degree):
        names=st.sampled_from(SUBSETS), groups=st.sampled_from([1, 2, 4]), degree=st.integers(0, 2),
        tau=st.sampled_from([0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 1.0]))
 def test_both_graph_executors_agree_on_any_subset_of_mechanisms(drawn, w, a, names, groups, degree, tau):
-    model, image_size, images = _random_model(_with_exits(drawn) if "exits" in names else drawn)
+    model, image_size, images = random_model(_with_exits(drawn) if "exits" in names else drawn)
     cfg = _cfg(names, (w, a), groups, degree, tau, calib_images=6)
     qg = quantize_graph(model, images[:6], cfg, image_size=image_size)
     graph = qg.graph

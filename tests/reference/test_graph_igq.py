@@ -28,7 +28,7 @@ from simulator.int_ops import GraphIntegerExecutor
 from simulator.qgraph import QuantizedGraph
 from simulator.results import first_mismatch
 from strategies import BIT_WIDTHS, build_vit, int_arrays, lowering_configs, random_images
-from test_graph_static import _random_model
+from strategies import random_model
 
 def _igq(groups=None, w=4, a=4, **params):
     p = {"groups": groups} if groups is not None else {}
@@ -72,7 +72,7 @@ def test_one_group_is_the_static_graph(digits):
 @settings(max_examples=25, deadline=None)
 @given(drawn=lowering_configs(), bits=st.sampled_from(BIT_WIDTHS), groups=st.sampled_from([1, 2, 4, 8]))
 def test_both_graph_executors_give_identical_codes(drawn, bits, groups):
-    model, image_size, images = _random_model(drawn)
+    model, image_size, images = random_model(drawn)
     graph = lower(model, image_size=image_size)
     cfg = RecipeConfig(recipe="igq", w_bits=bits[0], a_bits=bits[1], calib_images=6, params={"groups": groups})
     qg = quantize_igq_graph(graph, images[:6], cfg)

@@ -28,7 +28,8 @@ from simulator.predicted_graph import gain_factor, predicted_tensors
 from simulator.qgraph import QuantizedGraph
 from simulator.results import first_mismatch
 from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
-from test_graph_static import SMALL, _random_model
+from strategies import random_model
+from test_graph_static import SMALL
 
 PREDICTED = ("norm1", "q", "k", "v", "attn_out", "norm2", "gelu")
 
@@ -72,7 +73,7 @@ def test_degree_0_equals_static_on_the_graph():
 @settings(max_examples=20, deadline=None)
 @given(drawn=lowering_configs(), bits=st.sampled_from(BIT_WIDTHS), degree=st.integers(0, 3))
 def test_both_graph_executors_give_identical_codes(drawn, bits, degree):
-    model, image_size, images = _random_model(drawn)
+    model, image_size, images = random_model(drawn)
     graph = lower(model, image_size=image_size)
     cfg = RecipeConfig(recipe="scalepredictor", w_bits=bits[0], a_bits=bits[1], calib_images=6,
                        params={"degree": degree, "permille": 990})

@@ -28,7 +28,7 @@ from simulator.errors import InputError
 from simulator.int_ops import GraphIntegerExecutor
 from simulator.results import first_mismatch
 from strategies import BIT_WIDTHS, build_vit, lowering_configs, random_images
-from test_graph_static import _random_model
+from strategies import random_model
 
 OPTIONS = [{"scale": "calibrated"}, {"quantizer": "log2"}, {"quantizer": "log2", "bits": 2},
            {"quantizer": "log2", "bits": 3}]
@@ -46,7 +46,7 @@ def _softmax_outputs(qg):
 @settings(max_examples=20, deadline=None)
 @given(drawn=lowering_configs(), bits=st.sampled_from(BIT_WIDTHS), opt=st.sampled_from(OPTIONS))
 def test_both_graph_executors_give_identical_codes_with_the_option(drawn, bits, opt):
-    model, image_size, images = _random_model(drawn)
+    model, image_size, images = random_model(drawn)
     graph = lower(model, image_size=image_size)
     qg = quantize_graph(graph, images[:6], _cfg(bits, opt))
     for t in _softmax_outputs(qg):
