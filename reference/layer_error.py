@@ -28,7 +28,7 @@ from simulator.qgraph import QuantizedGraph, Quantizer
 from simulator.two_scaled import v2sf_decode
 from simulator.walk import walk
 
-__all__ = ["dequantize", "boundary_sqnr", "sqnr_db"]
+__all__ = ["dequantize", "boundary_sqnr", "sqnr_db", "SqnrAccumulator"]
 
 _BLOCK = re.compile(r"^(?:blocks|exits)\.(\d+)\.")
 
@@ -60,42 +60,72 @@ def dequantize(qz: Quantizer, codes: np.ndarray, groups: np.ndarray | None = Non
     return None
 
 
-@torch.no_grad()
-def _float_tensors(qg: QuantizedGraph, images: np.ndarray, names: set[str], batch_size: int) -> dict:
-    ops = FloatOps(qg.graph, torch.float64)
-    out: dict[str, list] = {}
+class SqnrAccumulator:
+    """Signal and error energies of every quantized tensor, summed batch by batch.
 
-    def keep(name, t):
-        if name in names:
-            out.setdefault(name, []).append(t.numpy())
+    ``add(images, codes)`` runs the float walk on one batch and adds
+    ``sum x_f^2`` and ``sum (x_q - x_f)^2`` per tensor; `rows` turns the sums
+    into SQNR rows. Memory is one batch of float tensors, so a sweep can
+    report SQNR over all its images without holding them (the float64 sums
+    do not depend on how the images were batched beyond rounding).
+    """
 
-    for s in range(0, len(images), batch_size):
-        walk(qg.graph, ops, torch.as_tensor(np.asarray(images[s:s + batch_size])), keep)
-    return {k: np.concatenate(v) for k, v in out.items()}
+    def __init__(self, qg: QuantizedGraph):
+        if any(op.kind == "exit" for op in qg.graph.ops):
+            raise ValueError("boundary_sqnr: graphs with early exits compare images that left as zeros; "
+                             "not supported")
+        self.qg = qg
+        self._ops = FloatOps(qg.graph, torch.float64)
+        self._names: list[str] | None = None
+        self._sums: dict[str, list[float]] = {}
+
+    @torch.no_grad()
+    def add(self, images: np.ndarray, codes: dict) -> None:
+        qg = self.qg
+        if self._names is None:
+            self._names = [t for t in qg.graph.tensor_names()[1:] if t in codes and t in qg.quantizers]
+        wanted, ref = set(self._names), {}
+
+        def keep(name, t):
+            if name in wanted:
+                ref[name] = t.numpy()
+
+        walk(qg.graph, self._ops, torch.as_tensor(np.asarray(images)), keep)
+        for t in self._names:
+            x = dequantize(qg.quantizers[t], codes[t], codes.get(t + ".groups"))
+            if x is None or t not in ref:
+                continue
+            r = np.asarray(ref[t], np.float64)
+            sums = self._sums.setdefault(t, [0.0, 0.0])
+            sums[0] += float((r ** 2).sum())
+            sums[1] += float(((x - r) ** 2).sum())
+
+    def rows(self) -> list[dict]:
+        """One row per quantized tensor in walk order: ``tensor, op, op_kind, quantizer, bits, depth,
+        block, sqnr_db`` (inf when the codes equal the float values)."""
+        prod = self.qg.graph.producers()
+        order = {op.name: i for i, op in enumerate(self.qg.graph.ops)}
+        rows = []
+        for t in self._names or ():
+            if t not in self._sums:
+                continue
+            sig, err = self._sums[t]
+            qz, op = self.qg.quantizers[t], prod[t]
+            m = _BLOCK.match(t)
+            db = float("inf") if err == 0 else (float(10 * np.log10(sig / err)) if sig > 0 else float("-inf"))
+            rows.append({"tensor": t, "op": op.name, "op_kind": op.kind, "quantizer": qz.kind, "bits": int(qz.bits),
+                         "depth": order[op.name], "block": int(m.group(1)) if m else None, "sqnr_db": db})
+        return rows
 
 
 def boundary_sqnr(qg: QuantizedGraph, images: np.ndarray, codes: dict | None = None,
                   batch_size: int = 64) -> list[dict]:
     """One row per quantized tensor in walk order: ``tensor, op, op_kind, quantizer, bits, depth, block,
     sqnr_db`` (the simulator's run on ``images``, or its ``codes`` if given, against the float walk)."""
+    acc = SqnrAccumulator(qg)
     if codes is None:
         from simulator.int_ops import GraphIntegerExecutor
         codes = GraphIntegerExecutor(qg).run(images, batch_size).codes
-    if any(op.kind == "exit" for op in qg.graph.ops):
-        raise ValueError("boundary_sqnr: graphs with early exits compare images that left as zeros; "
-                         "not supported")
-    prod = qg.graph.producers()
-    names = [t for t in qg.graph.tensor_names()[1:] if t in codes and t in qg.quantizers]
-    ref = _float_tensors(qg, images, set(names), batch_size)
-    order = {op.name: i for i, op in enumerate(qg.graph.ops)}
-    rows = []
-    for t in names:
-        qz, op = qg.quantizers[t], prod[t]
-        x = dequantize(qz, codes[t], codes.get(t + ".groups"))
-        if x is None or t not in ref:
-            continue
-        m = _BLOCK.match(t)
-        rows.append({"tensor": t, "op": op.name, "op_kind": op.kind, "quantizer": qz.kind, "bits": int(qz.bits),
-                     "depth": order[op.name], "block": int(m.group(1)) if m else None,
-                     "sqnr_db": sqnr_db(x, ref[t])})
-    return rows
+    for s in range(0, len(images), batch_size):
+        acc.add(images[s:s + batch_size], {k: v[s:s + batch_size] for k, v in codes.items()})
+    return acc.rows()

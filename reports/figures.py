@@ -14,12 +14,17 @@
   and the DRAM columns of one accelerator side by side in one figure.
 * `cycle_histogram_figure`: per-image cycles of dynamic recipes (only when
   some point's cycles vary between images).
+* `sqnr_depth_png`: per-tensor SQNR against the fp32 model by depth, one
+  line per run (``simulate --layers`` and the report's "Where the error
+  comes from" section).
 
 Headless: the Agg backend, PNG files written to a temp name then renamed.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import re
 from pathlib import Path
 
@@ -34,7 +39,8 @@ from simulator.atomic_files import write_bytes  # noqa: E402
 from simulator.significance import accuracy_interval  # noqa: E402
 
 __all__ = ["tradeoff_figure", "breakdown_figure", "accelerator_breakdown_figure", "cycle_histogram_figure",
-           "place_labels", "METRICS", "layer_group", "MAX_LABELLED", "accuracy_ci", "total_bops"]
+           "place_labels", "METRICS", "layer_group", "MAX_LABELLED", "accuracy_ci", "total_bops",
+           "sqnr_depth_png"]
 
 def total_bops(p: dict) -> float:
     """BOPs per image including IGQ's grouping overhead (BOP-equivalents; 0 for other recipes)."""
@@ -329,3 +335,38 @@ def cycle_histogram_figure(points: list[dict], path: Path) -> Path | None:
     ax.grid(True, alpha=0.25)
     ax.legend(fontsize=7.5)
     return _save(fig, path)
+
+
+def _finite(db) -> bool:
+    return db is not None and math.isfinite(db)
+
+
+def sqnr_depth_png(series: dict[str, list[dict]], title: str) -> bytes:
+    """PNG bytes: SQNR (dB, `reference.layer_error`) against depth (op index), one line per run label,
+    from rows as in ``--layers`` / a run record's ``sqnr_layers``. Infinite (exact) tensors -- ``inf`` or
+    ``None`` in JSON -- are drawn at the top of the axis."""
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    finite = [r["sqnr_db"] for rows in series.values() for r in rows if _finite(r["sqnr_db"])]
+    top = max(finite, default=60.0) + 5
+    for label, rows in series.items():
+        x = [r["depth"] for r in rows]
+        y = [r["sqnr_db"] if _finite(r["sqnr_db"]) else top for r in rows]
+        ax.plot(x, y, marker=".", linewidth=1, label=label)
+    blocks = {}
+    for rows in series.values():
+        for r in rows:
+            if r["block"] is not None:
+                blocks.setdefault(r["block"], r["depth"])
+    for b, d in sorted(blocks.items()):
+        ax.axvline(d - 0.5, color="0.85", linewidth=0.8, zorder=0)
+        ax.text(d, 0.01, f"b{b}", fontsize=7, color="0.5", va="bottom", transform=ax.get_xaxis_transform())
+    ax.set_xlabel("depth (op index in the graph; grey lines: block starts)")
+    ax.set_ylabel("SQNR vs fp32 (dB)")
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()

@@ -7,8 +7,10 @@ anything. Written files (in the output directory): ``report.md``,
 ``accuracy_vs_bops.png``, ``accuracy_vs_latency.png``,
 ``accuracy_vs_energy.png``, ``breakdown_<accel>.png`` (cycles and DRAM
 traffic side by side, one figure per accelerator: the first shown, the
-others behind a ``<details>`` selector) and, when some point's cost varies
-per image, ``cycles_per_image.png``.
+others behind a ``<details>`` selector), ``sqnr_<model>.png`` (per-tensor
+SQNR vs fp32 by depth of the breakdown's points, from their run records'
+``sqnr_layers``) and, when some point's cost varies per image,
+``cycles_per_image.png``.
 
 Points are numbered in the accuracy table (1..N, one number per model x
 recipe); the figures mark each point with its number. BOPs include IGQ's
@@ -19,6 +21,7 @@ revision, date and every accelerator's parameters (from ``results.json``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from reports import figures
@@ -87,10 +90,27 @@ def _make_figures(results: dict, out: Path, front: dict) -> dict[str, list[Path]
         sel = [p for label in chosen for p in points if p["label"] == label and p["accelerator"] == accel]
         if sel:
             figs["breakdown"].append(figures.accelerator_breakdown_figure(sel, out / f"breakdown_{accel}.png"))
+    figs["sqnr"] = _sqnr_figures(results, out, chosen)
     hist = figures.cycle_histogram_figure(points, out / "cycles_per_image.png")
     if hist is not None:
         figs["histogram"].append(hist)
     return figs
+
+
+def _sqnr_figures(results: dict, out: Path, chosen: list[str]) -> list[Path]:
+    """``sqnr_<model>.png``: per-tensor SQNR vs fp32 by depth of the chosen runs (those of the breakdown
+    figures), one figure per model; runs without SQNR rows (early exits, older records) are left out."""
+    runs = [p for p in unique_runs(results["points"]) if p["label"] in chosen and p.get("sqnr_layers")]
+    by_model: dict[str, dict[str, list]] = {}
+    for p in runs:
+        by_model.setdefault(p["model"]["name"], {})[p["label"]] = p["sqnr_layers"]
+    paths = []
+    for model, series in by_model.items():
+        path = out / f"sqnr_{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}.png"
+        images = max(p["images"] for p in runs if p["model"]["name"] == model)
+        write_bytes(path, figures.sqnr_depth_png(series, f"{model}: per-tensor SQNR vs fp32 ({images} images)"))
+        paths.append(path)
+    return paths
 
 
 def _bits(p: dict) -> str:
@@ -207,7 +227,12 @@ def _markdown(results: dict, figs: dict, front: dict, out: Path) -> str:
               "Cycles (left) and off-chip (DRAM) traffic (right) per image of the chosen points, per block and "
               "operator group; one figure per accelerator (open the others below the first).", ""]
     lines += _breakdown_lines(figs, rel)
-    lines += ["## Per-image cycles", ""]
+    lines += ["## Where the error comes from", ""]
+    lines += (["SQNR of every quantized tensor against the fp32 model on the same images (dB, higher is "
+               "better), by depth in the graph, for the points of the breakdown figures; a drop shows the "
+               "boundary where a recipe loses accuracy.", ""] + [f"![{Path(f).stem}]({rel(f)})" for f in figs["sqnr"]]
+              if figs["sqnr"] else ["No per-tensor SQNR in these results (early-exit graphs have none)."])
+    lines += ["", "## Per-image cycles", ""]
     lines += ([f"![cycles per image]({rel(f)})" for f in figs["histogram"]] if figs["histogram"] else
               ["Every point costs the same on every image, so there is no histogram: the cost model counts "
                "the operators an image executes, and only early exits change that count per image (igq's "

@@ -10,8 +10,10 @@ Two record kinds, both plain JSON:
 * a **run** record (`run_record`) -- one model x one recipe configuration
   evaluated on the sweep's images: top-1 of the float model, of the
   fake-quant executor (integer-only nonlinearities) and of the integer
-  simulator, the bit-exact image count between those two, and the executed
-  trace. Expensive; this is what workers compute.
+  simulator, the bit-exact image count between those two, the executed
+  trace, and ``sqnr_layers``: the SQNR of every quantized tensor against the
+  fp32 model over the same images (`reference.layer_error`; ``null`` for
+  exact tensors, and for the whole list when the graph has early exits). Expensive; this is what workers compute.
 * a **point** record (`cost_point`) -- a run record costed on one accelerator
   by `hwmodels.estimate` (cheap; done where the results are collected).
 
@@ -166,6 +168,7 @@ def run_record(run, threads: int | None = None) -> dict:
     import time
 
     from reference.fakequant_ops import GraphFakeQuantExecutor
+    from reference.layer_error import SqnrAccumulator
     from reference.recipes import quantize
     from reference.recipes.config import recipe_from_dict
     from simulator.int_ops import GraphIntegerExecutor
@@ -177,6 +180,8 @@ def run_record(run, threads: int | None = None) -> dict:
     model, images, labels, fp32_top1 = _model_and_data(run.model)
     qg = quantize(model, _calibration_images(run.model, cfg.calib_images), cfg, model_name=run.model.name)
     fq, sim = GraphFakeQuantExecutor(qg, "integer"), GraphIntegerExecutor(qg)
+    has_exits = any(op.kind == "exit" for op in qg.graph.ops)
+    sqnr = None if has_exits else SqnrAccumulator(qg)
     preds = {"fq": [], "sim": []}
     exact, mismatch, traces = [], None, []
     for s in range(0, len(images), run.batch_size):
@@ -187,6 +192,8 @@ def run_record(run, threads: int | None = None) -> dict:
         exact.append(bit_exact_images(r_fq.codes, r_sim.codes))
         mismatch = mismatch or first_mismatch(r_fq.codes, r_sim.codes)
         traces.append(r_sim.trace)
+        if sqnr is not None:
+            sqnr.add(x, r_sim.codes)
     trace = _merge_traces(traces)
     top1 = {k: float(np.mean(np.concatenate(v) == labels) * 100) for k, v in preds.items()}
     return {
@@ -198,6 +205,8 @@ def run_record(run, threads: int | None = None) -> dict:
         "macs_per_image": float(trace.macs_per_image().mean()),
         "bops_per_image": float(trace.bops_per_image().mean()),
         "grouping_bops_per_image": _grouping_bops(trace),
+        "sqnr_layers": None if sqnr is None else [
+            {**r, "sqnr_db": r["sqnr_db"] if np.isfinite(r["sqnr_db"]) else None} for r in sqnr.rows()],
         "run_seconds": time.perf_counter() - t0,
         "trace": trace.to_dict(),
     }

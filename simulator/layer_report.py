@@ -47,37 +47,10 @@ def print_layers(rows: list[dict], label: str) -> None:
 
 
 def sqnr_plot_png(series: dict[str, list[dict]], title: str) -> bytes:
-    """PNG bytes: SQNR (dB) against depth (op index), one line per run label; GEMM-input
-    activations marked. Infinite values (exact tensors) are drawn at the top of the axis."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """PNG bytes of `reports.figures.sqnr_depth_png` (the sweep report draws the same figure)."""
+    from reports.figures import sqnr_depth_png
 
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    finite = [r["sqnr_db"] for rows in series.values() for r in rows if math.isfinite(r["sqnr_db"])]
-    top = max(finite, default=60.0) + 5
-    for label, rows in series.items():
-        x = [r["depth"] for r in rows]
-        y = [r["sqnr_db"] if math.isfinite(r["sqnr_db"]) else top for r in rows]
-        ax.plot(x, y, marker=".", linewidth=1, label=label)
-    blocks = {}
-    for rows in series.values():
-        for r in rows:
-            if r["block"] is not None:
-                blocks.setdefault(r["block"], r["depth"])
-    for b, d in sorted(blocks.items()):
-        ax.axvline(d - 0.5, color="0.85", linewidth=0.8, zorder=0)
-        ax.text(d, 0.01, f"b{b}", fontsize=7, color="0.5", va="bottom", transform=ax.get_xaxis_transform())
-    ax.set_xlabel("depth (op index in the graph; grey lines: block starts)")
-    ax.set_ylabel("SQNR vs fp32 (dB)")
-    ax.set_title(title)
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+    return sqnr_depth_png(series, title)
 
 
 def layer_costs_csv(trace, reports=()) -> str:

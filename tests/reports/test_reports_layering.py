@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 READERS = ("pareto.py", "figures.py", "review.py")
-ALLOWED_ROOTS = {"__future__", "collections", "os", "re", "tempfile", "pathlib", "itertools", "matplotlib",
+ALLOWED_ROOTS = {"__future__", "collections", "io", "math", "os", "re", "tempfile", "pathlib", "itertools", "matplotlib",
                  "numpy", "reports"}
 WRITERS = {"simulator.atomic_files",    # every output goes through the one writer (issue 18)
            "simulator.significance"}   # one interval / paired-test definition for CLI and reports

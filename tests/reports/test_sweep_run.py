@@ -71,6 +71,12 @@ def test_points_are_bit_exact_and_costed(tiny, tiny_points):
     assert results["accelerators"]["mcu_int8"]["spec"]["clock_mhz"] == 200.0
     assert "Made by vit-intsim" in md and "| mcu_int8 | `mcu_int8.yaml`" in md
     assert all(p["grouping_bops_per_image"] == 0.0 for p in tiny_points.values())     # static: no groups
+    # per-tensor SQNR vs fp32 in every run record, equal to `simulate --layers`' rows on the same images
+    db = {label: {r["tensor"]: r["sqnr_db"] for r in tiny_points[(label, "npu_int8")]["sqnr_layers"]}
+          for label in ("static_w8a8", "static_w4a4")}
+    assert len(db["static_w8a8"]) == 91 and db["static_w8a8"]["logits"] > db["static_w4a4"]["logits"] + 6
+    assert (root / "out" / "sqnr_vit_digits.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Where the error comes from" in md and "](sqnr_vit_digits.png)" in md
     import csv
 
     rows = list(csv.DictReader((root / "out" / "results.csv").open()))
