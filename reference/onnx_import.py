@@ -3,12 +3,18 @@
     qg = import_qdq("deit_qdq.onnx", model, calib_images)     # -> QuantizedGraph
     report = ort_comparison(qg, open("deit_qdq.onnx", "rb").read(), images, labels)
 
-The architecture comes from the timm ``model`` (lowered by `reference.lower`,
-the supported configurations of docs/graph.md); from the ONNX file come the
-**weights** (the integer codes and per-channel scales behind each weight
-``DequantizeLinear``) and the **activation scales** at every GEMM input that
-has a ``QuantizeLinear -> DequantizeLinear`` pair -- what
-``onnxruntime.quantization.quantize_static`` (QDQ) writes.
+The architecture is read from the file (`reference.onnx_architecture`: a
+timm ``VisionTransformer`` exported by ``torch.onnx.export``), or taken from a
+timm ``model`` when one is given (lowered by `reference.lower`, the supported
+configurations of docs/graph.md). From the ONNX file come **every float
+param** (LayerNorm gamma/beta, prefix tokens, position embedding, biases,
+LayerScale; the model's own are replaced), the **weights** (the integer codes
+and per-channel scales behind each weight ``DequantizeLinear``) and the
+**activation scales** at every GEMM input that has a ``QuantizeLinear ->
+DequantizeLinear`` pair -- what ``onnxruntime.quantization.quantize_static``
+(QDQ) writes. A graph the reader does not know (e.g. ``qk_norm``, post-norm
+blocks) still imports with a ``model``: then, with a warning, only the GEMM
+weights and scales come from the file.
 
 Matching: the ONNX ``Conv`` / ``MatMul`` / ``Gemm`` nodes, in graph order,
 are the graph's GEMMs (``linear``, ``head``, ``matmul``) in walk order; the
@@ -37,6 +43,7 @@ where ORT saturates at ``127 s``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 
@@ -45,7 +52,9 @@ from simulator import ir
 from simulator.errors import InputError
 from simulator.qgraph import QuantizedGraph, Quantizer
 
-__all__ = ["import_qdq", "ort_comparison", "QDQModel"]
+__all__ = ["import_qdq", "model_for_import", "ort_comparison", "QDQModel"]
+
+log = logging.getLogger(__name__)
 
 _GEMMS = ("Conv", "MatMul", "Gemm")
 _PASS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten")
@@ -215,15 +224,37 @@ def _weight(t_model: QDQModel, node, ir_shape, what: str):
     return w, s
 
 
-def import_qdq(path: "str | QDQModel", model, calib_images: np.ndarray, image_size=None,
-               residual_bits: int = 16) -> QuantizedGraph:
-    """A `QuantizedGraph` of ``model``'s architecture with the QDQ file's weights and scales (module docstring)."""
+def model_for_import(m: QDQModel, model=None, num_heads: int | None = None, data_config: dict | None = None):
+    """(timm model holding the file's float params, architecture record): `model_from_qdq`; for a graph
+    its reader does not know, a given ``model`` as it is (a warning: only GEMM weights and scales import)."""
+    from reference.onnx_architecture import UnreadableGraph, model_from_qdq
+
+    try:
+        return model_from_qdq(m, model, num_heads, data_config)
+    except UnreadableGraph as e:
+        if model is None:
+            raise
+        log.warning("%s; so only the GEMM weights and activation scales come from the file, the other float "
+                    "params (LayerNorm, tokens, biases) from the given model", str(e).split("; pass --model")[0])
+        return model, {"source": "model", "kwargs": None, "params": "GEMM weights only"}
+
+
+def import_qdq(path: "str | QDQModel", model=None, calib_images: np.ndarray | None = None, image_size=None,
+               residual_bits: int = 16, *, num_heads: int | None = None, architecture: dict | None = None
+               ) -> QuantizedGraph:
+    """A `QuantizedGraph` of the QDQ file (module docstring). ``model`` None: the architecture is read from
+    the file (``num_heads`` when its attention Reshape does not give it); given: ``model``'s architecture.
+    ``architecture``: the record of a `model_for_import` that already made ``model`` (the CLI)."""
     from reference.lowering import lower
     from reference.recipes.static import Scales
     from reference.recipes.static_graph import assign_quantizers, collect_graph_stats, freeze_op, owners, stat_names
 
+    if calib_images is None:
+        raise TypeError("import_qdq: calib_images is required")
     m = path if isinstance(path, QDQModel) else QDQModel(path)
     path = m.path
+    if architecture is None:
+        model, architecture = model_for_import(m, model, num_heads)
     graph = lower(model, image_size=image_size) if image_size else lower(model)
     gemm_nodes = [n for n in m.nodes if n.op_type in _GEMMS]
     gemm_ops = [op for op in graph.ops if op.kind in ("linear", "head", "matmul")]
@@ -270,7 +301,8 @@ def import_qdq(path: "str | QDQModel", model, calib_images: np.ndarray, image_si
             out[op.name] = p
     same = sum(int((out[k].w_q == w).sum()) for k, w in w_codes.items())
     total = sum(w.size for w in w_codes.values())
-    meta = {"model": type(model).__name__, "recipe": "onnx_qdq", "label": "onnx_qdq", "source": str(path),
+    meta = {"model": type(model).__name__, "architecture": architecture,
+            "recipe": "onnx_qdq", "label": "onnx_qdq", "source": str(path),
             "w_bits": 8, "a_bits": int(bits[-1]), "residual_bits": residual_bits,
             "calibration": {"images": int(len(calib)), "imported_tensors": sorted(fixed)},
             "onnx_codes": {t: list(v) for t, v in where.items()},

@@ -137,15 +137,22 @@ def export_main(argv: list[str]) -> int:
     return 0
 
 
-def onnx_qdq_main(argv: list[str]) -> int:
-    """``simulate --onnx-qdq model.onnx``: import, simulate, compare with onnxruntime (see the module docstring)."""
+def _onnx_qdq_parser():
     from simulator.cli import _Parser, add_logging_arguments
 
     p = _Parser(prog="simulate --onnx-qdq", description="simulate a QDQ ONNX model imported into the integer graph")
     p.add_argument("--onnx-qdq", required=True, metavar="PATH", help="a QDQ model of a supported ViT")
-    p.add_argument("--model", default=None, help="timm name of the architecture (default: the bundled digits ViT)")
-    p.add_argument("--img-size", type=int, default=None, metavar="PX")
-    p.add_argument("--num-classes", type=int, default=None, metavar="N")
+    a = p.add_argument_group("architecture (default: read from the file)")
+    a.add_argument("--model", default=None,
+                   help="timm name fixing the architecture instead (its weights are replaced by the file's)")
+    a.add_argument("--num-heads", type=int, default=None, metavar="H",
+                   help="attention heads, when the file's attention Reshape does not give them (without --model)")
+    a.add_argument("--img-size", type=int, default=None, metavar="PX", help="with --model: timm img_size")
+    a.add_argument("--num-classes", type=int, default=None, metavar="N", help="with --model: timm num_classes")
+    a.add_argument("--mean", type=float, nargs="+", default=None, metavar="M",
+                   help="input normalisation mean, 1 or C values (default: --model's; without it 0.5)")
+    a.add_argument("--std", type=float, nargs="+", default=None, metavar="S",
+                   help="input normalisation std, 1 or C values (default: --model's; without it 0.5)")
     p.add_argument("--data", default=None, metavar="DIR", help="evaluation images (default: digits)")
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="calibration images for the tensors the QDQ model leaves float (default: --data's)")
@@ -153,34 +160,74 @@ def onnx_qdq_main(argv: list[str]) -> int:
     p.add_argument("--images", type=int, default=None, metavar="N", help="evaluate N images (default: all)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the comparison as JSON")
     add_logging_arguments(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def _import_model(args, qdq):
+    """(timm model holding the file's float params, architecture record) for ``--onnx-qdq``."""
+    from reference.onnx_import import model_for_import
+
+    if args.model is None:
+        for flag, v in (("--img-size", args.img_size), ("--num-classes", args.num_classes)):
+            if v is not None:
+                raise InputError(f"{flag}: only with --model (without it the file's shapes are the architecture)")
+        cfg = {k: tuple(v) for k, v in (("mean", args.mean), ("std", args.std)) if v is not None}
+        out = model_for_import(qdq, None, args.num_heads, cfg)
+        if args.mean is None or args.std is None:
+            log.warning("%s: the ONNX file carries no input normalisation; images are normalised with mean 0.5, std "
+                        "0.5 per channel (timm's ViT default) unless --mean/--std say otherwise", args.onnx_qdq)
+        return out
+    if args.num_heads is not None:
+        raise InputError("--num-heads: only without --model (the model fixes its heads)")
+    from reference.models import load_model
+
+    model = load_model(args.model, None, num_classes=args.num_classes, img_size=args.img_size, mean=args.mean,
+                       std=args.std, random_weights_ok=True)
+    return model_for_import(qdq, model)
+
+
+def onnx_qdq_main(argv: list[str]) -> int:
+    """``simulate --onnx-qdq model.onnx``: import, simulate, compare with onnxruntime (see the module docstring)."""
+    args = _onnx_qdq_parser().parse_args(argv)
     from simulator.atomic_files import Batch, dumps_json
     from simulator import preflight as pf
 
     pf.check_outputs([("--json", args.json)])
+    for flag, v in (("--mean", args.mean), ("--std", args.std)):
+        if v is not None and len(v) not in (1, 3):
+            raise InputError(f"{flag}: expected 1 or 3 values, got {len(v)}")
     from reference.onnx_import import QDQModel, import_qdq, ort_comparison
 
     qdq = QDQModel(args.onnx_qdq)          # a missing / non-ONNX / non-QDQ file fails before the model loads
     from reference.data import load_dataset
-    from reference.models import load_model
 
-    model = load_model(args.model, None, num_classes=args.num_classes, img_size=args.img_size,
-                       random_weights_ok=True)
+    model, arch = _import_model(args, qdq)
     calib, _ = load_dataset(args.calib if args.calib is not None else args.data, model, split="calib",
                             limit=args.calib_images)
-    qg = import_qdq(qdq, model, calib)
+    qg = import_qdq(qdq, model, calib, architecture=arch)
     images, labels = load_dataset(args.data, model, split="test", limit=args.images)
     with open(args.onnx_qdq, "rb") as f:
         data = f.read()
     cmp = ort_comparison(qg, data, images, labels)
     n_static = sum(q.kind == "static" for q in qg.quantizers.values())
-    print(f"imported {args.onnx_qdq}: {len(qg.graph.ops)} ops, {n_static} quantized tensors")
+    print(f"imported {args.onnx_qdq}: {len(qg.graph.ops)} ops, {n_static} quantized tensors; "
+          f"architecture {_describe(arch, args.model)}")
     for k, v in cmp["summary"].items():
         print(f"  {k}: {v}")
     if args.json:
         with Batch() as batch:
-            batch.add(args.json, dumps_json(_finite(cmp), f"--json {args.json}"), f"--json {args.json}")
+            payload = cmp | {"architecture": arch}
+            batch.add(args.json, dumps_json(_finite(payload), f"--json {args.json}"), f"--json {args.json}")
     return 0
+
+
+def _describe(arch: dict, name) -> str:
+    if arch["source"] == "model":
+        what = f"{arch['params']} float tensors" if isinstance(arch["params"], int) else arch["params"]
+        return f"of --model {name} ({what} from the file)"
+    kw = arch["kwargs"]
+    keys = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "num_classes", "global_pool")
+    return "read from the file: " + ", ".join(f"{k}={kw[k]}" for k in keys)
 
 
 def _finite(node):
