@@ -227,7 +227,8 @@ def _weight(t_model: QDQModel, node, ir_shape, what: str):
 def model_for_import(m: QDQModel, model=None, num_heads: int | None = None, data_config: dict | None = None):
     """(timm model holding the file's float params, architecture record): `model_from_qdq`; for a graph
     its reader does not know, a given ``model`` as it is (a warning: only GEMM weights and scales import)."""
-    from reference.onnx_architecture import UnreadableGraph, model_from_qdq
+    from reference.onnx_architecture import model_from_qdq
+    from reference.onnx_vit_reader import UnreadableGraph
 
     try:
         return model_from_qdq(m, model, num_heads, data_config)

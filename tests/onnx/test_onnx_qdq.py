@@ -141,5 +141,6 @@ def test_import_of_an_onnxruntime_quantized_digits_model(digits, digits_qdq, tmp
 def test_import_refuses_another_architecture(digits_qdq):
     """A --model whose shapes differ from the file's: one line naming the first tensor that does not fit."""
     other = build_vit(SMALL | dict(in_chans=1, img_size=8, depth=1, num_classes=10, embed_dim=96), seed=1)
-    with pytest.raises(InputError, match=r"qdq.onnx: pos_embed: shape \(1, 17, 96\) in the file, \(1, 5, 96\) in the model$"):
+    with pytest.raises(InputError, match=r"qdq.onnx: pos_embed: shape \(1, 17, 96\) in the file, "
+                                         r"\(1, 5, 96\) in the model$"):
         import_qdq(str(digits_qdq), other, np.zeros((4, 1, 8, 8), np.float32))
