@@ -156,9 +156,20 @@ class _Reader:
             else:
                 return n
 
+    def readers(self, value: str) -> list:
+        """(node, the name it reads ``value`` by) of the nodes reading ``value``, through activation Q/DQ pairs."""
+        out = []
+        for n in self.users[value]:
+            if n.op_type == "QuantizeLinear" and n.input[0] == value:
+                out += [r for d in self.users[n.output[0]] if d.op_type == "DequantizeLinear"
+                        for r in self.readers(d.output[0])]
+            else:
+                out.append((n, value))
+        return out
+
     def const_user(self, value: str, op: str, shape: tuple):
         """(constant, output) of the one ``op`` node reading ``value`` and a constant of ``shape``."""
-        for n in self.users[value]:
+        for n, value in self.readers(value):
             if n.op_type == op and len(n.input) == 2:
                 other = n.input[1] if n.input[0] == value else n.input[0]
                 c = self.array(other)
@@ -201,7 +212,7 @@ class _Reader:
 
     def heads_of(self, qkv: Dense, dim: int) -> int | None:
         """H of the ``[B, N, 3, H, head_dim]`` Reshape after qkv (constant H, or D / head_dim), else None."""
-        for n in self.users[qkv.out]:
+        for n, _ in self.readers(qkv.out):
             if n.op_type != "Reshape":
                 continue
             dims = self._shape(n.input[1])
@@ -257,7 +268,7 @@ def _read_embedding(r: _Reader, conv, end: int):
         if n.op_type == "Concat" and r.attr(n, "axis") == 1 and r.array(n.output[0]) is None:
             cat = n
             for i in n.input:
-                p = r.m.producer.get(i)
+                p = r.source(i)
                 c = r.array(p.input[0]) if p is not None and p.op_type == "Expand" else r.array(i)
                 if c is not None:
                     prefix.append(c.astype(np.float32))

@@ -62,7 +62,22 @@ def run_case(name, model, calib, test, labels, out_dir):
         fp32 = model(torch.from_numpy(np.ascontiguousarray(test, dtype=np.float32))).numpy()
     with open(qdq, "rb") as f:
         cmp = ort_comparison(qg, f.read(), test, labels, float_logits=fp32)
+    cmp["file_alone"] = file_alone_agreement(qdq, qg, calib, test)
     return cmp
+
+
+def file_alone_agreement(qdq, qg, calib, test) -> dict:
+    """The file imported without the model (architecture and every float param read from the graph) against
+    the import with the model: images whose codes are equal at every boundary, and equal logits."""
+    from reference.onnx_import import import_qdq
+    from simulator.int_ops import GraphIntegerExecutor
+    from simulator.results import bit_exact_images
+
+    alone = import_qdq(qdq, None, calib)
+    a, b = GraphIntegerExecutor(alone).run(test), GraphIntegerExecutor(qg).run(test)
+    same = bit_exact_images(a.codes, b.codes) & (a.logit_codes == b.logit_codes).all(axis=1)
+    return {"kwargs": alone.meta["architecture"]["kwargs"], "images": int(len(test)),
+            "bit_exact_images": int(same.sum()), "boundaries": len(a.codes)}
 
 
 def main() -> None:
@@ -109,6 +124,13 @@ def main() -> None:
               f"{100 * s['ort_agree_fp32']:.1f}%, simulator {100 * s['simulator_agree_fp32']:.1f}%) |")
         if "ort_top1" in s:
             print(f"|   (labels: ORT top-1 {100 * s['ort_top1']:.1f}%, simulator {100 * s['simulator_top1']:.1f}%) |")
+    print("\n| model | read from the file alone | images bit-exact vs import with the model (all boundaries) |")
+    print("|---|---|---|")
+    for name, r in results.items():
+        a, k = r["file_alone"], r["file_alone"]["kwargs"]
+        arch = ", ".join(f"{x}={k[x]}" for x in ("img_size", "patch_size", "in_chans", "embed_dim", "depth",
+                                                  "num_heads", "num_classes", "global_pool", "act_layer"))
+        print(f"| {name} | {arch} | {a['bit_exact_images']}/{a['images']} ({a['boundaries']} boundaries) |")
     for name, r in results.items():
         print(f"\n{name}: per boundary (ORT QuantizeLinear codes vs simulator codes)")
         print("| tensor | bits | equal | within +-1 | max abs diff |")
