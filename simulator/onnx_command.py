@@ -150,9 +150,9 @@ def _onnx_qdq_parser():
     a.add_argument("--img-size", type=int, default=None, metavar="PX", help="with --model: timm img_size")
     a.add_argument("--num-classes", type=int, default=None, metavar="N", help="with --model: timm num_classes")
     a.add_argument("--mean", type=float, nargs="+", default=None, metavar="M",
-                   help="input normalisation mean, 1 or C values (default: --model's; without it 0.5)")
+                   help="input normalisation mean, 1 or 3 values (default: --model's; without it 0.5)")
     a.add_argument("--std", type=float, nargs="+", default=None, metavar="S",
-                   help="input normalisation std, 1 or C values (default: --model's; without it 0.5)")
+                   help="input normalisation std, 1 or 3 values (default: --model's; without it 0.5)")
     p.add_argument("--data", default=None, metavar="DIR", help="evaluation images (default: digits)")
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="calibration images for the tensors the QDQ model leaves float (default: --data's)")

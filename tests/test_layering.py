@@ -76,7 +76,8 @@ RANKS = (
     ("simulator.onnx_command", 4),   # export-onnx / --onnx-qdq commands (docs/onnx.md)
     ("simulator.layer_report", 4),   # --layers: per-tensor SQNR, plot, per-layer cost CSV
     # simulator.onnx_export / onnx_session (rank 1, numpy + onnx): QDQ writer, onnxruntime session;
-    # reference.standard_fakequant / onnx_import / layer_error (rank 2): torch fake-quant, QDQ reader, SQNR
+    # reference.standard_fakequant / onnx_import / layer_error (rank 2): torch fake-quant, QDQ reader, SQNR;
+    # reference.onnx_vit_reader / onnx_architecture (rank 2): a timm ViT's structure and params from QDQ
 )
 
 
