@@ -131,7 +131,8 @@ def state_dict_of(g: VitGraph, model, path: str) -> dict:
     want = [int(getattr(model, n).shape[1]) for n in names]
     have = sum(p.shape[1] for p in g.prefix)
     if sum(want) != have:
-        raise InputError(f"{path}: {have} prefix tokens (cls/dist/register) in the file, the model has {sum(want)}")
+        raise InputError(f"{path}: {have} prefix tokens (cls/dist/register) in the file, "
+                         f"the model has {sum(want)}")
     if names:
         tokens = np.concatenate(g.prefix, axis=1)
         for name, start, n in zip(names, np.cumsum([0] + want), want):
@@ -160,7 +161,8 @@ def state_dict_of(g: VitGraph, model, path: str) -> dict:
             raise InputError(f"{path}: the model has {key} {tuple(t.shape)}, the file has no such tensor "
                              "(another architecture)")
         if tuple(sd[key].shape) != tuple(t.shape):
-            raise InputError(f"{path}: {key}: shape {tuple(sd[key].shape)} in the file, {tuple(t.shape)} in the model")
+            raise InputError(f"{path}: {key}: shape {tuple(sd[key].shape)} in the file, "
+                             f"{tuple(t.shape)} in the model")
     extra = [k for k in sd if k not in expected]
     if extra:
         raise InputError(f"{path}: the file has {extra[0]} {tuple(sd[extra[0]].shape)}, the model has no such "
@@ -230,10 +232,12 @@ def model_from_qdq(m: "QDQModel", model=None, num_heads: int | None = None, data
     sd = state_dict_of(g, model, m.path)
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in sd.items()})
     size = tuple(model.patch_embed.img_size)
-    images = np.random.default_rng(0).standard_normal((2, model.patch_embed.proj.in_channels, *size)).astype(np.float32)
+    shape = (2, model.patch_embed.proj.in_channels, *size)
+    images = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     gap = float_function_gap(m, model, images)
     if not gap <= _FLOAT_GAP:
-        what = "the inferred architecture" if source == "onnx" else "the model's architecture"
+        what, hint = (("the inferred architecture", "pass --model NAME") if source == "onnx" else
+                      ("the model's architecture", "another activation, pooling or block type than the model's"))
         raise InputError(f"{m.path}: {what} with the file's params does not compute the file's float function "
-                         f"(max relative difference {gap:.3g} on 2 random images); pass --model NAME")
+                         f"(max relative difference {gap:.3g} on 2 random images); {hint}")
     return model, {"source": source, "kwargs": kwargs, "float_gap": gap, "params": len(sd)}
