@@ -89,6 +89,7 @@ class QDQModel:
         self.producer = {o: n for n in self.nodes for o in n.output}
         self._consts: dict = {}
         self._dynamic: dict = {}
+        self._scalars: dict | None = None
         kinds = {n.op_type for n in self.nodes}
         if not {"QuantizeLinear", "DequantizeLinear"} <= kinds:
             raise InputError(f"{path}: no QuantizeLinear/DequantizeLinear nodes: not a QDQ model "
@@ -137,19 +138,46 @@ class QDQModel:
         return float(c.reshape(-1)[0]) if c is not None and c.size == 1 else None
 
     def _evaluate(self, name: str):
+        if self._scalars is None:              # one session for every block's SDPA factors
+            self._scalars = self._run({vi.name: vi for vi in self._float_scalars()}) or {}
+        if name in self._scalars:
+            return self._scalars[name]
+        return (self._run({name: None}) or {}).get(name)
+
+    def _float_scalars(self) -> list:
+        """value_info of every value that shape inference says is a float32 of one element."""
+        import onnx
+
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.model)
+        except Exception:  # noqa: BLE001 -- inference is an optimisation here; values are then evaluated one by one
+            return []
+        out = []
+        for vi in inferred.graph.value_info:
+            t = vi.type.tensor_type
+            if (t.elem_type == onnx.TensorProto.FLOAT and t.HasField("shape")
+                    and all(d.HasField("dim_value") and d.dim_value == 1 for d in t.shape.dim)):
+                out.append(vi)
+        return out
+
+    def _run(self, values: dict) -> dict | None:
+        """onnxruntime's values of ``values`` (name -> value_info or None) on a zero input; None on failure."""
         from onnx import helper
 
         from simulator.onnx_session import ort_session
 
+        if not values:
+            return None
         m = self.model.__class__()
         m.CopyFrom(self.model)
         del m.graph.output[:]
-        m.graph.output.append(helper.make_tensor_value_info(name, 1, None))
+        m.graph.output.extend(vi if vi is not None else helper.make_tensor_value_info(k, 1, None)
+                              for k, vi in values.items())
         inp = m.graph.input[0]
         dims = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
         try:
             sess = ort_session(m.SerializeToString(), optimize=False)
-            return sess.run(None, {inp.name: np.zeros(dims, np.float32)})[0]
+            return dict(zip(values, sess.run(None, {inp.name: np.zeros(dims, np.float32)})))
         except Exception:  # noqa: BLE001 -- a non-float or data-dependent value: not a factor
             return None
 
