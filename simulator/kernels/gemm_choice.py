@@ -183,7 +183,7 @@ class BackendChooser:
         seconds, out = self._measure(candidates)
         best = min(seconds, key=seconds.get)
         classes[cls] = {"backend": best, "seconds": seconds,
-                        "gops": {n: round(2 * macs / max(s, 1e-12) / 1e9, 3) for n, s in seconds.items()}}
+                        "gops": {n: float(f"{2 * macs / max(s, 1e-12) / 1e9:.4g}") for n, s in seconds.items()}}
         self.source[cls] = "measured"
         log.debug("GEMM %s: %s (%s)", cls, best, ", ".join(f"{n} {g} GOPS" for n, g in classes[cls]["gops"].items()))
         self._save()
@@ -203,7 +203,7 @@ class BackendChooser:
                 t = self.timer()
                 run()
                 seconds[name] = min(seconds[name], self.timer() - t)
-        return {n: round(s, 6) for n, s in seconds.items()}, out
+        return {n: float(f"{s:.4g}") for n, s in seconds.items()}, out
 
     def _save(self) -> None:
         """Merge this process's choices into the file and rewrite it atomically (warn once on failure)."""
