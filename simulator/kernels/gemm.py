@@ -11,16 +11,22 @@ int64 otherwise; every backend returns that same dtype.
 
 Backends (`EXACT_BACKENDS`):
 
-* ``numba``: a jitted dot-product kernel, ``prange`` over output rows,
-  ``c[i, j] = sum_k a[i, k] * bt[j, k]`` over contiguous rows of ``a`` and
-  ``b^T``. It accumulates in int64 and stores into the result dtype; when that
-  is int32 the sum is exact modulo 2**32 and lies in int32 (``bound < 2**31``),
-  so it is exact -- and LLVM then narrows the loop to 32-bit lanes
-  (``vpmaddwd``/``vpdpwssd`` on AVX-512, ``pmaddwd`` on AVX2). Takes any
-  integer operands.
+* ``numba``: jitted kernels, ``prange`` over output rows. For 8-bit codes
+  (int8/uint8 ``a``, int8 ``b``) the **pair kernel** `_gemm_pairs`: ``b``'s rows
+  are interleaved in pairs so each step adds ``a[i,2h] b[2h,j] + a[i,2h+1]
+  b[2h+1,j]`` over a contiguous run of j (the ``pmaddwd`` shape: LLVM emits
+  ``vpmaddwd``/``vpdpwssd`` on AVX-512, ``pmaddwd`` on AVX2), in int32. It
+  takes ``a`` unsigned: int8 ``a`` enters as ``a + 128`` and the sums start
+  at ``-128 * colsum(b)``; a partial sum may wrap int32 (up to ``K * 255 *
+  128``), but two's complement addition is exact modulo 2**32 and the final
+  value lies in int32 (``bound < 2**31``), so the result is exact. Other
+  operands: the **dot kernel** `_gemm_dot`, ``c[i, j] = sum_k a[i, k] bt[j,
+  k]`` accumulated in int64 and stored in the result dtype (exact by the same
+  modulo argument when that is int32).
 * ``int_mm``: oneDNN's int8 x int8 -> int32 GEMM (``torch._int_mm``), one call
-  per 2-D slice; rows padded to >= 17 and K, N to multiples of 8 with zeros
-  (which add nothing). Exact: int32 cannot overflow while ``K * 2**14 < 2**31``.
+  per 2-D slice, ``b`` column-major; rows padded to >= 17 and K, N to
+  multiples of 8 with zeros (which add nothing), a padded slice computed into
+  a reused scratch and copied out, so the result is always C-contiguous. Exact: int32 cannot overflow while ``K * 2**14 < 2**31``.
   Unsigned 8-bit ``a`` (softmax codes) enters as ``a - 128`` (int8) and
   ``128 * colsum(b)`` is added back: exact in int32 while
   ``K * 255 * 128 < 2**31`` (K < 2**16). Needs int8 ``b``.
@@ -91,7 +97,7 @@ def _gemm_pairs(au, bp, init, out):
     ``au`` uint8 [P, M, 2H], ``bp`` int8 [P or 1, H, 2N]: ``b``'s rows taken in pairs and interleaved
     (`_pair_rows`), so each step adds two products per output from adjacent bytes -- the
     ``pmaddwd`` shape (AVX2 / AVX-512 ``vpmaddwd``, ``vpdpwssd`` with VNNI), vectorised over j.
-    Products are at most 255 * 128, so int32 holds any sum of fewer than 65793 of them.
+    Sums wrap modulo 2**32; the caller guarantees the exact result fits int32 (module docstring).
     """
     nb, m, k2 = au.shape
     n = out.shape[2]
