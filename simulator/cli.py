@@ -146,8 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate N images: a fixed seed-0 random subset (in the source's order), so a "
                         "small N still spans every class (default: all)")
     r.add_argument("--batch-size", type=int, default=64, metavar="N", help="executor batch size (default 64)")
-    r.add_argument("--backend", default="auto", choices=("auto", "int_mm", "blas", "numba"),
-                   help="simulator GEMM backend (all exact; default auto)")
+    r.add_argument("--backend", default="auto",
+                   choices=("auto", "numba", "int_mm", "blas_f32", "blas_f64", "blas"),
+                   help="simulator GEMM backend, all exact (default auto: the fastest per shape class, "
+                        "measured once on this machine and cached; simulator/kernels/gemm_choice.py)")
+    r.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads of torch's and numba's pools (default: all cores this process may use)")
     r.add_argument("--engine", default="auto", metavar="{auto,graph}",
                    help="kept for scripts: every run uses the integer graph lowered from the model "
                         "(docs/graph.md); 'legacy' (the removed hand-written walks) is refused")
@@ -383,6 +387,8 @@ def run_main(args) -> int:
         from simulator.igq import overhead_bops
         from simulator.results import bit_exact_images, first_mismatch
         from simulator.summary import accelerator_record, print_summary, significance_record, summary_csv
+        from simulator.engines import configure_threads
+    threads = configure_threads(args.threads)
     model_name = args.model or DEFAULT_MODEL
     planted = None
     if getattr(args, "plant_outliers", None) is not None:
@@ -454,6 +460,7 @@ def run_main(args) -> int:
         "wall_time_s": wall, "calibration_s": t_calib,
         "executor_s": {"fp32": timings["fp32"], "fakequant_integer": timings["fq_int"],
                        "fakequant_float_nonlinear": timings["fq_float"], "simulator": timings["sim"]},
+        "gemm_backend": sim.gemm_report(), "threads": threads,
     }
     print_summary(summary, cfg.label)
     if plan.npus:

@@ -59,7 +59,7 @@ from simulator.int_nonlinear import GELU_INPUT_LIMIT
 from simulator.jit import parallel_kernel, quick_gelu_q12
 from simulator.jit import requantize as jrequantize
 from simulator.jit import saturate as jsaturate
-from simulator.kernels.gemm import int_matmul, saturate_acc
+from simulator.kernels.gemm import default_chooser, int_matmul, saturate_acc
 from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
 from simulator.kernels.output_stage import code_dtype, linear_output, quantize_patches, requant_output
 from simulator.kernels.softmax_codes import int_softmax_log2, int_softmax_pow2, log2_decode
@@ -127,6 +127,7 @@ class IntOps:
         self.overflows: dict[str, int] = {}
         self._wt: dict[str, np.ndarray] = {}
         self.groups: dict[str, np.ndarray] = {}       # group index per grouped tensor (this batch)
+        self.gemm_used: dict[str, str] = {}           # GEMM shape class -> backend that ran it
 
     def _count(self, name: str, n: int) -> None:
         if n:
@@ -139,7 +140,7 @@ class IntOps:
         return decode_operand(qz, x) if qz.kind == "two_scaled" else x
 
     def _gemm(self, name, a, b, a_max, b_max):
-        acc = int_matmul(a, b, a_max, b_max, self.backend)
+        acc = int_matmul(a, b, a_max, b_max, self.backend, record=self.gemm_used)
         acc, over = saturate_acc(acc)
         self._count(name, over)
         return acc
@@ -162,7 +163,7 @@ class IntOps:
     def linear(self, op: ir.Linear, x, residual=None):
         lin, qz = self.p[op.name], self.q[op.outputs[0]]
         if op.name not in self._wt:
-            self._wt[op.name] = np.ascontiguousarray(lin.w_q.T)
+            self._wt[op.name] = np.array(lin.w_q, order="C").T      # [K, N] view of a writable [N, K]
         lead, qi = x.shape[:-1], self.q[op.inputs[0]]
         x, a_max = self._operand(op.inputs[0], x), qi.max_abs   # two_scaled: decoded, max_abs is its bound
         if qi.kind == "grouped":                    # IGQ channel groups: shifted operand, one GEMM
@@ -224,10 +225,11 @@ class IntOps:
         bt = b.swapaxes(-1, -2) if op.transpose_b else b
         acc = self._gemm(op.name, self._operand(op.inputs[0], a), bt, qa.max_abs, qb.max_abs)
         if qz.kind == "accumulator" and "grouped" not in (qa.kind, qb.kind):
-            return acc.astype(np.int64)
+            return acc                              # int32 where the bound allows (`int_matmul`)
         rq = self.p[op.name]
         if "grouped" in (qa.kind, qb.kind, qz.kind):
-            u, out = igq_graph.grouped_matmul(op, rq, qa, qb, qz, self.groups.get(op.inputs[0]), acc)
+            u, out = igq_graph.grouped_matmul(op, rq, qa, qb, qz, self.groups.get(op.inputs[0]),
+                                              acc.astype(np.int64, copy=False))
             return self._grouped(op, u) if out is None else out.astype(_dtype(qz))
         return requant_output(acc, rq.mult, rq.shift, qz.lo, qz.hi, _dtype(qz))
 
@@ -288,6 +290,17 @@ class GraphIntegerExecutor:
 
     def __init__(self, qg: QuantizedGraph, gemm_backend: str = "auto"):
         self.qg, self.backend = qg, gemm_backend
+        self.gemm_used: dict[str, str] = {}           # GEMM shape class -> backend, over every run
+
+    def gemm_report(self) -> dict:
+        """The GEMM backends of the runs so far: ``{"requested", "classes": {class: {"backend", "source",
+        "gops"}}, "cache"}`` (`simulator.kernels.gemm_choice`; source ``requested`` for a fixed backend)."""
+        if self.backend != "auto":
+            classes = {c: {"backend": n, "source": "requested", "gops": {}} for c, n in sorted(self.gemm_used.items())}
+            return {"requested": self.backend, "classes": classes, "cache": None}
+        chooser = default_chooser()
+        return {"requested": "auto", "classes": chooser.report(self.gemm_used),
+                "cache": None if chooser.path is None else str(chooser.path)}
 
     def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
         from simulator.walk import walk
@@ -309,6 +322,7 @@ class GraphIntegerExecutor:
             for t, gidx in (exits.group_maps(base.groups, s, len(outs[-1])) if keep_codes else {}).items():
                 keep(t + ".groups", gidx)               # IGQ group maps (simulator.igq_graph)
             base.groups.clear()
+        self.gemm_used.update(base.gemm_used)
         empty = (0, *ir.tensor_shapes(g)[self.qg.output][1:])          # no images: the output's shape
         lc = np.concatenate(outs).astype(np.int64) if outs else np.zeros(empty, np.int64)
         layers = graph_layer_ops(self.qg)

@@ -65,7 +65,7 @@ def _positive(args, name: str) -> None:
 
 def check_flags(args) -> None:
     """Numbers and lists of the model/data flags (argparse has checked the types)."""
-    for name in ("images", "batch_size", "num_classes", "img_size"):
+    for name in ("images", "batch_size", "num_classes", "img_size", "threads"):
         _positive(args, name)
     mean, std = getattr(args, "mean", None), getattr(args, "std", None)
     for flag, values in (("--mean", mean), ("--std", std)):

@@ -82,6 +82,22 @@ def _ci(s: dict, key: str) -> str:
     return "" if c is None else f"  [{100 * c['ci_low']:6.2f}, {100 * c['ci_high']:6.2f}] 95% CI"
 
 
+def gemm_line(g: dict, threads: dict | None = None) -> str:
+    """``simulator GEMMs: int_mm (9 shape classes), numba (1); auto, measured ...; threads ...``."""
+    counts: dict[str, int] = {}
+    for rec in g["classes"].values():
+        counts[rec["backend"]] = counts.get(rec["backend"], 0) + 1
+    used = ", ".join(f"{b} ({n} shape class{'es' if n > 1 else ''})" for b, n in sorted(counts.items(),
+                                                                                       key=lambda kv: -kv[1]))
+    if g["requested"] == "auto":
+        how = "measured now" if any(r["source"] == "measured" for r in g["classes"].values()) else "cached"
+        how = f"auto, {how}" + (f" in {g['cache']}" if g.get("cache") else "")
+    else:
+        how = f"--backend {g['requested']}"
+    th = f"; threads: torch {threads['torch']}, numba {threads['numba']}" if threads else ""
+    return f"simulator GEMMs: {used or 'none'} ({how}){th}"
+
+
 def print_summary(s: dict, label: str) -> None:
     t = s["top1"]
     print(f"model {s['model']}  data {s['data']} ({s['images']} images)  recipe {label}  "
@@ -107,3 +123,5 @@ def print_summary(s: dict, label: str) -> None:
     e = s["executor_s"]
     print(f"  wall time: {s['wall_time_s']:.1f} s (calibration {s['calibration_s']:.1f} s, fp32 {e['fp32']:.2f} s, "
           f"fake-quant {e['fakequant_integer']:.2f} s, simulator {e['simulator']:.2f} s)")
+    if "gemm_backend" in s:
+        print(f"  {gemm_line(s['gemm_backend'], s.get('threads'))}")

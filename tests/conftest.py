@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+
+# The GEMM backend choices of ``--backend auto`` are cached per machine in the user's cache dir
+# (simulator/kernels/gemm_choice.py); the tests use a fresh one of their own.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="vit-intsim-test-cache-")
+os.environ.pop("VIT_INTSIM_GEMM_REMEASURE", None)
 
 import numba
 import pytest
@@ -30,6 +36,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # the `parallel_numba` fixture.
 torch.set_num_threads(1)
 numba.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_each():
+    """`simulate` sizes both pools for its run (``--threads``, default all cores); back to 1 after a test."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    if numba.get_num_threads() != 1:
+        numba.set_num_threads(1)
 
 
 @pytest.fixture

@@ -75,6 +75,8 @@ RANKS = (
     ("simulator.vectors", 4),        # export-/verify-vectors commands
     ("simulator.onnx_command", 4),   # export-onnx / --onnx-qdq commands (docs/onnx.md)
     ("simulator.layer_report", 4),   # --layers: per-tensor SQNR, plot, per-layer cost CSV
+    # simulator.kernels.gemm_choice (rank 1, numpy + numba): --backend auto's measurement and per-machine
+    # cache; it never imports torch (the torch facts come from simulator.kernels.gemm, its caller);
     # simulator.onnx_export / onnx_session (rank 1, numpy + onnx): QDQ writer, onnxruntime session;
     # reference.standard_fakequant / onnx_import / layer_error (rank 2): torch fake-quant, QDQ reader, SQNR;
     # reference.onnx_vit_reader / onnx_architecture (rank 2): a timm ViT's structure and params from QDQ
@@ -153,6 +155,7 @@ def test_no_import_cycles():
 def test_rank_table_catches_a_violation(tmp_path):
     """The checker itself: an upward import is reported (guards against a vacuous pass)."""
     assert _rank("simulator.kernels.gemm") == (1, "simulator")
+    assert _rank("simulator.kernels.gemm_choice") == (1, "simulator")
     assert _rank("simulator.cli") == (4, "simulator.cli")
     assert _rank("reference.recipes.igq")[0] > _rank("simulator.qvit")[0]
 

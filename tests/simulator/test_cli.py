@@ -33,6 +33,23 @@ def test_main_job_prints_summary_and_is_bit_exact(capsys, tmp_path):
     ci = r["top1_ci"]["simulator"]
     assert ci["correct"] == round(r["top1"]["simulator"] * 96 / 100) and ci["ci_low"] < ci["accuracy"] < ci["ci_high"]
     assert "95% CI" in out and r["simulator_vs_fp32"]["test"] == "mcnemar-exact"
+    g = r["gemm_backend"]                  # --backend auto: one exact backend per GEMM shape class
+    assert g["requested"] == "auto" and g["classes"]
+    assert all(c["backend"] in ("numba", "int_mm", "blas_f32", "blas_f64") for c in g["classes"].values())
+    assert all(c["source"] in ("measured", "cached", "only") for c in g["classes"].values())
+    assert r["threads"]["torch"] >= 1 and r["threads"]["numba"] >= 1
+    assert "simulator GEMMs: " in out and "threads: torch" in out
+
+
+def test_fixed_backend_and_threads_are_reported(capsys, tmp_path):
+    js = tmp_path / "r.json"
+    code, out, err = _run(capsys, "--images", "8", "--backend", "blas_f64", "--threads", "1", "--json", str(js),
+                          "--no-progress")
+    assert code == 0, err
+    r = json.loads(js.read_text())
+    assert r["threads"] == {"torch": 1, "numba": 1}
+    assert {c["backend"] for c in r["gemm_backend"]["classes"].values()} == {"blas_f64"}
+    assert "(--backend blas_f64); threads: torch 1, numba 1" in out and r["bit_exact_images"] == 8
 
 
 def test_plant_outliers_keeps_fp32_and_is_reported(capsys, tmp_path):

@@ -35,9 +35,10 @@ def _dtype(bits: int, signed: bool):
 
 def _check_backends(a, b, a_max, b_max):
     want = np.matmul(a.astype(np.int64), b.astype(np.int64))
-    for backend in BACKENDS:
+    dtype = gemm.result_dtype(a.shape[-1], a_max, b_max)      # int32 iff K * a_max * b_max < 2**31
+    for backend in (*BACKENDS, "blas"):
         got = int_matmul(a, b, a_max, b_max, backend)
-        assert np.issubdtype(got.dtype, np.signedinteger) and got.dtype.itemsize >= 4, backend
+        assert got.dtype == dtype, (backend, got.dtype)
         assert got.shape == want.shape, backend
         bad = np.argwhere(got != want)
         assert bad.size == 0, f"{backend}: {tuple(bad[0])}: {got[tuple(bad[0])]} != {want[tuple(bad[0])]}"
@@ -115,6 +116,43 @@ def test_numba_backend_on_two_threads(parallel_numba):
     b = rng.integers(-128, 128, (40, 33)).astype(np.int8)
     got = int_matmul(a, b, 128, 128, "numba")
     assert np.array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+
+
+@st.composite
+def eight_bit_cases(draw):
+    """Attention- and linear-like 8-bit products: extremes, odd K, N and M off int_mm's padding grid."""
+    lead = draw(st.sampled_from([(), (2,), (2, 3)]))
+    m, k, n = draw(st.integers(1, 40)), draw(st.integers(1, 80)), draw(st.integers(1, 20))
+    unsigned = draw(st.booleans())
+    a = draw(int_arrays(bits=8, signed=not unsigned, shape=(*lead, m, k), dtype=np.uint8 if unsigned else np.int8))
+    b_lead = lead if lead and draw(st.booleans()) else ()
+    b = draw(int_arrays(bits=8, shape=(*b_lead, k, n), dtype=np.int8))
+    if draw(st.booleans()):                          # a row/column pair at the extreme sum
+        a[..., 0, :] = 255 if unsigned else -128
+        b[..., :, 0] = -128
+    return a, b, 255 if unsigned else 128, 128
+
+
+@given(eight_bit_cases())
+def test_eight_bit_backends_identical(case):
+    """Every backend (pair kernel, per-slice int_mm with padding and the unsigned offset, BLAS chunks)
+    returns the same int32 array."""
+    a, b, a_max, b_max = case
+    want = _check_backends(a, b, a_max, b_max)
+    if a[..., 0, :].min() in (-128, 255) and (b[..., :, 0] == -128).all():
+        assert (want[..., 0, 0] == a[..., 0, :].astype(np.int64).sum(-1) * -128).all()
+
+
+def test_int32_wraparound_of_the_offset_form_cancels():
+    """The pair kernel sums ``(a + 128) * b``, which leaves int32 here (70000 * 255 * 127 > 2**31);
+    starting from ``-128 * colsum(b)`` the wrapped sums still give the exact product, which fits int32."""
+    k = 70_000
+    a = np.full((2, k), 127, dtype=np.int8)
+    b = np.full((k, 3), 127, dtype=np.int8)
+    b[1, 1], a[1, 5] = -128, -128
+    assert k * 255 * 127 > (1 << 31) - 1
+    want = _check_backends(a, b, 128, 128)             # every backend: int32 and equal to int64 numpy
+    assert gemm.result_dtype(k, 128, 128) == np.int32 and want[0, 0] == 127 * 127 * k
 
 
 def test_unknown_backend_raises():
