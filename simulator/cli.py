@@ -395,6 +395,9 @@ def run_main(args) -> int:
     t_start = time.perf_counter()
     plan = preflight(args, [("--json", args.json), ("--csv", args.csv), ("--save-qvit", args.save_qvit)])
     cfg = plan.cfg
+    from simulator.warm_start import start as start_kernel_warm_up
+
+    start_kernel_warm_up()          # a cold numba cache fills in a helper process meanwhile (simulator/warm_start.py)
     with progress.phase("importing torch, timm and numba"):
         from reference.models import DEFAULT_MODEL
         from simulator.engines import graph_quantizer
