@@ -9,6 +9,8 @@ cluster is asked for; a missing install or an unreachable scheduler is an
 
 from __future__ import annotations
 
+import logging
+
 from simulator.errors import InputError
 
 __all__ = ["connect"]
@@ -21,7 +23,8 @@ def connect(cluster: str, workers: int, flag: str = "--cluster"):
     except ImportError:
         raise InputError(f"{flag}: Dask distributed is not installed (pip install 'dask[distributed]')") from None
     if cluster == "local":
-        local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                             silence_logs=logging.ERROR)     # no nanny chatter on stderr when it closes
         return Client(local), local
     try:
         return Client(cluster, timeout="10s"), None

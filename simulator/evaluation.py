@@ -136,6 +136,7 @@ def evaluate_images(model, executors, images: np.ndarray, labels: np.ndarray, st
         preds["sim"].append(r_sim.predictions)
         traces.append(r_sim.trace)
         if not len(rows):
+            del r_sim
             continue
         xs = x if len(rows) == len(x) else x[rows]
         t = time.perf_counter()
@@ -151,6 +152,7 @@ def evaluate_images(model, executors, images: np.ndarray, labels: np.ndarray, st
         exact.append(ok)
         if mismatch is None:
             mismatch = _describe_mismatch(r_int.codes, sim_codes, ok, rows + lo)
+        del r_sim, r_int, r_float, sim_codes       # this batch's codes go before the next batch makes its own
     cat = {k: np.concatenate(v) if v else np.zeros(0, dtype=np.int64) for k, v in preds.items()}
     return Shard(start=start, labels=np.asarray(labels), preds=cat, checked=checked,
                  exact=np.concatenate(exact) if exact else np.zeros(0, dtype=bool), mismatch=mismatch,

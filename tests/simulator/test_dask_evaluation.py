@@ -81,3 +81,21 @@ def digits_w8a8_graph():
     model = reference.load_model()
     calib, _ = reference.load_dataset("digits", model, "calib")
     return model, reference.quantize(model, calib, "configs/recipes/static_w8a8.yaml")
+
+
+def test_an_image_folder_shard_is_the_same_rows_of_the_whole_load(tmp_path, digits_w8a8_graph):
+    """What a worker loads (rows of the --images subset) equals those rows of the client's load."""
+    from PIL import Image
+
+    from reference.data import dataset_size, load_dataset
+
+    model, _ = digits_w8a8_graph
+    rng = np.random.default_rng(3)
+    for i in range(9):
+        (tmp_path / f"c{i % 2}").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(tmp_path / f"c{i % 2}" / f"{i}.png")
+    whole_x, whole_y = load_dataset(str(tmp_path), model, limit=6)
+    part_x, part_y = load_dataset(str(tmp_path), model, limit=6, rows=slice(2, 5))
+    assert dataset_size(str(tmp_path), "test", 6) == len(whole_x) == 6 and dataset_size(str(tmp_path)) == 9
+    assert (part_x == whole_x[2:5]).all() and part_y.tolist() == whole_y[2:5].tolist()
+    assert dataset_size("digits", "test", 50) == 50 and dataset_size(None) == 360

@@ -1,0 +1,100 @@
+"""Cold start: the first ``simulate`` after an install, whole process, against a warm one.
+
+Each trial runs ``python -m simulator.cli --no-progress [ARGS]`` (the default job: the bundled digits
+ViT, static W8A8, 360 images) from ``--repo`` in a fresh process and times it from outside
+(``time.perf_counter`` around the subprocess: interpreter start-up, every import, numba compilation,
+calibration, the four executors, printing). **Cold**: an empty numba cache (``NUMBA_CACHE_DIR`` and
+``XDG_CACHE_HOME`` pointed at a new temporary directory) and no compiled bytecode of the project's
+own files (``PYTHONPYCACHEPREFIX`` likewise) -- what the first run after ``pip install -e .`` meets;
+the installed libraries (torch, timm, numba) keep their bytecode, as after a real install. **Warm**:
+the same directories again, filled by the cold trial (a warm-start helper process, if the code has
+one, is given time to finish first). Also printed: the job's own ``wall time`` line.
+
+    python benchmarks/cold_start.py                      # this checkout, 3 cold + 3 warm trials
+    python benchmarks/cold_start.py --repo /tmp/before   # an older checkout, for a "before" figure
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from end_to_end import cpu_description  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def trial(repo: str, cache: str, extra: list[str]) -> tuple[float, str, float]:
+    """(whole-process wall s, the job's wall-time line, CPU s of the simulate process itself -- a
+    warm-start helper it launched is not waited for, so not counted)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(cache, "numba"), XDG_CACHE_HOME=cache,
+               PYTHONPYCACHEPREFIX=os.path.join(cache, "pyc"), PYTHONPATH=repo)
+    c0, t = _children_cpu(), time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "simulator.cli", "--no-progress", *extra], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"simulate failed:\n{err}")
+    line = next((ln.strip() for ln in out.splitlines() if "wall time" in ln), "?")
+    return wall, line, _children_cpu() - c0
+
+
+def _settle(cache: str, timeout: float = 300.0) -> None:
+    """Wait until no warm-start helper writes into ``cache`` (its stamp appears, or nothing changes)."""
+    numba_dir = os.path.join(cache, "numba")
+    t0, last = time.monotonic(), None
+    while time.monotonic() - t0 < timeout:
+        if os.path.isdir(numba_dir) and any(n.startswith("vit-intsim-warm-") for n in os.listdir(numba_dir)):
+            return
+        state = sorted((os.path.join(d, f), os.path.getmtime(os.path.join(d, f)))
+                       for d, _, fs in os.walk(numba_dir) for f in fs) if os.path.isdir(numba_dir) else []
+        if state == last:
+            return
+        last = state
+        time.sleep(5)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repo", default=os.path.dirname(HERE))
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("args", nargs="*", help="extra simulate arguments (default: none, the default job)")
+    args = p.parse_args(argv)
+    repo = os.path.abspath(args.repo)
+    print(f"CPU: {cpu_description()}; load average {os.getloadavg()[0]:.2f} at start (shared machine)")
+    print(f"repo {repo}: python -m simulator.cli --no-progress {' '.join(args.args)}")
+    cold, warm = [], []
+    for i in range(args.trials):
+        cache = tempfile.mkdtemp(prefix="vit-intsim-cold-")
+        try:
+            w, line, cpu = trial(repo, cache, args.args)
+            cold.append(w)
+            print(f"  cold {i + 1}: {w:6.1f} s whole process, {cpu:5.1f} s CPU   [{line}]")
+            _settle(cache)
+            w, line, cpu = trial(repo, cache, args.args)
+            warm.append(w)
+            print(f"  warm {i + 1}: {w:6.1f} s whole process, {cpu:5.1f} s CPU   [{line}]")
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+    print(f"cold: median {statistics.median(cold):.1f} s, min {min(cold):.1f} s; "
+          f"warm: median {statistics.median(warm):.1f} s, min {min(warm):.1f} s; "
+          f"load average {os.getloadavg()[0]:.2f} at end")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
