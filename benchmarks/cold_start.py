@@ -37,11 +37,13 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def trial(repo: str, cache: str, extra: list[str]) -> tuple[float, str, float]:
+def trial(repo: str, cache: str, extra: list[str], threads: int | None = None) -> tuple[float, str, float]:
     """(whole-process wall s, the job's wall-time line, CPU s of the simulate process itself -- a
     warm-start helper it launched is not waited for, so not counted)."""
     env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(cache, "numba"), XDG_CACHE_HOME=cache,
                PYTHONPYCACHEPREFIX=os.path.join(cache, "pyc"), PYTHONPATH=repo)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
     c0, t = _children_cpu(), time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "simulator.cli", "--no-progress", *extra], cwd=repo, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -72,20 +74,24 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repo", default=os.path.dirname(HERE))
     p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None,
+                   help="OMP_NUM_THREADS / NUMBA_NUM_THREADS of the job (default: theirs); 1 keeps the CPU time "
+                        "meaningful on a loaded machine, where idle-spinning pool threads inflate it")
     p.add_argument("args", nargs="*", help="extra simulate arguments (default: none, the default job)")
     args = p.parse_args(argv)
     repo = os.path.abspath(args.repo)
     print(f"CPU: {cpu_description()}; load average {os.getloadavg()[0]:.2f} at start (shared machine)")
-    print(f"repo {repo}: python -m simulator.cli --no-progress {' '.join(args.args)}")
+    print(f"repo {repo}: python -m simulator.cli --no-progress {' '.join(args.args)}"
+          + (f"  (OMP/NUMBA threads {args.threads})" if args.threads else ""))
     cold, warm = [], []
     for i in range(args.trials):
         cache = tempfile.mkdtemp(prefix="vit-intsim-cold-")
         try:
-            w, line, cpu = trial(repo, cache, args.args)
+            w, line, cpu = trial(repo, cache, args.args, args.threads)
             cold.append(w)
             print(f"  cold {i + 1}: {w:6.1f} s whole process, {cpu:5.1f} s CPU   [{line}]")
             _settle(cache)
-            w, line, cpu = trial(repo, cache, args.args)
+            w, line, cpu = trial(repo, cache, args.args, args.threads)
             warm.append(w)
             print(f"  warm {i + 1}: {w:6.1f} s whole process, {cpu:5.1f} s CPU   [{line}]")
         finally:
