@@ -11,7 +11,7 @@ the same directories again, filled by the cold trial (a warm-start helper proces
 one, is given time to finish first). Also printed: the job's own ``wall time`` line.
 
     python benchmarks/cold_start.py                      # this checkout, 3 cold + 3 warm trials
-    python benchmarks/cold_start.py --repo /tmp/before   # an older checkout, for a "before" figure
+    python benchmarks/cold_start.py --repo /tmp/before --repo .   # an older checkout and this one, interleaved
 """
 
 from __future__ import annotations
@@ -72,33 +72,38 @@ def _settle(cache: str, timeout: float = 300.0) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repo", default=os.path.dirname(HERE))
+    p.add_argument("--repo", action="append", default=None,
+                   help="checkout to run (default: this one); give it twice, e.g. an older commit and this "
+                        "one, to interleave their trials so a changing machine load biases neither")
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--threads", type=int, default=None,
                    help="OMP_NUM_THREADS / NUMBA_NUM_THREADS of the job (default: theirs); 1 keeps the CPU time "
                         "meaningful on a loaded machine, where idle-spinning pool threads inflate it")
     p.add_argument("args", nargs="*", help="extra simulate arguments (default: none, the default job)")
     args = p.parse_args(argv)
-    repo = os.path.abspath(args.repo)
+    repos = [os.path.abspath(r) for r in (args.repo or [os.path.dirname(HERE)])]
     print(f"CPU: {cpu_description()}; load average {os.getloadavg()[0]:.2f} at start (shared machine)")
-    print(f"repo {repo}: python -m simulator.cli --no-progress {' '.join(args.args)}"
+    print(f"python -m simulator.cli --no-progress {' '.join(args.args)}"
           + (f"  (OMP/NUMBA threads {args.threads})" if args.threads else ""))
-    cold, warm = [], []
+    times = {r: {"cold": [], "warm": []} for r in repos}
     for i in range(args.trials):
-        cache = tempfile.mkdtemp(prefix="vit-intsim-cold-")
-        try:
-            w, line, cpu = trial(repo, cache, args.args, args.threads)
-            cold.append(w)
-            print(f"  cold {i + 1}: {w:6.1f} s whole process, {cpu:5.1f} s CPU   [{line}]")
-            _settle(cache)
-            w, line, cpu = trial(repo, cache, args.args, args.threads)
-            warm.append(w)
-            print(f"  warm {i + 1}: {w:6.1f} s whole process, {cpu:5.1f} s CPU   [{line}]")
-        finally:
-            shutil.rmtree(cache, ignore_errors=True)
-    print(f"cold: median {statistics.median(cold):.1f} s, min {min(cold):.1f} s; "
-          f"warm: median {statistics.median(warm):.1f} s, min {min(warm):.1f} s; "
-          f"load average {os.getloadavg()[0]:.2f} at end")
+        for repo in repos:
+            cache = tempfile.mkdtemp(prefix="vit-intsim-cold-")
+            try:
+                for kind in ("cold", "warm"):
+                    w, line, cpu = trial(repo, cache, args.args, args.threads)
+                    times[repo][kind].append(w)
+                    print(f"  {repo}  {kind} {i + 1}: {w:6.1f} s whole process, {cpu:5.1f} s CPU   [{line}]",
+                          flush=True)
+                    if kind == "cold":
+                        _settle(cache)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+    for repo in repos:
+        c, w = times[repo]["cold"], times[repo]["warm"]
+        print(f"{repo}: cold median {statistics.median(c):.1f} s (min {min(c):.1f}); "
+              f"warm median {statistics.median(w):.1f} s (min {min(w):.1f})")
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
     return 0
 
 
