@@ -34,6 +34,7 @@ from simulator.progress import track
 
 __all__ = [
     "DIGITS_SPLITS",
+    "dataset_size",
     "digits_pixels",
     "load_dataset",
     "load_digits",
@@ -197,17 +198,19 @@ def _read_image(image_path: Path, pil_mode: str, max_pixels: int = MAX_IMAGE_PIX
 
 def load_image_folder(
     path: str | os.PathLike, model: torch.nn.Module, limit: int | None = None,
-    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_pixels: int = MAX_IMAGE_PIXELS, rows: slice | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Load an ImageFolder tree with the model's timm eval transform.
 
     Returns float32 images [N,C,H,W], int64 labels (index into the sorted class
     names) and the class names. Order is sorted by class then path; ``limit``
-    keeps the first N of a seed-0 shuffle so a small limit still spans classes.
+    keeps the first N of a seed-0 shuffle so a small limit still spans classes;
+    ``rows`` then keeps a contiguous slice of those (one shard of a sharded
+    evaluation, `simulator.dask_evaluation`).
     """
     root = Path(path)
     samples, class_names = _find_class_images(root)
-    samples = [samples[i] for i in _limited_indices(len(samples), limit)]
+    samples = [samples[i] for i in _limited_indices(len(samples), limit)[rows or slice(None)]]
     data_config = resolve_data_config({}, model=model)
     channels = data_config["input_size"][0]
     pil_modes = {1: "L", 3: "RGB"}
@@ -222,16 +225,26 @@ def load_image_folder(
     return images, labels, class_names
 
 
+def dataset_size(spec: str | None, split: str = "test", limit: int | None = None) -> int:
+    """How many images `load_dataset` returns for ``spec``/``split``/``limit``, without decoding any."""
+    if spec is None or spec == "digits":
+        if split == "calib" and limit is not None and limit > CALIB_SIZE:
+            split = "train"
+        return len(_limited_indices(len(digits_pixels(split)[1]), limit))
+    return len(_limited_indices(len(_find_class_images(Path(spec))[0]), limit))
+
+
 def load_dataset(
     spec: str | None, model: torch.nn.Module, split: str = "test", limit: int | None = None,
-    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_pixels: int = MAX_IMAGE_PIXELS, rows: slice | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load images and labels for `model`: spec None/"digits" -> a digits split, else an ImageFolder path.
 
     ``split`` applies to digits only (an ImageFolder is used as a whole); a
     "calib" request for more than the calib split's 128 images is served from
     the whole train split (labels unused), e.g. the apq recipe's risk control;
-    ``limit`` keeps the first N of a seed-0 shuffle for either source.
+    ``limit`` keeps the first N of a seed-0 shuffle for either source, ``rows`` a contiguous slice of
+    what that leaves (a shard: its images are those of the same positions in the whole set).
     """
     if spec is None or spec == "digits":
         input_size = tuple(model_input_config(model)["input_size"])
@@ -245,7 +258,7 @@ def load_dataset(
         pixels, labels = digits_pixels(split)
         config = model_input_config(model)     # the model's mean/std (--mean/--std), the JSON's by default
         mean, std = np.float32(config["mean"][0]), np.float32(config["std"][0])
-        keep = _limited_indices(len(labels), limit)
+        keep = _limited_indices(len(labels), limit)[rows or slice(None)]
         return ((pixels[keep] - mean) / std).astype(np.float32), labels[keep]
-    images, labels, _ = load_image_folder(spec, model, limit=limit, max_pixels=max_pixels)
+    images, labels, _ = load_image_folder(spec, model, limit=limit, max_pixels=max_pixels, rows=rows)
     return images, labels

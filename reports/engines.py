@@ -31,7 +31,7 @@ import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-from simulator.errors import InputError
+from simulator.dask_client import connect
 
 __all__ = ["run_serial", "run_processes", "run_dask"]
 
@@ -52,26 +52,12 @@ def run_processes(fn: Callable, items: Sequence, workers: int) -> Iterator[tuple
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _connect(cluster: str, workers: int):
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise InputError("--cluster: Dask distributed is not installed (pip install 'dask[distributed]')") from None
-    if cluster == "local":
-        local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        return Client(local), local
-    try:
-        return Client(cluster, timeout="10s"), None
-    except (OSError, TimeoutError, ValueError) as e:
-        raise InputError(f"--cluster {cluster}: cannot connect to a Dask scheduler ({type(e).__name__})") from None
-
-
 def run_dask(fn: Callable, items: Sequence, cluster: str, workers: int,
              keys: Sequence[str] | None = None) -> Iterator[tuple[int, object]]:
     """Submit one task per item to a Dask cluster and yield results as they finish."""
     from distributed import as_completed as dask_completed
 
-    client, local = _connect(cluster, workers)
+    client, local = connect(cluster, workers)
     try:
         futures = {}
         for i, item in enumerate(items):

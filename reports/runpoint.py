@@ -137,23 +137,6 @@ def _calibration_images(model_spec, count: int):
     return load_dataset(model_spec.calib_data, model, split="calib", limit=count)[0]
 
 
-def _merge_traces(traces):
-    """One trace for the whole image set from per-batch traces (same layer list)."""
-    from simulator.trace import Trace
-
-    first = traces[0]
-    n = sum(t.n_images for t in traces)
-    ran = None
-    if any(t.layer_ran is not None for t in traces):
-        ran = np.concatenate([t.ran_mask() for t in traces])
-    overflows: dict[str, int] = {}
-    for t in traces:
-        for name, count in t.overflows.items():
-            overflows[name] = overflows.get(name, 0) + int(count)
-    extras = {k: np.concatenate([np.asarray(t.extras[k]) for t in traces]) for k in first.extras}
-    return Trace(first.model, first.recipe, first.layers, n, ran, overflows, extras)
-
-
 def _grouping_bops(trace) -> float:
     """Mean BOP-equivalents per image of IGQ's group assignment and partial-sum combining
     (`simulator.igq.overhead_bops`; 0 for recipes without groups), over the layers each image ran."""
@@ -173,6 +156,7 @@ def run_record(run, threads: int | None = None) -> dict:
     from reference.recipes.config import recipe_from_dict
     from simulator.int_ops import GraphIntegerExecutor
     from simulator.results import bit_exact_images, first_mismatch
+    from simulator.trace import Trace
 
     _limit_threads(threads)
     t0 = time.perf_counter()
@@ -194,7 +178,7 @@ def run_record(run, threads: int | None = None) -> dict:
         traces.append(r_sim.trace)
         if sqnr is not None:
             sqnr.add(x, r_sim.codes)
-    trace = _merge_traces(traces)
+    trace = Trace.concat(traces)
     top1 = {k: float(np.mean(np.concatenate(v) == labels) * 100) for k, v in preds.items()}
     return {
         "label": run.label, "model": dict(run.model.__dict__), "recipe": dict(run.recipe),

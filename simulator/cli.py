@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(docs/graph.md); 'legacy' (the removed hand-written walks) is refused")
     r.add_argument("--hw", nargs="+", default=None, metavar="NPU",
                    help="accelerator YAML(s) to cost the run on; a bare name (npu_int8) means configs/<name>.yaml")
+    add_evaluation_arguments(r)
     o = p.add_argument_group("outputs")
     o.add_argument("--json", default=None, metavar="PATH",
                    help="write every number (with tool version, git revision, time, accelerator parameters) as JSON")
@@ -170,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_logging_arguments(p)
     add_image_limit_flag(p)
     return p
+
+
+def add_evaluation_arguments(g) -> None:
+    """--reference, --reference-images, --cluster: how much of the fake-quant reference runs, and where
+    the evaluation runs (`simulator.evaluation`, `simulator.dask_evaluation`)."""
+    g.add_argument("--reference", default="sample", choices=("full", "sample", "none"),
+                   help="how many images the fake-quant reference (and so the bit-exact check) runs on: "
+                        "'full' every image; 'sample' (default) every image up to --reference-images, then a "
+                        "fixed seed-0 random sample of that many; 'none' skips it (fp32 and the simulator "
+                        "always run on every image)")
+    g.add_argument("--reference-images", type=int, default=1000, metavar="N",
+                   help="sample size of --reference sample (default 1000)")
+    g.add_argument("--cluster", default=None, metavar="ADDRESS|local",
+                   help="shard the evaluation's images over Dask workers: a scheduler address "
+                        "(tcp://host:8786) or 'local' (one worker process per core); results are identical "
+                        "to the in-process run (docs/cluster.md)")
 
 
 def add_image_limit_flag(p: argparse.ArgumentParser) -> None:
@@ -335,14 +352,17 @@ def data_warnings(model, plan: Plan) -> list[str]:
     return out
 
 
-def load_inputs(args, model, plan: Plan, limit: int | None):
-    """(test images, labels, calibration images), then the data and short-calibration warnings."""
-    from reference.data import load_dataset
+def load_inputs(args, model, plan: Plan, limit: int | None, test_images: bool = True):
+    """(test images, labels, calibration images), then the data and short-calibration warnings.
+    ``test_images=False`` (the workers of ``--cluster`` load them): (None, None, calibration images)."""
+    from reference.data import dataset_size, load_dataset
 
     cfg = plan.cfg
     pending = data_warnings(model, plan)
-    images, labels = load_dataset(args.data, model, split="test", limit=limit, max_pixels=_max_pixels(args))
-    if len(images) == 0:
+    images = labels = None
+    if test_images:
+        images, labels = load_dataset(args.data, model, split="test", limit=limit, max_pixels=_max_pixels(args))
+    if (len(images) if test_images else dataset_size(args.data, "test", limit)) == 0:
         raise InputError(f"--data {args.data or 'digits'}: no images to evaluate")
     calib_spec = args.calib if args.calib is not None else args.data
     calib, _ = load_dataset(calib_spec, model, split="calib", limit=cfg.calib_images,
@@ -379,15 +399,14 @@ def run_main(args) -> int:
     t_start = time.perf_counter()
     plan = preflight(args, [("--json", args.json), ("--csv", args.csv), ("--save-qvit", args.save_qvit)])
     cfg = plan.cfg
-    with progress.phase("importing torch, timm and numba"):
-        import torch
+    from simulator.warm_start import start as start_kernel_warm_up
 
+    start_kernel_warm_up()          # a cold numba cache fills in a helper process meanwhile (simulator/warm_start.py)
+    with progress.phase("importing torch, timm and numba"):
         from reference.models import DEFAULT_MODEL
-        from simulator.engines import graph_executors, graph_quantizer
-        from simulator.igq import overhead_bops
-        from simulator.results import bit_exact_images, first_mismatch
-        from simulator.summary import accelerator_record, print_summary, significance_record, summary_csv
-        from simulator.engines import configure_threads
+        from simulator.engines import configure_threads, graph_quantizer
+        from simulator.evaluation import evaluation_summary
+        from simulator.summary import accelerator_record, print_summary, significance_record
     threads = configure_threads(args.threads)
     model_name = args.model or DEFAULT_MODEL
     planted = None
@@ -400,67 +419,30 @@ def run_main(args) -> int:
         from reference.outliers import plant_outliers
         planted = plant_outliers(model, outlier_spec)
         log.info("%s", planted.summary())
-    images, labels, calib = load_inputs(args, model, plan, args.images)
+    images, labels, calib = load_inputs(args, model, plan, args.images,
+                                        test_images=args.cluster is None or args.layers)
     engine = "graph"
     t0 = time.perf_counter()
     with progress.phase(f"calibrating and freezing {cfg.label} on {len(calib)} images"):
         qg = graph_quantizer(cfg.recipe)(model, calib, cfg, model_name=model_name)
     t_calib = time.perf_counter() - t0
 
-    fq_int, fq_float, sim = graph_executors(qg, args.backend)
-    preds = {k: [] for k in ("fp32", "fq_int", "fq_float", "sim")}
-    exact, mismatch, timings, trace, overflows = [], None, dict.fromkeys(("fp32", "fq_int", "fq_float", "sim"), 0.0), None, {}
-    bs = args.batch_size
-    ran, depth = [], []
-    desc = f"evaluating {len(images)} images (fp32, fake-quant x2, integer simulator; the first batch compiles)"
-    for s in progress.track(range(0, len(images), bs), desc, unit="batch"):
-        x = images[s:s + bs]
-        t = time.perf_counter()
-        with torch.no_grad():
-            preds["fp32"].append(model(torch.as_tensor(x)).argmax(1).numpy())
-        timings["fp32"] += time.perf_counter() - t
-        results = {}
-        for key, ex in (("fq_int", fq_int), ("fq_float", fq_float), ("sim", sim)):
-            t = time.perf_counter()
-            results[key] = ex.run(x, batch_size=bs, keep_codes=key != "fq_float")
-            timings[key] += time.perf_counter() - t
-            preds[key].append(results[key].predictions)
-        exact.append(bit_exact_images(results["fq_int"].codes, results["sim"].codes))
-        if mismatch is None:
-            mismatch = first_mismatch(results["fq_int"].codes, results["sim"].codes)
-        for name, n in results["sim"].trace.overflows.items():
-            overflows[name] = overflows.get(name, 0) + n
-        trace = results["sim"].trace
-        ran.append(trace.ran_mask())
-        depth.append(trace.extras.get("exit_depth"))
-    trace.n_images, trace.overflows = len(images), overflows
-    if trace.layer_ran is not None:   # early exits: per-image facts of every batch
-        trace.layer_ran, trace.extras["exit_depth"] = np.concatenate(ran), np.concatenate(depth)
-    exact = np.concatenate(exact)
-    correct = {k: np.concatenate(v) == labels for k, v in preds.items()}
-    top1 = {k: float(np.mean(c)) * 100 for k, c in correct.items()}
+    ev, reference, cluster, gemm = _evaluate(args, model, qg, images, labels)
+    fields, correct = evaluation_summary(ev, reference)
+    trace = ev.trace
     wall = time.perf_counter() - t_start
-    grouping = np.array([overhead_bops([r]) for r in trace.layers], dtype=np.int64)
     from simulator.provenance import tool_info
 
     summary = {
         "tool": tool_info(),
         "model": model_name, "checkpoint": args.checkpoint, "data": args.data or "digits", "engine": engine,
         "model_config": _model_config(model, args),
-        "images": int(len(images)), "recipe": cfg.__dict__ | {"label": cfg.label},
+        "images": int(ev.n_images), "recipe": cfg.__dict__ | {"label": cfg.label},
         "calib_images_used": int(len(calib)),
-        "top1": {"fp32": top1["fp32"], "fakequant_integer": top1["fq_int"],
-                 "fakequant_float_nonlinear": top1["fq_float"], "simulator": top1["sim"]},
-        **significance_record(correct),
+        **fields, **significance_record(correct),
         **({"planted_outliers": planted.to_dict()} if planted is not None else {}),
-        "bit_exact_images": int(exact.sum()), "first_mismatch": mismatch,
-        "accumulator_overflows": overflows,
-        "macs_per_image": round(trace.macs_per_image().mean()), "bops_per_image": round(trace.bops_per_image().mean()),
-        "grouping_bops_per_image": round(float((trace.ran_mask().astype(np.int64) @ grouping).mean())),
-        "wall_time_s": wall, "calibration_s": t_calib,
-        "executor_s": {"fp32": timings["fp32"], "fakequant_integer": timings["fq_int"],
-                       "fakequant_float_nonlinear": timings["fq_float"], "simulator": timings["sim"]},
-        "gemm_backend": sim.gemm_report(), "threads": threads,
+        "cluster": cluster, "gemm_backend": gemm, "threads": threads,
+        "wall_time_s": wall, "since_process_start_s": _since_process_start(), "calibration_s": t_calib,
     }
     print_summary(summary, cfg.label)
     if plan.npus:
@@ -476,6 +458,49 @@ def run_main(args) -> int:
         summary["layers"] = run_layers(args, cfg, images, qg, plan.npus)
     _write_outputs(args, qg, summary)
     return 0
+
+
+def _evaluate(args, model, qg, images, labels):
+    """(merged `simulator.evaluation.Shard`, ``reference`` record, ``cluster`` record or None, the
+    simulator's GEMM backend report or None on a cluster): fp32, the fake-quant reference
+    (``--reference``) and the simulator, here or on ``--cluster``."""
+    from reference.data import dataset_size
+    from simulator import progress
+    from simulator.evaluation import evaluate_images, reference_positions, reference_record
+
+    n = len(images) if images is not None else dataset_size(args.data, "test", args.images)
+    positions = reference_positions(n, args.reference, args.reference_images)
+    record = reference_record(args.reference, args.reference_images, n, positions)
+    if args.cluster is not None:
+        from simulator.dask_evaluation import evaluate_on_cluster
+
+        ev, cluster = evaluate_on_cluster(args.cluster, model, qg, data=args.data, limit=args.images,
+                                          max_pixels=_max_pixels(args), n_images=n, checked=positions,
+                                          batch_size=args.batch_size, backend=args.backend)
+        return ev, record, cluster, None
+    from simulator.engines import graph_executors
+
+    ref = {"full": "fake-quant x2", "none": "no fake-quant"}.get(args.reference) or (
+        "fake-quant x2" if len(positions) == n else f"fake-quant x2 on {len(positions)} sampled")
+    desc = f"evaluating {n} images (fp32, {ref}, integer simulator; the first batch compiles)"
+    executors = graph_executors(qg, args.backend)
+    ev = evaluate_images(model, executors, images, labels, 0, positions, args.batch_size,
+                         track=lambda it: progress.track(it, desc, unit="batch"))
+    return ev, record, None, executors[2].gemm_report()
+
+
+_PROCESS_T0 = time.time()   # fallback start of this process: when the CLI module was imported
+
+
+def _since_process_start() -> float:
+    """Seconds since this process started (interpreter start-up and every import included): the
+    process's create time from psutil (a dependency of dask distributed), else since this module's import."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 -- no psutil or no /proc: the import-time stamp
+        return time.time() - _PROCESS_T0
 
 
 def _write_outputs(args, qg, summary: dict) -> None:

@@ -1,6 +1,7 @@
 """Numba JIT flags in one place, and the jitted fixed-point primitives.
 
-``cache=True`` so a second start does not recompile; ``parallel=True`` only on
+``cache=True`` so a second start does not recompile (into
+`simulator.kernel_cache.user_cache_dir` unless ``NUMBA_CACHE_DIR`` is set); ``parallel=True`` only on
 kernels whose outer loop is a ``prange`` over rows. The scalar primitives are
 the very functions of `simulator.fixedpoint` / `simulator.int_nonlinear`,
 compiled here (inlined into the kernels).
@@ -8,16 +9,23 @@ compiled here (inlined into the kernels).
 
 from __future__ import annotations
 
+import os
 import types
 
 import numba
 
 from simulator import fixedpoint, int_activations, int_nonlinear, scale_predictor, softmax_codes, two_scaled
+from simulator.kernel_cache import user_cache_dir
 
 __all__ = ["kernel", "parallel_kernel", "rounding_rshift", "saturate", "requantize", "isqrt",
            "round_half_up", "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine",
            "v2sf_encode", "v2sf_decode", "softmax_v2sf_code", "gelu_v2sf_code", "quick_gelu_q12", "rounding_mean",
            "softmax_pow2_codes", "log2_code", "log2_operand"]
+
+
+
+if not os.environ.get("NUMBA_CACHE_DIR"):   # read by numba's cache locator when each kernel below is defined
+    numba.config.CACHE_DIR = str(user_cache_dir())   # (simulator.kernel_cache: why a user directory)
 
 kernel = numba.njit(cache=True, nogil=True)
 parallel_kernel = numba.njit(cache=True, nogil=True, parallel=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -65,8 +66,9 @@ def _positive(args, name: str) -> None:
 
 def check_flags(args) -> None:
     """Numbers and lists of the model/data flags (argparse has checked the types)."""
-    for name in ("images", "batch_size", "num_classes", "img_size", "threads"):
+    for name in ("images", "batch_size", "num_classes", "img_size", "threads", "reference_images"):
         _positive(args, name)
+    check_cluster_address(getattr(args, "cluster", None))
     mean, std = getattr(args, "mean", None), getattr(args, "std", None)
     for flag, values in (("--mean", mean), ("--std", std)):
         if values is not None and len(values) not in (1, 3):
@@ -78,6 +80,19 @@ def check_flags(args) -> None:
     crop = getattr(args, "crop_pct", None)
     if crop is not None and not 0 < crop <= 1:
         raise InputError(f"--crop-pct: expected a number in (0, 1], got {crop}")
+
+
+_CLUSTER_ADDRESS = re.compile(r"^(?:(?:tcp|tls|inproc|ucx|ws|wss)://)?[^\s/:]+(?::\d+)?(?:/[^\s]*)?$")
+
+
+def check_cluster_address(cluster: str | None) -> None:
+    """``--cluster``: 'local' or a Dask scheduler address (``tcp://host:8786``, ``host:8786``); whether a
+    scheduler answers there is found out when connecting (`simulator.dask_client`)."""
+    if cluster is None or cluster == "local":
+        return
+    if not _CLUSTER_ADDRESS.match(cluster):
+        raise InputError(f"--cluster {cluster!r}: expected 'local' or a Dask scheduler address such as "
+                         "tcp://host:8786")
 
 
 def check_outputs(pairs) -> None:

@@ -23,7 +23,7 @@ def accelerator_record(npu) -> dict:
 
 CSV_COLUMNS = ("model", "checkpoint", "data", "images", "recipe", "w_bits", "a_bits", "calib_images_used",
                "top1_fp32", "top1_fakequant_integer", "top1_fakequant_float_nonlinear", "top1_simulator",
-               "bit_exact_images", "accumulator_overflows", "macs_per_image", "bops_per_image",
+               "bit_exact_images", "reference", "reference_images", "accumulator_overflows", "macs_per_image", "bops_per_image",
                "grouping_bops_per_image", "accelerator", "accelerator_file", "accelerator_sha256", "cycles",
                "latency_ms", "images_per_s", "energy_uj", "offchip_mb", "pe_utilisation", "tool_version",
                "git_revision", "created_utc")
@@ -34,8 +34,10 @@ def summary_csv(s: dict) -> str:
     base = {"model": s["model"], "checkpoint": s["checkpoint"] or "", "data": s["data"], "images": s["images"],
             "recipe": s["recipe"]["label"], "w_bits": s["recipe"]["w_bits"], "a_bits": s["recipe"]["a_bits"],
             "calib_images_used": s["calib_images_used"],
-            **{f"top1_{k}": f"{v:.4f}" for k, v in s["top1"].items()},
-            "bit_exact_images": s["bit_exact_images"],
+            **{f"top1_{k}": "" if v is None else f"{v:.4f}" for k, v in s["top1"].items()},
+            "bit_exact_images": "" if s["bit_exact_images"] is None else s["bit_exact_images"],
+            "reference": s["reference"]["mode"] if "reference" in s else "",
+            "reference_images": s["reference"]["checked_images"] if "reference" in s else "",
             "accumulator_overflows": sum(s["accumulator_overflows"].values()),
             "macs_per_image": s["macs_per_image"], "bops_per_image": s["bops_per_image"],
             "grouping_bops_per_image": s["grouping_bops_per_image"],
@@ -98,30 +100,65 @@ def gemm_line(g: dict, threads: dict | None = None) -> str:
     return f"simulator GEMMs: {used or 'none'} ({how}){th}"
 
 
+def _reference_note(s: dict) -> str:
+    """Which images the fake-quant reference ran on, when not all of them (`simulator.evaluation`)."""
+    r = s.get("reference")
+    if r is None or r["checked_images"] == r["of_images"]:
+        return ""
+    return f"  ({r['checked_images']} sampled images of {r['of_images']})" if r["checked_images"] else ""
+
+
+def _top1_line(s: dict, title: str, key: str) -> str:
+    v = s["top1"][key]
+    if v is None:
+        return f"  {title:<36}not run (--reference none)"
+    return f"  {title:<36}{v:6.2f}%{_ci(s, key)}" + (_reference_note(s) if key.startswith("fakequant") else "")
+
+
+def _bit_exact_line(s: dict) -> str:
+    r = s.get("reference") or {"checked_images": s["images"], "of_images": s["images"], "mode": "full"}
+    if s["bit_exact_images"] is None:
+        return "  bit-exact: not checked (--reference none: the fake-quant reference did not run)"
+    if r["checked_images"] == r["of_images"]:
+        text = f"  bit-exact: {s['bit_exact_images']}/{r['checked_images']} images"
+    else:
+        text = (f"  bit-exact: {s['bit_exact_images']}/{r['checked_images']} sampled images (of {r['of_images']}; "
+                f"--reference sample, seed {r['sample_seed']}; --reference full checks every image)")
+    return text + ("" if s["first_mismatch"] is None else f"  (first mismatch: {s['first_mismatch']})")
+
+
+def _wall_line(s: dict) -> str:
+    e = s["executor_s"]
+    since = s.get("since_process_start_s")
+    return (f"  wall time: {s['wall_time_s']:.1f} s in-process"
+            + ("" if since is None else f", {since:.1f} s since the interpreter started")
+            + f" (calibration {s['calibration_s']:.1f} s, fp32 {e['fp32']:.2f} s, "
+              f"fake-quant {e['fakequant_integer']:.2f} + {e['fakequant_float_nonlinear']:.2f} s, "
+              f"simulator {e['simulator']:.2f} s)")
+
+
 def print_summary(s: dict, label: str) -> None:
-    t = s["top1"]
     print(f"model {s['model']}  data {s['data']} ({s['images']} images)  recipe {label}  "
           f"(calibrated on {s['calib_images_used']})")
-    print(f"  fp32 top-1                          {t['fp32']:6.2f}%{_ci(s, 'fp32')}")
-    print(f"  fake-quant top-1 (integer-only)     {t['fakequant_integer']:6.2f}%{_ci(s, 'fakequant_integer')}")
-    print(f"  fake-quant top-1 (float nonlinear)  {t['fakequant_float_nonlinear']:6.2f}%"
-          f"{_ci(s, 'fakequant_float_nonlinear')}")
-    print(f"  integer simulator top-1             {t['simulator']:6.2f}%{_ci(s, 'simulator')}")
+    for title, key in (("fp32 top-1", "fp32"), ("fake-quant top-1 (integer-only)", "fakequant_integer"),
+                       ("fake-quant top-1 (float nonlinear)", "fakequant_float_nonlinear"),
+                       ("integer simulator top-1", "simulator")):
+        print(_top1_line(s, title, key))
     if "simulator_vs_fp32" in s:
         m = s["simulator_vs_fp32"]
         print(f"  simulator vs fp32 (McNemar exact, same images): right only in simulator "
               f"{m['a_only_correct']}, only in fp32 {m['b_only_correct']}, p = {m['p_value']:.3g}"
               f" ({'significant' if m['significant'] else 'not significant'} at 0.05)")
-    print(f"  bit-exact: {s['bit_exact_images']}/{s['images']} images"
-          + ("" if s["first_mismatch"] is None else f"  (first mismatch: {s['first_mismatch']})"))
+    print(_bit_exact_line(s))
     ov = sum(s["accumulator_overflows"].values())
     print(f"  accumulator overflows (saturated): {ov}"
           + ("" if not ov else f" in {', '.join(sorted(s['accumulator_overflows']))}"))
     grouping = s.get("grouping_bops_per_image", 0)
     print(f"  MACs/image {s['macs_per_image'] / 1e6:.3f} M   BOPs/image {s['bops_per_image'] / 1e9:.3f} G"
           + (f" + grouping overhead {grouping / 1e9:.3f} G" if grouping else ""))
-    e = s["executor_s"]
-    print(f"  wall time: {s['wall_time_s']:.1f} s (calibration {s['calibration_s']:.1f} s, fp32 {e['fp32']:.2f} s, "
-          f"fake-quant {e['fakequant_integer']:.2f} s, simulator {e['simulator']:.2f} s)")
-    if "gemm_backend" in s:
+    if s.get("cluster"):
+        c = s["cluster"]
+        print(f"  evaluated on Dask {c['address']}: {c['workers']} workers, {c['shards']} shards")
+    print(_wall_line(s))
+    if s.get("gemm_backend"):
         print(f"  {gemm_line(s['gemm_backend'], s.get('threads'))}")

@@ -119,6 +119,22 @@ class Trace:
         }
 
     @classmethod
+    def concat(cls, traces: list["Trace"]) -> "Trace":
+        """One trace for the images of ``traces`` in order (runs of one graph on consecutive batches or
+        shards): per-image arrays concatenated, overflow counts summed (in first-seen key order)."""
+        first = traces[0]
+        ran = None
+        if any(t.layer_ran is not None for t in traces):
+            ran = np.concatenate([t.ran_mask() for t in traces])
+        overflows: dict[str, int] = {}
+        for t in traces:
+            for name, count in t.overflows.items():
+                overflows[name] = overflows.get(name, 0) + int(count)
+        extras = {k: np.concatenate([np.asarray(t.extras[k]) for t in traces]) for k in first.extras}
+        return cls(first.model, first.recipe, first.layers, sum(t.n_images for t in traces), ran, overflows,
+                   extras)
+
+    @classmethod
     def from_dict(cls, d: dict) -> "Trace":
         return cls(
             model=d["model"],

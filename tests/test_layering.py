@@ -75,6 +75,8 @@ RANKS = (
     ("simulator.vectors", 4),        # export-/verify-vectors commands
     ("simulator.onnx_command", 4),   # export-onnx / --onnx-qdq commands (docs/onnx.md)
     ("simulator.layer_report", 4),   # --layers: per-tensor SQNR, plot, per-layer cost CSV
+    ("simulator.evaluation", 4),     # the main job's evaluation: fp32 (torch), --reference, mergeable shards
+    ("simulator.dask_evaluation", 4),  # --cluster: shards of one evaluation on Dask workers
     # simulator.kernels.gemm_choice (rank 1, numpy + numba): --backend auto's measurement and per-machine
     # cache; it never imports torch (the torch facts come from simulator.kernels.gemm, its caller);
     # simulator.onnx_export / onnx_session (rank 1, numpy + onnx): QDQ writer, onnxruntime session;
@@ -169,7 +171,7 @@ def test_fixedpoint_imports_nothing():
 
 
 COMPOSITION_ROOT = ("cli.py", "cost_command.py", "preflight.py", "summary.py", "engines.py",
-                    "onnx_command.py", "layer_report.py")   # commands: may import upstream, lazily
+                    "onnx_command.py", "layer_report.py", "evaluation.py", "dask_evaluation.py")   # commands: may import upstream, lazily
 
 
 def test_composition_root_imports_upstream_lazily():

@@ -41,11 +41,28 @@ def _linear_output(acc, bias, mult, shift, res, res_mult, res_shift, lo, hi, out
     return over
 
 
+_NO_RESIDUAL = np.zeros((1, 1), dtype=np.int16)   # the residual stream's dtype (16-bit codes): one specialisation
+
+
+def _acc32(acc: np.ndarray) -> np.ndarray:
+    """``acc`` as C-contiguous int32 when its values fit (every GEMM backend's saturated accumulator:
+    int32 from ``int_mm``, int64 from BLAS), else unchanged: one kernel specialisation whichever backend
+    ran. A value outside int32 is kept in int64, never wrapped."""
+    if acc.dtype != np.int32 and acc.size and (acc.min() < ACC_LO or acc.max() > ACC_HI):
+        return np.ascontiguousarray(acc)
+    return np.ascontiguousarray(acc, dtype=np.int32)
+
+
 def linear_output(acc, bias, mult, shift, lo, hi, out_dtype, res=None, res_mult=0, res_shift=0):
-    """Apply the output stage to a 2-D accumulator; returns (codes, bias overflows)."""
+    """Apply the output stage to a 2-D accumulator; returns (codes, bias overflows).
+
+    Arguments are passed in one dtype and layout (int32 accumulators when they fit, C-contiguous) and,
+    without a residual, with a placeholder of the residual stream's dtype, so the kernel compiles once
+    per output dtype, not once per backend or call shape (each parallel specialisation costs 1-2 s of
+    numba compilation on a cold start; `simulator.warm_start`)."""
     out = np.empty(acc.shape, dtype=out_dtype)
-    r = res if res is not None else np.zeros((1, 1), dtype=np.int64)
-    over = _linear_output(acc, bias, mult, shift, r, np.int64(res_mult), np.int64(res_shift),
+    r = np.ascontiguousarray(res) if res is not None else _NO_RESIDUAL
+    over = _linear_output(_acc32(acc), bias, mult, shift, r, np.int64(res_mult), np.int64(res_shift),
                           np.int64(lo), np.int64(hi), out)
     return out, over
 
@@ -59,7 +76,7 @@ def _requant_output(acc, mult, shift, lo, hi, out):
 
 def requant_output(acc, mult: int, shift: int, lo: int, hi: int, out_dtype):
     """Per-tensor ``saturate(requantize(acc, M, k))`` of any-shaped acc."""
-    a2 = acc.reshape(-1, acc.shape[-1])
+    a2 = np.ascontiguousarray(acc.reshape(-1, acc.shape[-1]), dtype=np.int64)   # one specialisation
     out = np.empty(a2.shape, dtype=out_dtype)
     _requant_output(a2, np.int64(mult), np.int64(shift), np.int64(lo), np.int64(hi), out)
     return out.reshape(acc.shape)

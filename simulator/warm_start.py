@@ -1,0 +1,107 @@
+"""Cold start: compile the default job's kernels in a helper process while ``simulate`` starts up.
+
+The first ``simulate`` after an install finds no compiled
+kernels in the cache (`simulator.kernel_cache`) and spends ~10 s of CPU compiling the
+eight parallel kernel specialisations the default job (a ViT, static
+recipe) runs, after ~5 s of importing torch and timm and calibrating. On a
+machine with more than one core those can overlap: `start` launches
+``python -m simulator.warm_start`` right after the inputs are checked; that
+process (numpy and numba only, no torch) calls each kernel wrapper once on
+tiny arrays of the dtypes the integer executor passes (`simulator.int_ops`;
+the wrappers normalise accumulator dtypes, `simulator.kernels.output_stage`),
+so numba compiles and caches exactly those specialisations. It goes through
+them in the *reverse* of the order the executor first calls them; the main
+process, reaching the simulator, loads from the cache what is already there
+and compiles the rest itself in forward order, so the two meet in the middle
+and at most one kernel is compiled twice. Numba writes cache files atomically
+(temp file + rename), so two processes may fill one cache.
+
+Nothing waits on the helper and nothing depends on it: it is an optimisation
+whose only effect is cache entries. It is not started when a stamp file in the
+cache directory says this code (kernel sources, numba and Python versions) was
+warmed already, when ``NUMBA_DISABLE_JIT`` is set, or when
+``VIT_INTSIM_WARM_START=0``. A kernel that changes its call dtypes without
+updating `warm_calls` merely compiles in the main process again;
+tests/simulator/test_warm_start.py checks that the default job compiles
+nothing after a warm start.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from simulator.kernel_cache import stamp_path
+
+__all__ = ["warm_calls", "warm", "start"]
+
+_ROOT = Path(__file__).resolve().parents[1]
+_started: list = []         # the helper process of this process, if one was started (at most one)
+
+
+def warm_calls() -> list[tuple[str, Callable[[], object]]]:
+    """(name, call) for each kernel specialisation of the default job, in the order the integer executor
+    first calls them on a ViT with a static recipe: patchify, patch embedding (int16 residual stream),
+    LayerNorm, qkv (int8), softmax, attn @ V, proj + residual, fc1 (Q12 int32), GELU."""
+    import numpy as np
+
+    from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
+    from simulator.kernels.output_stage import linear_output, quantize_patches, requant_output
+
+    acc32 = np.zeros((2, 4), dtype=np.int32)
+    acc64 = np.zeros((2, 4), dtype=np.int64)
+    vec = np.ones(4, dtype=np.int64)
+    res16 = np.zeros((2, 4), dtype=np.int16)
+
+    def linear(out_dtype, res=None):
+        return lambda: linear_output(acc32, vec, vec, vec, -8, 7, out_dtype, res=res, res_mult=1 if res is not None
+                                     else 0, res_shift=1)
+
+    return [
+        ("quantize_patches", lambda: quantize_patches(np.zeros((1, 1, 2, 2), np.float32), (2, 2), 0.5, 8)),
+        ("linear_output int16", linear(np.int16)),
+        ("int_layernorm", lambda: int_layernorm(res16, 1, vec, vec, 1, -8, 7, np.int8)),
+        ("linear_output int8", linear(np.int8)),
+        ("int_softmax", lambda: int_softmax(acc64, 1, 1, 8)),
+        ("requant_output", lambda: requant_output(acc64, 1, 1, -8, 7, np.int8)),
+        ("linear_output int16 + residual", linear(np.int16, res16)),
+        ("linear_output int32", linear(np.int32)),
+        ("int_gelu", lambda: int_gelu(acc32, 1, 1, -8, 7, np.int8)),
+    ]
+
+
+def warm() -> None:
+    """Compile (or load) every specialisation of `warm_calls`, last first; then write the stamp."""
+    for _, call in reversed(warm_calls()):
+        call()
+    stamp = stamp_path()
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text("kernels of the default job compiled into this cache (simulator/warm_start.py)\n")
+
+
+def start() -> subprocess.Popen | None:
+    """Launch the helper process (once per process) unless the cache is already warm or warm starts are
+    off; never raises."""
+    if os.environ.get("VIT_INTSIM_WARM_START", "1") == "0" or os.environ.get("NUMBA_DISABLE_JIT", "0") != "0":
+        return None
+    if _started:
+        return _started[0]
+    try:
+        if stamp_path().exists():
+            return None
+        env = dict(os.environ, VIT_INTSIM_WARM_START="0")
+        root = str(_ROOT)
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")     # this checkout's simulator
+        _started.append(subprocess.Popen([sys.executable, "-m", "simulator.warm_start"], env=env, cwd=root,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL))
+        return _started[0]
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    warm()
