@@ -20,7 +20,8 @@ import torch
 from reference.tensor_primitives import isqrt, requantize, saturate
 from reference.tensor_primitives import (SOFTMAX_RECIP_BITS, LN_RECIP_BITS, exp2_neg, gelu_q12, ln_affine, ln_normalize, softmax_scale_codes)
 
-__all__ = ["exact_int_matmul", "value_range", "int8_gemm_is_faster", "linear_output_stage", "layernorm_stage", "softmax_stage", "gelu_stage",
+__all__ = ["exact_int_matmul", "value_range", "int8_gemm_is_faster", "linear_output_stage", "layernorm_stage", "layernorm_moments",
+           "layernorm_recip", "layernorm_apply", "softmax_stage", "gelu_stage",
            "ACC_LO", "ACC_HI"]
 
 ACC_LO, ACC_HI = -(1 << 31), (1 << 31) - 1
@@ -159,15 +160,29 @@ def linear_output_stage(acc, bias, mult, shift, res, res_mult, res_shift, lo, hi
     return saturate(y, lo, hi), over
 
 
-def layernorm_stage(x, eps_q, gamma_mult, beta_q, out_shift, lo, hi):
-    """Integer LayerNorm over the last axis (`simulator.int_nonlinear`)."""
+def layernorm_moments(x):
+    """Row sums of a LayerNorm input: ``(S1, V)``, ``S1 = sum x``, ``V = D * sum x**2 - S1**2`` (= D**2 var)."""
     d = x.shape[-1]
     s1 = x.sum(-1, keepdim=True)
-    v = d * (x * x).sum(-1, keepdim=True) - s1 * s1
+    return s1, d * (x * x).sum(-1, keepdim=True) - s1 * s1
+
+
+def layernorm_recip(v, eps_q):
+    """``floor(2**48 / max(isqrt(V + eps_q), 1))`` per row."""
     std = isqrt(v + eps_q)
     std = std + (std < 1)
-    recip = (1 << LN_RECIP_BITS) // std
-    return ln_affine(ln_normalize(d * x - s1, recip), gamma_mult, beta_q, out_shift, lo, hi)
+    return (1 << LN_RECIP_BITS) // std
+
+
+def layernorm_apply(x, s1, recip, gamma_mult, beta_q, out_shift, lo, hi):
+    """Output codes from the row sums and reciprocals (`simulator.int_nonlinear`)."""
+    return ln_affine(ln_normalize(x.shape[-1] * x - s1, recip), gamma_mult, beta_q, out_shift, lo, hi)
+
+
+def layernorm_stage(x, eps_q, gamma_mult, beta_q, out_shift, lo, hi):
+    """Integer LayerNorm over the last axis (`simulator.int_nonlinear`)."""
+    s1, v = layernorm_moments(x)
+    return layernorm_apply(x, s1, layernorm_recip(v, eps_q), gamma_mult, beta_q, out_shift, lo, hi)
 
 
 def softmax_stage(acc, in_mult, in_shift, out_bits):

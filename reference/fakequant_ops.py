@@ -67,7 +67,8 @@ _FLOAT_ACT = {"gelu_erf": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="
 class FakeQuantOps:
     """Torch integer kernels for every op kind; ``overflows[op name]`` counts saturated accumulators."""
 
-    def __init__(self, qg: QuantizedGraph, nonlinear: Literal["integer", "float"] = "integer", compile: bool = True):
+    def __init__(self, qg: QuantizedGraph, nonlinear: Literal["integer", "float"] = "integer",
+                 compile: bool | None = None):
         if nonlinear not in ("integer", "float"):
             raise ValueError(f"nonlinear must be 'integer' or 'float', got {nonlinear!r}")
         self.qg, self.q, self.p, self.float = qg, qg.quantizers, qg.params, nonlinear == "float"
@@ -284,10 +285,12 @@ class FakeQuantOps:
 class GraphFakeQuantExecutor:
     """``GraphFakeQuantExecutor(qgraph, nonlinear="integer").run(images)`` -> `RunResult` (codes of every tensor).
 
-    ``compile=True`` (default): the hot integer stages fused by TorchInductor (`reference.fused_stages`;
-    the same integers as ``compile=False``, which evaluates them operator by operator)."""
+    ``compile``: the hot integer stages fused by TorchInductor (`reference.fused_stages.FusedStages`):
+    None ("auto", default) for the calls on large tensors, True for all, False for none (eager, in
+    row blocks). The integers are the same in every mode (tested)."""
 
-    def __init__(self, qg: QuantizedGraph, nonlinear: Literal["integer", "float"] = "integer", compile: bool = True):
+    def __init__(self, qg: QuantizedGraph, nonlinear: Literal["integer", "float"] = "integer",
+                 compile: bool | None = None):
         self.qg, self.nonlinear, self.compile = qg, nonlinear, compile
 
     @torch.no_grad()

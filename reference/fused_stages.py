@@ -27,11 +27,13 @@ import warnings
 
 import torch
 
-from reference.fakequant import gelu_stage, layernorm_stage, linear_output_stage, softmax_stage
+from reference.fakequant import (gelu_stage, layernorm_apply, layernorm_moments, layernorm_recip, layernorm_stage,
+                                 linear_output_stage, softmax_stage)
 from reference.tensor_primitives import quick_gelu_q12, requantize, saturate
 
-__all__ = ["code_dtype", "FusedStages", "linear_codes", "residual_linear_codes", "requantized_codes",
-           "layernorm_codes", "softmax_codes", "gelu_codes", "quick_gelu_codes"]
+__all__ = ["code_dtype", "FusedStages", "in_row_chunks", "linear_codes", "residual_linear_codes", "requantized_codes",
+           "layernorm_codes", "layernorm_sums", "layernorm_apply_codes", "softmax_codes", "gelu_codes",
+           "quick_gelu_codes", "CHUNK_ELEMENTS", "COMPILE_MIN_ELEMENTS"]
 
 
 def code_dtype(lo: int, hi: int) -> torch.dtype:
@@ -67,6 +69,16 @@ def layernorm_codes(x, eps_q, gamma_mult, beta_q, out_shift, lo, hi, dtype: torc
     return layernorm_stage(x.long(), eps_q, gamma_mult, beta_q, out_shift, lo, hi).to(dtype)
 
 
+def layernorm_sums(x):
+    """``(S1, V)`` of each row (`reference.fakequant.layernorm_moments`)."""
+    return layernorm_moments(x.long())
+
+
+def layernorm_apply_codes(x, s1, recip, gamma_mult, beta_q, out_shift, lo, hi, dtype: torch.dtype):
+    """LayerNorm codes from the row sums and reciprocals (`reference.fakequant.layernorm_apply`)."""
+    return layernorm_apply(x.long(), s1, recip, gamma_mult, beta_q, out_shift, lo, hi).to(dtype)
+
+
 def softmax_codes(acc, in_mult, in_shift, out_bits, dtype: torch.dtype):
     """Integer softmax of each row (`reference.fakequant.softmax_stage`)."""
     return softmax_stage(acc.long(), in_mult, in_shift, out_bits).to(dtype)
@@ -82,41 +94,108 @@ def quick_gelu_codes(h, out_mult, out_shift, lo, hi, dtype: torch.dtype):
     return saturate(requantize(quick_gelu_q12(h.long()), out_mult, out_shift), lo, hi).to(dtype)
 
 
-_STAGES = (linear_codes, residual_linear_codes, requantized_codes, layernorm_codes, softmax_codes, gelu_codes,
-           quick_gelu_codes)
+_STAGES = {linear_codes: (0,), residual_linear_codes: (0, 4), requantized_codes: (0,), layernorm_codes: (0,),
+           softmax_codes: (0,), gelu_codes: (0,), quick_gelu_codes: (0,), layernorm_sums: None,
+           layernorm_apply_codes: (0, 1, 2)}     # stage -> its row-wise arguments (None: not split)
+CHUNK_ELEMENTS = 1 << 15      # eager: rows per step so that an int64 temporary (256 KiB) stays in cache
+COMPILE_MIN_ELEMENTS = 1 << 18   # compile="auto": fuse a stage whose input has at least this many elements
 _compiled: dict = {}          # stage -> its torch.compile wrapper (one per process: dynamo caches per code object)
 _failed: set = set()          # stages whose compilation failed in this process: eager from then on
 
 
 def _scalar(v):
-    """Python / numpy ints -> 0-d int64 tensors (tensors pass through)."""
+    """Python / numpy ints -> 0-d int64 tensors (tensors pass through). Never plain ints into a
+    compiled stage: TorchInductor turns dynamic int arguments into symbols (measured: wrong codes)."""
     return v if isinstance(v, torch.Tensor) else torch.tensor(int(v), dtype=torch.int64)
 
 
+def in_row_chunks(fn, args: tuple, rows_at: tuple):
+    """``fn(*args)`` computed on blocks of rows (all axes but the last flattened) of the arguments
+    at ``rows_at``, written into one output: the same integers (every stage is row-wise: its
+    reductions run over the last axis, its parameters broadcast along it), with int64
+    temporaries of at most `CHUNK_ELEMENTS` elements instead of the whole tensor."""
+    x = args[0]
+    if rows_at is None:
+        return fn(*args)
+    n = x.shape[-1] if x.dim() else 1
+    rows = x.numel() // max(n, 1)
+    step = max(1, CHUNK_ELEMENTS // max(n, 1))
+    if rows <= step or x.dim() < 2:
+        return fn(*args)
+    flat = list(args)
+    for i in rows_at:
+        flat[i] = args[i].reshape(rows, args[i].shape[-1])
+    codes, over = None, 0
+    for s in range(0, rows, step):
+        part = fn(*(a[s:s + step] if i in rows_at else a for i, a in enumerate(flat)))
+        c, o = part if isinstance(part, tuple) else (part, None)
+        if codes is None:
+            codes = torch.empty((rows, c.shape[-1]), dtype=c.dtype)
+        codes[s:s + step] = c
+        if o is not None:
+            over = over + o
+    codes = codes.reshape(*x.shape[:-1], codes.shape[-1])
+    return (codes, over) if isinstance(part, tuple) else codes
+
+
+def _compiled_call(fn, args):
+    """``fn`` through ``torch.compile(dynamic=True)``; on a compiler failure a warning, and eager from then on."""
+    compiled = _compiled.get(fn)
+    if compiled is None:
+        compiled = _compiled[fn] = torch.compile(fn, dynamic=True)
+    try:
+        return compiled(*args)
+    except Exception as e:        # noqa: BLE001 -- any compiler failure: the same function, eagerly
+        _failed.add(fn)
+        msg = str(e).splitlines()[0] if str(e) else ""
+        warnings.warn(f"fake-quant: compiling {fn.__name__} failed ({type(e).__name__}: {msg}); running it eagerly",
+                      RuntimeWarning)
+        return in_row_chunks(fn, args, _STAGES[fn])
+
+
 class FusedStages:
-    """``FusedStages(compile).<stage>(...)``: a stage of this module, compiled or eager (same integers)."""
+    """The stages of this module, fused by TorchInductor or eager in row blocks (`in_row_chunks`);
+    the same integers either way. ``compile``: True (always fuse), False (never), or None ("auto":
+    fuse a call whose input has at least `COMPILE_MIN_ELEMENTS` elements -- a DeiT-S batch -- and
+    keep small ones, a test's toy model, clear of the one-off compile)."""
 
-    def __init__(self, compile: bool = True):
-        self.compile = bool(compile)
+    def __init__(self, compile: bool | None = None):
+        self.compile = compile
 
-    def __getattr__(self, name: str):
-        fn = globals().get(name)
-        if fn not in _STAGES:
-            raise AttributeError(name)
+    def _fuses(self, x) -> bool:
+        if self.compile is None:
+            return x.numel() >= COMPILE_MIN_ELEMENTS
+        return self.compile
 
-        def run(*args):
-            dtype = args[-1]
-            args = tuple(_scalar(a) for a in args[:-1]) + (dtype,)
-            if not self.compile or fn in _failed:
-                return fn(*args)
-            compiled = _compiled.get(fn)
-            if compiled is None:
-                compiled = _compiled[fn] = torch.compile(fn, dynamic=True)
-            try:
-                return compiled(*args)
-            except Exception as e:        # noqa: BLE001 -- any compiler failure: the same function, eagerly
-                _failed.add(fn)
-                warnings.warn(f"fake-quant: compiling {fn.__name__} failed ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); running it eagerly", RuntimeWarning)
-                return fn(*args)
-        return run
+    def _run(self, fn, *args):
+        args = tuple(a if isinstance(a, torch.dtype) else _scalar(a) for a in args)
+        if fn in _failed or not self._fuses(args[0]):
+            return in_row_chunks(fn, args, _STAGES[fn])
+        return _compiled_call(fn, args)
+
+    def linear_codes(self, acc, bias, mult, shift, lo, hi, dtype):
+        return self._run(linear_codes, acc, bias, mult, shift, lo, hi, dtype)
+
+    def residual_linear_codes(self, acc, bias, mult, shift, res, res_mult, res_shift, lo, hi, dtype):
+        return self._run(residual_linear_codes, acc, bias, mult, shift, res, res_mult, res_shift, lo, hi, dtype)
+
+    def requantized_codes(self, acc, mult, shift, lo, hi, dtype):
+        return self._run(requantized_codes, acc, mult, shift, lo, hi, dtype)
+
+    def softmax_codes(self, acc, in_mult, in_shift, out_bits, dtype):
+        return self._run(softmax_codes, acc, in_mult, in_shift, out_bits, dtype)
+
+    def gelu_codes(self, h, out_mult, out_shift, lo, hi, dtype):
+        return self._run(gelu_codes, h, out_mult, out_shift, lo, hi, dtype)
+
+    def quick_gelu_codes(self, h, out_mult, out_shift, lo, hi, dtype):
+        return self._run(quick_gelu_codes, h, out_mult, out_shift, lo, hi, dtype)
+
+    def layernorm_codes(self, x, eps_q, gamma_mult, beta_q, out_shift, lo, hi, dtype):
+        """Fused: the row sums and the output loop compiled, the 31-step integer square root of
+        one value per row eager (unrolled, it made TorchInductor's compile take minutes)."""
+        if layernorm_apply_codes in _failed or not self._fuses(x):
+            return self._run(layernorm_codes, x, eps_q, gamma_mult, beta_q, out_shift, lo, hi, dtype)
+        s1, v = self._run(layernorm_sums, x)
+        recip = layernorm_recip(v, _scalar(eps_q))
+        return self._run(layernorm_apply_codes, x, s1, recip, gamma_mult, beta_q, out_shift, lo, hi, dtype)

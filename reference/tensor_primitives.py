@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import types
 
+import torch
+
 from simulator import fixedpoint
 
 __all__ = ["saturate", "vectorised"]
@@ -25,6 +27,9 @@ _cache: dict = {}
 def saturate(x, lo, hi):
     """Clamp to ``[lo, hi]`` (`simulator.fixedpoint.saturate`) in one pass."""
     if hasattr(x, "clip"):
+        if hasattr(lo, "clip") != hasattr(hi, "clip"):     # one bound a tensor: both (torch.compile wants that)
+            dt = x.dtype if x.is_floating_point() else torch.int64
+            lo, hi = (b if hasattr(b, "clip") else torch.tensor(b, dtype=dt) for b in (lo, hi))
         return x.clip(lo, hi)
     return fixedpoint.saturate(x, lo, hi)
 
