@@ -30,7 +30,7 @@ ACC_LO, ACC_HI = -(1 << 31), (1 << 31) - 1
 _NARROW = {torch.int8: (-128, 127), torch.uint8: (0, 255), torch.int16: (-32768, 32767)}
 F32_EXACT = 1 << 24          # every integer of magnitude <= 2**24 is a float32
 F64_EXACT = 1 << 53          # ... <= 2**53 a float64
-INT_MM_MAX_K = 1 << 15       # int8 (offset) GEMM into int32: K * (128*128 + 255*128) < 2**31
+INT_MM_MAX_K = 1 << 15       # int8 (offset) GEMM into int32: K * (128*128 + 383*128) < 2**31
 
 
 def value_range(t: torch.Tensor) -> tuple[int, int]:
@@ -77,11 +77,12 @@ def int8_gemm_is_faster() -> bool:
 
 
 def _int8_matmul(a: torch.Tensor, b8: torch.Tensor, lo: int) -> torch.Tensor:
-    """``a @ b8`` in int32 through ``torch._int_mm`` for codes ``a`` in ``[lo, lo + 255]``.
+    """``a @ b8`` in int32 through ``torch._int_mm`` for codes ``a`` in ``[lo, lo + 255]``,
+    ``-128 <= lo`` and ``lo + 255 <= 383`` (the caller checks ``[lo, hi]`` inside ``[-128, 255]``).
 
-    ``a`` is shifted into int8 by ``c = lo + 128`` (``c = 0`` for int8 codes) and the product
-    corrected by ``c * colsum(b8)``; every partial sum is bounded by ``K * (128*128 + 255*128)
-    < 2**31`` for ``K < 2**15``, so int32 is exact."""
+    ``a`` is shifted into int8 by ``c = lo + 128`` (``0 <= c <= 383``; 0 for int8 codes) and the
+    product corrected by ``c * colsum(b8)``; every partial sum is bounded by ``K * (128*128 +
+    383*128) < 2**31`` for ``K < 2**15``, so int32 is exact."""
     k, n = b8.shape
     lead = a.shape[:-1]
     c = lo + 128
@@ -122,14 +123,14 @@ def exact_int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     Engines, from the operands' value ranges (`value_range`: free for 8/16-bit dtypes):
     oneDNN int8 ``torch._int_mm`` for 2-D ``b`` of int8 codes and ``a`` codes spanning at most
-    256 values (`_int8_matmul`), where it is faster than float32 (`int8_gemm_is_faster`);
+    256 values inside ``[-128, 255]`` (`_int8_matmul`), where it is faster than float32 (`int8_gemm_is_faster`);
     float32 BLAS in K-chunks of bound ``<= 2**24`` (`_float32_matmul`); float64 below 2**53;
     else an int64 matmul.
     """
     k = a.shape[-1]
     alo, ahi = value_range(a)
     blo, bhi = value_range(b)
-    if (b.dim() == 2 and b.dtype == torch.int8 and ahi - alo <= 255 and 0 < k < INT_MM_MAX_K
+    if (b.dim() == 2 and b.dtype == torch.int8 and ahi - alo <= 255 and -128 <= alo and ahi <= 255 and 0 < k < INT_MM_MAX_K
             and k % 8 == 0 and b.shape[1] % 8 == 0 and a.numel() and int8_gemm_is_faster()):
         return _int8_matmul(a, b, alo)
     term = max(-alo, ahi, 1) * max(-blo, bhi, 1)        # bound of one product

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from reference.fakequant import ACC_HI, ACC_LO, exact_int_matmul, softmax_stage
-from reference.fused_stages import FusedStages, code_dtype
+from reference.fused_stages import FusedStages, code_dtype, in_row_chunks
 from reference import two_scaled_fq as v2sf
 from reference import igq_graph_ops
 from reference.tensor_primitives import requantize, round_half_up, rounding_mean, saturate, vectorised
@@ -58,6 +58,20 @@ def _t(a) -> torch.Tensor:
 def _codes(v: torch.Tensor, qz) -> torch.Tensor:
     """Float values already divided by the scale -> saturated codes (round half up), narrow dtype."""
     return saturate(round_half_up(v), qz.lo, qz.hi).to(code_dtype(qz.lo, qz.hi))
+
+
+def _float_layernorm_codes(x, in_scale, gamma, beta, eps, out_scale, lo, hi, dtype):
+    y = F.layer_norm(x.double() * in_scale, (x.shape[-1],), gamma, beta, eps)
+    return saturate(round_half_up(y / out_scale), lo, hi).to(dtype)
+
+
+def _float_softmax_codes(acc, in_scale, out_mult, lo, hi, dtype):
+    return saturate(round_half_up(torch.softmax(acc.double() * in_scale, dim=-1) * out_mult), lo, hi).to(dtype)
+
+
+def _float_activation_codes(h, function, out_scale, lo, hi, dtype):
+    return saturate(round_half_up(_FLOAT_ACT[function](h.double() * 2.0 ** -GELU_FRAC_BITS) / out_scale),
+                    lo, hi).to(dtype)
 
 
 _FLOAT_ACT = {"gelu_erf": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -149,10 +163,10 @@ class FakeQuantOps:
         ln, qz = self.p[op.name], self.q[op.outputs[0]]
         if qz.kind == "grouped":
             return self._grouped(op, x)
-        if self.float:
+        if self.float:        # float64 LayerNorm between the same quantizers, in row blocks (no big temporaries)
             gamma, beta = (torch.tensor(np.array(v, dtype=np.float64)) for v in (ln.gamma, ln.beta))
-            y = F.layer_norm(x.double() * ln.in_scale, (x.shape[-1],), gamma, beta, ln.eps)
-            return _codes(y / ln.out_scale, qz)
+            return in_row_chunks(_float_layernorm_codes, (x, ln.in_scale, gamma, beta, ln.eps, ln.out_scale, qz.lo,
+                                                          qz.hi, code_dtype(qz.lo, qz.hi)), (0,))
         return self.stages.layernorm_codes(x, ln.eps_q, self._ints(op.name, ln, "gamma_mult"),
                                            self._ints(op.name, ln, "beta_q"), ln.out_shift, qz.lo, qz.hi,
                                            code_dtype(qz.lo, qz.hi))
@@ -230,7 +244,8 @@ class FakeQuantOps:
             return self._grouped(op, acc)
         if not plain:
             return self._softmax_codes(sm, acc, qz)
-        return _codes(torch.softmax(acc.double() * sm.in_scale, dim=-1) * (1 << sm.out_bits), self.q[op.outputs[0]])
+        return in_row_chunks(_float_softmax_codes, (acc, sm.in_scale, float(1 << sm.out_bits), qz.lo, qz.hi,
+                                                    code_dtype(qz.lo, qz.hi)), (0,))
 
     def _softmax_codes(self, sm, acc, qz):
         """Calibrated power-of-two codes or log2 codes (`simulator.softmax_codes`)."""
@@ -251,12 +266,13 @@ class FakeQuantOps:
         if qz.kind not in ("two_scaled", "grouped") and not self.float:
             stage = self.stages.quick_gelu_codes if op.function == "quick_gelu" else self.stages.gelu_codes
             return stage(h, g.out_mult, g.out_shift, qz.lo, qz.hi, code_dtype(qz.lo, qz.hi))
+        if qz.kind not in ("two_scaled", "grouped"):
+            return in_row_chunks(_float_activation_codes, (h, op.function, g.out_scale, qz.lo, qz.hi,
+                                                           code_dtype(qz.lo, qz.hi)), (0,))
         h = h.long()
         if qz.kind == "two_scaled":
             return v2sf.activation_words(op.function, g, h, "float" if self.float else "integer")
-        if qz.kind == "grouped":
-            return self._grouped(op, h)
-        return _codes(_FLOAT_ACT[op.function](h.double() * 2.0 ** -GELU_FRAC_BITS) / g.out_scale, qz)
+        return self._grouped(op, h)
 
     def add(self, op: ir.Add, *xs):
         rs, qz = self.p[op.name], self.q[op.outputs[0]]
