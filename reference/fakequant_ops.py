@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reference.fakequant import (ACC_HI, ACC_LO, exact_int_matmul, gelu_stage, layernorm_stage,
-                                 linear_output_stage, softmax_stage)
+from reference.fakequant import ACC_HI, ACC_LO, exact_int_matmul, softmax_stage
+from reference.fused_stages import FusedStages, code_dtype, in_row_chunks
 from reference import two_scaled_fq as v2sf
 from reference import igq_graph_ops
-from reference.tensor_primitives import quick_gelu_q12, requantize, round_half_up, rounding_mean, saturate, vectorised
+from reference.tensor_primitives import requantize, round_half_up, rounding_mean, saturate, vectorised
 from reference.tensor_primitives import SOFTMAX_RECIP_BITS, exp2_neg
 from simulator import softmax_codes
 from simulator import ir
@@ -56,8 +56,22 @@ def _t(a) -> torch.Tensor:
 
 
 def _codes(v: torch.Tensor, qz) -> torch.Tensor:
-    """Float values already divided by the scale -> saturated codes (round half up)."""
-    return saturate(round_half_up(v).long(), qz.lo, qz.hi)
+    """Float values already divided by the scale -> saturated codes (round half up), narrow dtype."""
+    return saturate(round_half_up(v), qz.lo, qz.hi).to(code_dtype(qz.lo, qz.hi))
+
+
+def _float_layernorm_codes(x, in_scale, gamma, beta, eps, out_scale, lo, hi, dtype):
+    y = F.layer_norm(x.double() * in_scale, (x.shape[-1],), gamma, beta, eps)
+    return saturate(round_half_up(y / out_scale), lo, hi).to(dtype)
+
+
+def _float_softmax_codes(acc, in_scale, out_mult, lo, hi, dtype):
+    return saturate(round_half_up(torch.softmax(acc.double() * in_scale, dim=-1) * out_mult), lo, hi).to(dtype)
+
+
+def _float_activation_codes(h, function, out_scale, lo, hi, dtype):
+    return saturate(round_half_up(_FLOAT_ACT[function](h.double() * 2.0 ** -GELU_FRAC_BITS) / out_scale),
+                    lo, hi).to(dtype)
 
 
 _FLOAT_ACT = {"gelu_erf": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -67,13 +81,26 @@ _FLOAT_ACT = {"gelu_erf": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="
 class FakeQuantOps:
     """Torch integer kernels for every op kind; ``overflows[op name]`` counts saturated accumulators."""
 
-    def __init__(self, qg: QuantizedGraph, nonlinear: Literal["integer", "float"] = "integer"):
+    def __init__(self, qg: QuantizedGraph, nonlinear: Literal["integer", "float"] = "integer",
+                 compile: bool | None = None):
         if nonlinear not in ("integer", "float"):
             raise ValueError(f"nonlinear must be 'integer' or 'float', got {nonlinear!r}")
         self.qg, self.q, self.p, self.float = qg, qg.quantizers, qg.params, nonlinear == "float"
+        self.stages = FusedStages(compile)
         self.overflows: dict[str, int] = {}
         self._w: dict[str, tuple] = {}
+        self._const: dict[tuple, torch.Tensor] = {}  # (op name, field) -> int64 tensor of the frozen params
         self.groups: dict[str, torch.Tensor] = {}     # group index per grouped tensor (this batch)
+
+    def _ints(self, op_name: str, params, field: str) -> torch.Tensor:
+        """``params.<field>`` as an int64 tensor, cached for the frozen params (per-image ones,
+        `simulator.predicted_graph`, are other objects and converted each call)."""
+        if params is not self.qg.params.get(op_name):
+            return _t(getattr(params, field))
+        key = (op_name, field)
+        if key not in self._const:
+            self._const[key] = _t(getattr(params, field))
+        return self._const[key]
 
     def _count(self, name: str, n: int) -> None:
         if n:
@@ -86,9 +113,11 @@ class FakeQuantOps:
         return v2sf.decode_operand(qz, x) if qz.kind == "two_scaled" else x
 
     def _gemm(self, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The int32 accumulators of ``a @ b`` (overflows counted and saturated); int32, or float32
+        holding integers of magnitude <= 2**24, or int64 -- consumers widen with ``.long()``."""
         acc = exact_int_matmul(a, b)
-        if acc.dtype == torch.int32:      # int_mm / bounded float32: inside int32 by construction
-            return acc.long()
+        if acc.dtype != torch.int64:      # int_mm / bounded float32: inside int32 by construction
+            return acc
         self._count(name, int(((acc < ACC_LO) | (acc > ACC_HI)).sum()))
         return saturate(acc, ACC_LO, ACC_HI)
 
@@ -108,18 +137,23 @@ class FakeQuantOps:
             x = F.pad(x, (0, gw * pw - w, 0, gh * ph - h))
         x = x[:, :, :gh * ph, :gw * pw].reshape(b, c, gh, ph, gw, pw)
         p = x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * ph * pw)
-        return saturate(round_half_up(p / float(qz.scale)).long(), qz.lo, qz.hi)
+        return _codes(p / float(qz.scale), qz)
 
     def linear(self, op: ir.Linear, x, residual=None):
         lin, qz = self.p[op.name], self.q[op.outputs[0]]
         if op.name not in self._w:
             self._w[op.name] = (torch.from_numpy(np.ascontiguousarray(lin.w_q.T, dtype=np.int8)), _t(lin.bias_q))
-        (w8, bias), mult, shift = self._w[op.name], _t(lin.out_mult), _t(lin.out_shift)   # per image: predicted
+        (w8, bias), mult, shift = self._w[op.name], self._ints(op.name, lin, "out_mult"), self._ints(op.name, lin, "out_shift")
         x = self._operand(op.inputs[0], x)
         if self.q[op.inputs[0]].kind == "grouped":
             x = igq_graph_ops.grouped_operand(x, self.groups[op.inputs[0]], self.q[op.inputs[0]])
         acc = self._gemm(op.name, x, w8)
-        y, over = linear_output_stage(acc, bias, mult, shift, residual, lin.res_mult, lin.res_shift, qz.lo, qz.hi)
+        dt = code_dtype(qz.lo, qz.hi)
+        if residual is None:
+            y, over = self.stages.linear_codes(acc, bias, mult, shift, qz.lo, qz.hi, dt)
+        else:
+            y, over = self.stages.residual_linear_codes(acc, bias, mult, shift, residual, lin.res_mult, lin.res_shift,
+                                                        qz.lo, qz.hi, dt)
         self._count(op.name, int(over))
         return y
 
@@ -129,23 +163,28 @@ class FakeQuantOps:
         ln, qz = self.p[op.name], self.q[op.outputs[0]]
         if qz.kind == "grouped":
             return self._grouped(op, x)
-        if self.float:
+        if self.float:        # float64 LayerNorm between the same quantizers, in row blocks (no big temporaries)
             gamma, beta = (torch.tensor(np.array(v, dtype=np.float64)) for v in (ln.gamma, ln.beta))
-            y = F.layer_norm(x.double() * ln.in_scale, (x.shape[-1],), gamma, beta, ln.eps)
-            return _codes(y / ln.out_scale, qz)
-        return layernorm_stage(x.long(), ln.eps_q, _t(ln.gamma_mult), _t(ln.beta_q), ln.out_shift, qz.lo, qz.hi)
+            return in_row_chunks(_float_layernorm_codes, (x, ln.in_scale, gamma, beta, ln.eps, ln.out_scale, qz.lo,
+                                                          qz.hi, code_dtype(qz.lo, qz.hi)), (0,))
+        return self.stages.layernorm_codes(x, ln.eps_q, self._ints(op.name, ln, "gamma_mult"),
+                                           self._ints(op.name, ln, "beta_q"), ln.out_shift, qz.lo, qz.hi,
+                                           code_dtype(qz.lo, qz.hi))
 
     def token_concat(self, op: ir.TokenConcat, x):
-        tok = _t(self.p[op.name].codes)
-        return torch.cat([tok.expand(x.shape[0], -1, -1), x.long()], dim=1)
+        qz = self.q[op.outputs[0]]
+        dt = torch.promote_types(x.dtype, code_dtype(qz.lo, qz.hi))
+        tok = self._ints(op.name, self.p[op.name], "codes").to(dt)
+        return torch.cat([tok.expand(x.shape[0], -1, -1), x.to(dt)], dim=1)
 
     def add_const(self, op: ir.AddConst, x):
         qz = self.q[op.outputs[0]]
-        return saturate(x.long() + _t(self.p[op.name].codes), qz.lo, qz.hi)
+        return saturate(x.long() + self._ints(op.name, self.p[op.name], "codes"), qz.lo, qz.hi).to(code_dtype(qz.lo, qz.hi))
 
     def split(self, op: ir.Split, acc):
         parts = torch.split(acc, list(op.sizes), dim=-1)
-        return tuple(linear_output_stage(a, 0, _t(rq.mult), _t(rq.shift), None, 0, 0, self.q[t].lo, self.q[t].hi)[0]
+        return tuple(self.stages.linear_codes(a, 0, _t(rq.mult), _t(rq.shift), self.q[t].lo, self.q[t].hi,
+                                              code_dtype(self.q[t].lo, self.q[t].hi))[0]
                      for a, t, rq in zip(parts, op.outputs, self.p[op.name]))
 
     def split_heads(self, op: ir.SplitHeads, x):
@@ -174,11 +213,11 @@ class FakeQuantOps:
         rq = self.p[op.name]
         if "grouped" in kinds:
             codes, gidx = igq_graph_ops.grouped_matmul(op, rq, self.q[op.inputs[0]], self.q[op.inputs[1]], qz,
-                                                       self.groups.get(op.inputs[0]), acc)
+                                                       self.groups.get(op.inputs[0]), acc.long())
             if gidx is not None:
                 self.groups[op.outputs[0]] = gidx
             return codes
-        return saturate(requantize(acc, rq.mult, rq.shift), qz.lo, qz.hi)
+        return self.stages.requantized_codes(acc, rq.mult, rq.shift, qz.lo, qz.hi, code_dtype(qz.lo, qz.hi))
 
     def gather_tokens(self, op: ir.GatherTokens, x):
         return gather(x, torch.from_numpy(token_index(op)))
@@ -194,16 +233,19 @@ class FakeQuantOps:
         return window_scores(a, bias, m, int(wb.mask_add)).reshape(acc.shape)
 
     def softmax(self, op: ir.Softmax, acc):
-        sm = self.p[op.name]
-        if self.q[op.outputs[0]].kind == "two_scaled":
+        sm, qz = self.p[op.name], self.q[op.outputs[0]]
+        plain = qz.kind not in ("two_scaled", "grouped", "log2") and not sm.fine_exp
+        if plain and not self.float:
+            return self.stages.softmax_codes(acc, sm.in_mult, sm.in_shift, sm.out_bits, code_dtype(qz.lo, qz.hi))
+        acc = acc.long()
+        if qz.kind == "two_scaled":
             return v2sf.softmax_words(sm, acc, "float" if self.float else "integer")
-        if self.q[op.outputs[0]].kind == "grouped":
+        if qz.kind == "grouped":
             return self._grouped(op, acc)
-        if self.q[op.outputs[0]].kind == "log2" or sm.fine_exp:
-            return self._softmax_codes(sm, acc, self.q[op.outputs[0]])
-        if self.float:
-            return _codes(torch.softmax(acc.double() * sm.in_scale, dim=-1) * (1 << sm.out_bits), self.q[op.outputs[0]])
-        return softmax_stage(acc, sm.in_mult, sm.in_shift, sm.out_bits)
+        if not plain:
+            return self._softmax_codes(sm, acc, qz)
+        return in_row_chunks(_float_softmax_codes, (acc, sm.in_scale, float(1 << sm.out_bits), qz.lo, qz.hi,
+                                                    code_dtype(qz.lo, qz.hi)), (0,))
 
     def _softmax_codes(self, sm, acc, qz):
         """Calibrated power-of-two codes or log2 codes (`simulator.softmax_codes`)."""
@@ -221,15 +263,16 @@ class FakeQuantOps:
 
     def activation(self, op: ir.Activation, h):
         g, qz = self.p[op.name], self.q[op.outputs[0]]
+        if qz.kind not in ("two_scaled", "grouped") and not self.float:
+            stage = self.stages.quick_gelu_codes if op.function == "quick_gelu" else self.stages.gelu_codes
+            return stage(h, g.out_mult, g.out_shift, qz.lo, qz.hi, code_dtype(qz.lo, qz.hi))
+        if qz.kind not in ("two_scaled", "grouped"):
+            return in_row_chunks(_float_activation_codes, (h, op.function, g.out_scale, qz.lo, qz.hi,
+                                                           code_dtype(qz.lo, qz.hi)), (0,))
+        h = h.long()
         if qz.kind == "two_scaled":
             return v2sf.activation_words(op.function, g, h, "float" if self.float else "integer")
-        if qz.kind == "grouped":
-            return self._grouped(op, h)
-        if self.float:
-            return _codes(_FLOAT_ACT[op.function](h.double() * 2.0 ** -GELU_FRAC_BITS) / g.out_scale, qz)
-        if op.function == "quick_gelu":
-            return saturate(requantize(quick_gelu_q12(h), g.out_mult, g.out_shift), qz.lo, qz.hi)
-        return gelu_stage(h, g.out_mult, g.out_shift, qz.lo, qz.hi)
+        return self._grouped(op, h)
 
     def add(self, op: ir.Add, *xs):
         rs, qz = self.p[op.name], self.q[op.outputs[0]]
@@ -249,23 +292,28 @@ class FakeQuantOps:
         c = e.confidence
         if self.float:
             conf = _codes(torch.softmax(logits.double() * c.in_scale, dim=-1) * (1 << c.out_bits),
-                          self.q[op.outputs[0]]).amax(-1)
+                          self.q[op.outputs[0]]).long().amax(-1)
         else:
-            conf = softmax_stage(logits, c.in_mult, c.in_shift, c.out_bits).amax(-1)
+            conf = softmax_stage(logits.long(), c.in_mult, c.in_shift, c.out_bits).amax(-1)
         return Leave(conf[:, None], (conf >= e.threshold_q).numpy())
 
 
 class GraphFakeQuantExecutor:
-    """``GraphFakeQuantExecutor(qgraph, nonlinear="integer").run(images)`` -> `RunResult` (codes of every tensor)."""
+    """``GraphFakeQuantExecutor(qgraph, nonlinear="integer").run(images)`` -> `RunResult` (codes of every tensor).
 
-    def __init__(self, qg: QuantizedGraph, nonlinear: Literal["integer", "float"] = "integer"):
-        self.qg, self.nonlinear = qg, nonlinear
+    ``compile``: the hot integer stages fused by TorchInductor (`reference.fused_stages.FusedStages`):
+    None ("auto", default) for the calls on large tensors, True for all, False for none (eager, in
+    row blocks). The integers are the same in every mode (tested)."""
+
+    def __init__(self, qg: QuantizedGraph, nonlinear: Literal["integer", "float"] = "integer",
+                 compile: bool | None = None):
+        self.qg, self.nonlinear, self.compile = qg, nonlinear, compile
 
     @torch.no_grad()
     def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
         g = self.qg.graph
         images = torch.as_tensor(check_graph_images(images, self.qg))   # shape, real dtype, finite values
-        base = FakeQuantOps(self.qg, self.nonlinear)
+        base = FakeQuantOps(self.qg, self.nonlinear, self.compile)
         ops = with_predicted_scales(base, lambda x, sp: predict_log2(x, sp)[1].numpy(), torch.cat)
         codes: dict[str, list] = {}
 

@@ -21,7 +21,7 @@ def _t(a) -> torch.Tensor:
 
 def predict_log2(x0: torch.Tensor, sp) -> tuple[torch.Tensor, torch.Tensor]:
     """(statistic [B], predicted log2 ratios [B, len(sp.coeffs)], Q15) from codes [B, ...]."""
-    a = x0.reshape(len(x0), -1).abs()
+    a = x0.reshape(len(x0), -1).long().abs()      # codes may be narrow (int8: |-128| wraps)
     rank = statistic_rank(a.shape[1], sp.permille)
     stat = torch.sort(a, dim=1).values[:, rank]
     x = normalise_statistic(stat, sp.center, sp.norm_shift)[:, None]

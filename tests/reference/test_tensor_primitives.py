@@ -32,3 +32,16 @@ def test_rebinding_replaces_saturate_only_in_copies():
     f = tp.vectorised(int_nonlinear.exp2_neg)
     assert f.__globals__["saturate"] is tp.saturate
     assert int_nonlinear.exp2_neg.__globals__["saturate"] is fixedpoint.saturate
+
+
+@given(st.lists(st.one_of(st.floats(-1e18, 1e18, allow_nan=False),
+                          st.integers(-(1 << 60), 1 << 60).map(lambda k: k + 0.5),
+                          st.sampled_from([0.5, -0.5, 1.5, -1.5, 0.49999999999999994, -0.49999999999999994,
+                                           2.0 ** 52 + 1, -(2.0 ** 52) - 1, 4503599627370495.5, -0.0])),
+                min_size=1, max_size=64))
+def test_round_half_up_floor_equals_floor_divide(vs):
+    """`tp.round_half_up` (torch.floor) = `fixedpoint.round_half_up` (``v // 1``) on float64 and float32."""
+    for dt in (torch.float64, torch.float32):
+        t = torch.tensor(vs, dtype=dt)
+        assert torch.equal(tp.round_half_up(t), fixedpoint.round_half_up(t))
+    assert tp.vectorised(fixedpoint.round_half_up) is tp.round_half_up
