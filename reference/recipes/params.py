@@ -33,6 +33,10 @@ class IgqParams:
     candidates: tuple = GROUP_CHOICES
     max_exp: int = 15
     allocation_images: int = 64
+    sensitivity: str = "linearized"     # linearized (one float pass, reference.perturbation_kl) | measured
+
+
+IGQ_SENSITIVITIES = ("linearized", "measured")
 
 
 def parse_igq(params: dict, where: str = "recipe") -> IgqParams:
@@ -71,6 +75,11 @@ def parse_igq(params: dict, where: str = "recipe") -> IgqParams:
         out["max_exp"] = int_in("max_exp", 1, 24)
     if "allocation_images" in p:
         out["allocation_images"] = int_in("allocation_images", 1, 100000)
+    if "sensitivity" in p:
+        if p["sensitivity"] not in IGQ_SENSITIVITIES:
+            raise InputError(f"{where}.sensitivity: expected one of {list(IGQ_SENSITIVITIES)}, "
+                             f"got {p['sensitivity']!r}")
+        out["sensitivity"] = p["sensitivity"]
     return IgqParams(**out)
 
 @dataclass(frozen=True)
