@@ -8,21 +8,24 @@ To second order in the logit change ``dz`` it is a quadratic form
     KL(p || softmax(z + dz)) = 1/2 dz^T F dz + O(|dz|^3),
     F = diag(p) - p p^T = sum_y p_y (e_y - p)(e_y - p)^T,
 
-and, linearising the network after tensor ``t`` (``dz = J_t dx``), with
-``g_y = J_t^T sqrt(p_y) (e_y - p)`` (one backward pass seeded with that
-vector per image gives ``g_y`` at every tensor at once):
+i.e. ``1/2 Var_{y ~ p}(dz_y)``: half the variance of the logit change under
+the model's own prediction (invariant to a constant added to every logit).
+Linearising the network after tensor ``t`` (``dz = J_t dx``), the logit
+differences ``a_y = dz_y - dz_last = (J_t^T (e_y - e_last)) . dx`` come from
+one backward pass per class ``y`` (seeded with ``e_y - e_last``, all
+tensors at once) and one dot product per candidate:
 
-    KL ~= 1/2 sum_y (g_y . dx)^2                                      (per image)
+    KL ~= 1/2 sum_y p_y (a_y - sum_y' p_y' a_y')^2                    (per image)
 
 -- the Gauss-Newton term of the KL's Taylor expansion, exact for the
 linearised network (no diagonal approximation: the dot product keeps the
 correlations between the elements of ``dx``, e.g. a whole channel group
-clipped together). So ONE forward pass and ``K`` backward passes give the
-KL estimate of ANY number of candidate perturbations at ANY tensors, each
-costing one elementwise product with the stored gradients. ``K`` = the
-number of classes when it is at most `MAX_RANKS`, else the ``MAX_RANKS``
-most probable classes of each image (the omitted terms carry the remaining
-probability mass; exact on the bundled digits model, 10 classes).
+clipped together). So ONE forward pass and ``K - 1`` backward passes give
+the KL estimate of ANY number of candidate perturbations at ANY tensors.
+``K`` = the number of classes when it is at most `MAX_RANKS` (exact: the
+bundled digits model has 10), else each image's ``MAX_RANKS`` most probable
+classes with their probabilities renormalised (the others' logits are
+assumed to move with the last kept one).
 
 This is the Fisher/Hessian sensitivity of HAWQ-V2 (Dong et al., NeurIPS 2020)
 and BRECQ (Li et al., ICLR 2021) in its Gauss-Newton form, evaluated against
@@ -51,7 +54,7 @@ from simulator.walk import walk
 __all__ = ["perturbation_kl", "MAX_RANKS", "chunk_images"]
 
 MAX_RANKS = 16                  # backward passes per chunk: classes (ranked per image by probability)
-_CHUNK_ELEMENTS = 1 << 25       # stored candidate perturbations + gradients per chunk (float64: 256 MiB)
+_CHUNK_ELEMENTS = 1 << 26       # stored candidate perturbations + gradients per chunk (float64: 512 MiB)
 _COPIES = 8                     # per tensor element: its value, its gradient and ~6 candidate perturbations
 
 
@@ -61,9 +64,11 @@ def chunk_images(per_image_elements: int, n: int) -> int:
 
 
 def _dots(g: torch.Tensor, deltas: np.ndarray) -> np.ndarray:
-    """``[candidate, image]`` sums over every other axis of ``g * delta`` (float64 numpy, order fixed)."""
+    """``[candidate, image]`` sums over every other axis of ``g * delta`` (float32 numpy einsum: its own
+    loops, so the order is fixed), returned in float64."""
     n = g.shape[0]
-    return np.einsum("cim,im->ci", deltas.reshape(len(deltas), n, -1), g.detach().double().numpy().reshape(n, -1))
+    gg = g.detach().to(torch.float32).numpy().reshape(n, -1)
+    return np.einsum("cim,im->ci", deltas.reshape(len(deltas), n, -1), gg).astype(np.float64)
 
 
 def perturbation_kl(graph: ir.Graph, images: np.ndarray,
@@ -73,8 +78,8 @@ def perturbation_kl(graph: ir.Graph, images: np.ndarray,
     """Mean over ``images`` of the second-order logit KL (module docstring) of every candidate.
 
     ``candidates[t](x, start)`` gets tensor ``t``'s values (``dtype``, detached) on the chunk of
-    images ``start, start + 1, ...`` and returns one perturbation ``dx`` per candidate (numpy,
-    same shape); the result maps ``t`` to the KL estimate of each, in the same order."""
+    images ``start, start + 1, ...`` and returns the perturbation ``dx`` of each candidate (numpy
+    ``[candidates, *x.shape]``); the result maps ``t`` to the KL estimate of each, in that order."""
     names = list(candidates)
     n = len(images)
     if batch_size is None:
@@ -95,35 +100,37 @@ def perturbation_kl(graph: ir.Graph, images: np.ndarray,
             with torch.enable_grad():
                 x.requires_grad_(True)          # gradients flow from the input on, through every tensor
                 z = walk(graph, ops, x, keep)[out_name]
-                deltas = {t: np.stack([np.asarray(d, dtype=np.float64) for d in candidates[t](kept[t].detach(), s)])
-                          for t in names}
+                deltas = {t: np.asarray(candidates[t](kept[t].detach(), s), dtype=np.float32) for t in names}
                 _accumulate(z, kept, deltas, sums)
             bar.update(len(x))
     return {t: 0.5 * sums[t] / n for t in names}
 
 
-def _seeds(z: torch.Tensor) -> list[torch.Tensor]:
-    """``sqrt(p_y) (e_y - p)`` per image for its ``K`` most probable classes (rank r -> one seed)."""
-    p = torch.softmax(z.detach(), dim=-1)
+def _seeds(z: torch.Tensor) -> tuple[list[torch.Tensor], np.ndarray]:
+    """Backward seeds ``e_{y_r} - e_{y_last}`` (r < K - 1) over each image's ``K`` most probable classes
+    ``y_0..y_last`` and those classes' probabilities ``[N, K]`` (renormalised when K < classes)."""
+    p = torch.softmax(z.detach().double(), dim=-1)
     k = min(z.shape[-1], MAX_RANKS)
     order = torch.argsort(-p, dim=-1, stable=True)[:, :k]
-    out = []
-    for r in range(k):
-        y = order[:, r]
-        py = p.gather(1, y[:, None])
-        e = torch.zeros_like(p).scatter_(1, y[:, None], 1.0)
-        out.append(py.sqrt() * (e - p))
-    return out
+    pk = p.gather(1, order).numpy()
+    last = torch.zeros_like(z).scatter_(1, order[:, -1:], 1.0)
+    seeds = [torch.zeros_like(z).scatter_(1, order[:, r:r + 1], 1.0) - last for r in range(k - 1)]
+    return seeds, pk / pk.sum(axis=1, keepdims=True)
 
 
 def _accumulate(z, kept, deltas, sums) -> None:
+    """Add ``sum over images of 2 x KL2`` of every candidate to ``sums``: with ``a_r = dz_{y_r} - dz_{y_last}``
+    (one backward per seed, dotted with each candidate's ``dx``), ``KL2 = 1/2 Var_{r ~ p}(a_r)``."""
     names = list(deltas)
-    seeds = _seeds(z)
+    seeds, pk = _seeds(z)
+    a = {t: np.zeros((len(deltas[t]), len(pk), pk.shape[1])) for t in names}   # [candidate, image, rank]
     for i, v in enumerate(seeds):
         grads = torch.autograd.grad(z, [kept[t] for t in names], grad_outputs=v, retain_graph=i < len(seeds) - 1,
                                     allow_unused=True)
         for t, g in zip(names, grads):
-            if g is None:                      # the tensor does not reach the output: no effect
-                g = torch.zeros_like(kept[t])
-            sq = (_dots(g, deltas[t]) ** 2).sum(axis=1)
-            sums[t] = sq if sums[t] is None else sums[t] + sq
+            if g is not None:                  # None: the tensor does not reach the output, no effect
+                a[t][:, :, i] = _dots(g, deltas[t])
+    for t in names:
+        mean = (a[t] * pk).sum(axis=2, keepdims=True)
+        var = (pk * (a[t] - mean) ** 2).sum(axis=2).sum(axis=1)
+        sums[t] = var if sums[t] is None else sums[t] + var

@@ -83,10 +83,12 @@ def choose_exps(amax: np.ndarray, scale: float, hi: int, groups: int, max_exp: i
     top = max_exp + 1
     own = [4 * hi * hi * 4 ** (max_exp - lv) for lv in range(top)]      # 4 hi^2 4^-l, x 4^max_exp
 
-    def run_cost(start: int, stop: int) -> int:     # levels [start, stop) at exponent `start`, x 4^max_exp
-        return sum(hist[lv] * min(4 ** (max_exp - start), own[lv]) for lv in range(start, stop))
-
-    runs = {(s0, s1): run_cost(s0, s1) for s0 in range(top) for s1 in range(s0 + 1, top + 1)}
+    runs = {}                 # (start, stop) -> levels [start, stop) at exponent `start`, x 4^max_exp
+    for s0 in range(top):
+        acc, step = 0, 4 ** (max_exp - s0)
+        for s1 in range(s0, top):
+            acc += hist[s1] * min(step, own[s1])
+            runs[(s0, s1 + 1)] = acc
     best: dict[tuple[int, int], tuple[int, int | None]] = {}        # (runs left after start, start) -> (cost, next)
     for left in range(k + 1):
         for start in range(top - 1, -1, -1):
