@@ -85,6 +85,15 @@ def perturbation_kl(graph: ir.Graph, images: np.ndarray,
     if batch_size is None:
         shapes = ir.tensor_shapes(graph)
         batch_size = chunk_images(_COPIES * sum(int(np.prod(shapes[t][1:])) for t in names), n)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)        # float sums independent of the caller's thread count (see the docstring)
+    try:
+        return _perturbation_kl(graph, images, candidates, desc, batch_size, dtype, names, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _perturbation_kl(graph, images, candidates, desc, batch_size, dtype, names, n):
     ops = FloatOps(graph, dtype)
     sums = {t: None for t in names}
     out_name = graph.outputs[0]

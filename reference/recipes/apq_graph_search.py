@@ -24,7 +24,7 @@ from reference.perturbation_kl import perturbation_kl
 from reference.recipes.apq_profiles import BlockProfiles, supported
 from simulator.graph_trace import graph_layer_ops, graph_layers
 from simulator.int_ops import GraphIntegerExecutor
-from simulator.progress import track
+from simulator.progress import Progress, track
 
 __all__ = ["search_graph", "block_bops", "bops_per_image"]
 
@@ -174,9 +174,12 @@ def search_graph(model, calib, cands, p):
     delta = (1.0 - p.confidence) / len(p.bop_budgets)
     n_h, points = len(s.hold), []
     taus = (1.0,) + tuple(p.threshold_grid)                  # most conservative first
+    bar = Progress(len(p.bop_budgets) * len(taus), f"apq: {len(p.bop_budgets)} budgets x {len(taus)} thresholds",
+                   unit="point")
     for budget in p.bop_budgets:
         seq = []
         for tau in taus:
+            bar.update()
             choice = s.allocate(tau, budget, sens)
             if choice is None:
                 continue                                          # infeasible on the search split: not tested
@@ -191,6 +194,7 @@ def search_graph(model, calib, cands, p):
         for i, pt in enumerate(seq):
             pt["certified"] = i < passed
         points += seq
+    bar.close()
     ok = [pt for pt in points if pt["certified"]]
     best = min(ok, key=lambda pt: pt["mean_bops"]) if ok else None
     choice = tuple(best["choice"]) if best else (0,) * s.depth

@@ -53,6 +53,7 @@ from simulator import ir
 from simulator.errors import InputError
 from simulator.int_nonlinear import GELU_FRAC_BITS
 from simulator.qgraph import QuantizedGraph, Quantizer
+from simulator.progress import track
 from simulator.qvit import GeluQ
 from simulator.walk import walk
 
@@ -181,13 +182,13 @@ def two_scale(base: QuantizedGraph, calib: np.ndarray, stats: dict, cfg: RecipeC
     if params.objective == "output" and v2sf:
         objective = v2sf + [c[0][0].inputs[1] for t in v2sf if len(c := cons[t]) == 1 and c[0][0].kind == "matmul"]
     fl, fl_ln = _float_tensors(g, calib, objective, params.objective_images, [op.outputs[0] for op in norms])
-    for t in v2sf:
+    for t in track(v2sf, f"tsptq ({cfg.label}): V-2SF search of {len(v2sf)} tensors", unit="tensor"):
         op, c = prod[t], cons[t]
         info[t] = (_softmax(t, op, c, q, p, fl, stats, params) if op.kind == "softmax"
                    else _activation(t, op, c, q, p, g, fl, stats, params))
         for reader, _ in c:
             p[reader.name] = freeze_op(reader, g, q, cfg, prod)
-    for op in norms:
+    for op in track(norms, f"tsptq ({cfg.label}): O-2SF search of {len(norms)} LayerNorms", unit="norm"):
         t = op.outputs[0]
         info[t] = _o2sf(op, cons[t], q, p, g, fl_ln[t], cfg, params)
     meta = {**base.meta, "recipe": cfg.recipe,
