@@ -28,7 +28,10 @@ What is ours (hardware-minded; see `simulator.igq` and docs/recipes/igq.md):
   integers from the wide intermediate before final quantization;
 * allocation: per-layer sensitivities (that layer at G, every other layer at
   the smallest candidate) are assumed additive, then a greedy search raises
-  the layer with the best KL decrease per extra BOP while the budget allows.
+  the layer with the best KL decrease per extra BOP while the budget allows;
+  the sensitivities are the second-order estimate of each layer's KL from one
+  float pass (``sensitivity: linearized``, `reference.perturbation_kl`) or one
+  fake-quant pass per (layer, G) (``measured``).
 
 Recipe ``params`` (exactly one of ``groups`` / ``bop_budget``)::
 
@@ -37,6 +40,7 @@ Recipe ``params`` (exactly one of ``groups`` / ``bop_budget``)::
     candidates: [1, 2, 4, 8, 16]
     max_exp: 15            # finest group scale >= s_top * 2**-max_exp
     allocation_images: 64  # calibration images used for the KL allocation
+    sensitivity: linearized  # or measured (one fake-quant pass per layer and G)
 """
 
 from __future__ import annotations

@@ -246,9 +246,9 @@ def parse_exits(d: dict, where: str = "recipe") -> ExitsParams:
         v["threshold"] = float(t)
     else:
         raise _err(where, "threshold", f"expected a number in (0, 1] or a list of them, got {t!r}")
-    for k in ("exits_every", "seed", "sensitivity_images"):
-        if isinstance(v[k], bool) or not isinstance(v[k], int) or v[k] < (0 if k == "seed" else 1):
-            raise _err(where, k, f"expected a {'non-negative' if k == 'seed' else 'positive'} integer")
+    for k in ("exits_every", "seed"):
+        if isinstance(v[k], bool) or not isinstance(v[k], int) or v[k] < (1 if k == "exits_every" else 0):
+            raise _err(where, k, f"expected a {'positive' if k == 'exits_every' else 'non-negative'} integer")
     return ExitsParams(**v)
 
 
