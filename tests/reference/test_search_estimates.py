@@ -273,3 +273,15 @@ def test_searches_report_progress_unless_disabled(progress_lines):
     assert any(line.startswith("igq allocation (igq_w4a4): linearized KL of 5 sites x 5 G: 0/4 image")
                for line in lines), lines
     assert any("calibrating on 6 images" in line for line in lines)
+
+
+def test_sensitivity_params_are_validated():
+    from reference.recipes.params import parse_apq, parse_igq
+    from simulator.errors import InputError
+    with pytest.raises(InputError, match=r"params\.sensitivity: expected one of \['linearized', 'measured'\]"):
+        parse_igq({"bop_budget": 1.1, "sensitivity": "exact"})
+    with pytest.raises(InputError, match=r"params\.sensitivity: expected 'linearized' or 'measured'"):
+        parse_apq({"sensitivity": "fast"})
+    with pytest.raises(InputError, match=r"params\.sensitivity_images: expected a positive integer"):
+        parse_apq({"sensitivity_images": 0})
+    assert parse_igq({"bop_budget": 1.1}).sensitivity == parse_apq({}).sensitivity == "linearized"
