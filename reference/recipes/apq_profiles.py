@@ -42,6 +42,7 @@ from simulator.walk import walk
 __all__ = ["BlockProfiles", "segments", "supported"]
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_BATCH_ELEMENTS = 1 << 24       # images per segment run: the widest tensor of a batch stays under this
 
 
 def segments(graph: ir.Graph, depth: int) -> list[tuple[str, int, tuple]] | None:
@@ -108,9 +109,12 @@ class _Cache:
 class BlockProfiles:
     """Exit confidences, exit and final predictions of APQ candidates (module docstring)."""
 
-    def __init__(self, cands, images: np.ndarray, batch_size: int = 64):
-        self.c, self.images, self.batch = cands, np.asarray(images), batch_size
+    def __init__(self, cands, images: np.ndarray, batch_size: int | None = None):
         g = cands.egraph
+        if batch_size is None:          # few images per call cost more in dispatch than in arithmetic
+            widest = max(int(np.prod(s[1:])) for s in ir.tensor_shapes(g).values())
+            batch_size = int(np.clip(_BATCH_ELEMENTS // max(widest, 1), 64, 512))
+        self.c, self.images, self.batch = cands, np.asarray(images), batch_size
         segs = segments(g, cands.depth)
         wiring = None if segs is None else _wiring(g, segs)
         if wiring is None:
