@@ -3,8 +3,9 @@
 For each recipe YAML: the wall time of `reference.quantize` on the recipe's
 calibration images (digits calib split, ``calib_images`` of the recipe), the
 number of forward passes it ran (images walked by each op set -- float,
-fake-quant, integer -- and through timm's own forward, divided by the number
-of calibration images), the wall time of ONE fake-quant pass (integer
+fake-quant, integer (apq: its block segments in whole-model passes) -- and
+through timm's own forward, and float backward passes of the linearized
+sensitivities, each divided by the number of calibration images), the wall time of ONE fake-quant pass (integer
 nonlinear mode, no codes kept) of the frozen result over the same images, and
 their ratio. With ``--accuracy``, also the fake-quant top-1 on the 360 test
 digits.
@@ -46,6 +47,12 @@ class PassCounter:
             self._saved.append((cls, orig))
             cls.patchify = self._wrap(orig, name)
         self._hook = model.register_forward_hook(lambda m, args, out: self.images.update({"timm": len(args[0])}))
+        self._grad = torch.autograd.grad
+
+        def grad(outputs, inputs, grad_outputs=None, **kw):       # one backward pass over len(grad_outputs) images
+            self.images["float backward"] += len(grad_outputs) if grad_outputs is not None else 1
+            return self._grad(outputs, inputs, grad_outputs=grad_outputs, **kw)
+        torch.autograd.grad = grad
 
     def _wrap(self, orig, name):
         def patchify(opset, op, images):
@@ -57,6 +64,7 @@ class PassCounter:
         for cls, orig in self._saved:
             cls.patchify = orig
         self._hook.remove()
+        torch.autograd.grad = self._grad
 
 
 def measure(model, name: str, accuracy: bool, test, repeat: int = 1) -> dict:
@@ -73,6 +81,8 @@ def measure(model, name: str, accuracy: bool, test, repeat: int = 1) -> dict:
         counter.close()
         if i == 0:
             passes = {k: v / len(calib) for k, v in counter.images.items()}
+            if "apq_search" in qg.meta:    # block segments, in whole-model passes (patchify counts the stems only)
+                passes["integer"] = qg.meta["apq_search"]["segment_passes"]
         t0 = time.perf_counter()
         GraphFakeQuantExecutor(qg).run(calib, keep_codes=False)
         t_fq = min(t_fq, time.perf_counter() - t0)
