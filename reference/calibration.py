@@ -25,12 +25,12 @@ class BoundaryStats:
         self.seen = 0
 
     def add(self, t: torch.Tensor) -> None:
-        v = t.detach().double().reshape(-1).numpy()
-        m = float(np.abs(v).max(initial=0.0))
+        v = t.detach().reshape(-1).numpy()            # sampled in the tensor's own dtype, then widened: the
+        m = float(np.abs(v).max(initial=0.0))         # draws depend on the size only and widening is exact
         self.amax = max(self.amax, m if np.isfinite(m) else np.inf)   # NaN kept as inf, not lost by max()
         self.seen += v.size
         take = min(v.size, self.max_samples)
-        self.chunks.append(v if take == v.size else self.rng.choice(v, size=take, replace=False))
+        self.chunks.append((v if take == v.size else self.rng.choice(v, size=take, replace=False)).astype(np.float64))
 
     def values(self) -> np.ndarray:
         v = np.concatenate(self.chunks) if self.chunks else np.zeros(1)

@@ -144,13 +144,16 @@ def graph_layers(qg) -> list[LayerRecord]:
     return [r for r, _ in graph_layer_ops(qg)]
 
 
-def graph_layer_ops(qg) -> list[tuple[LayerRecord, int]]:
-    """``(record, index of its op in the graph)`` for every record of `graph_layers`."""
+def graph_layer_ops(qg, only=None, shapes=None) -> list[tuple[LayerRecord, int]]:
+    """``(record, index of its op in the graph)`` for every record of `graph_layers`; ``only``: just
+    the records of the ops with these indices (no predictor records), ``shapes``: `ir.op_shapes` of
+    the graph at batch 1 when the caller has it (a search re-costing a few ops of many variants)."""
     producers = qg.graph.producers()
     recs: list[tuple[LayerRecord, int]] = []
-    for i, (op, ins, outs) in enumerate(ir.op_shapes(qg.graph, batch=1)):
-        recs += [(r, i) for r in group_records(qg, op, ins, outs, _record(op, ins, outs, qg, producers))]
-    return recs + [(r, _predictor_op_index(qg)) for r in predictor_records(qg)]
+    for i, (op, ins, outs) in enumerate(shapes or ir.op_shapes(qg.graph, batch=1)):
+        if only is None or i in only:
+            recs += [(r, i) for r in group_records(qg, op, ins, outs, _record(op, ins, outs, qg, producers))]
+    return recs if only is not None else recs + [(r, _predictor_op_index(qg)) for r in predictor_records(qg)]
 
 
 def _predictor_op_index(qg) -> int:

@@ -161,3 +161,28 @@ def requant_output(acc, mult, shift, lo, hi):
 # --- real-valued references for the measured-error tests ---------------------------
 def gelu_exact(x: float) -> float:
     return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def choose_exps_exhaustive(amax, scale: float, hi: int, groups: int, max_exp: int) -> list[int]:
+    """IGQ group exponents by enumerating every subset of 1..max_exp in order (the removed search of
+    `reference.recipes.igq.choose_exps`): the first subset with the least float cost wins."""
+    import itertools
+    import numpy as np
+    a = np.asarray(amax, dtype=np.float64).ravel()
+    with np.errstate(divide="ignore"):
+        n = np.floor(np.log2(scale * (hi + 0.5) / np.where(a > 0, a, np.inf)))
+    n = np.clip(np.nan_to_num(n, posinf=max_exp), 0, max_exp).astype(np.int64)
+    hist = np.bincount(n, minlength=max_exp + 1).astype(np.float64)
+    k = min(groups, max_exp + 1) - 1
+    if k == 0:
+        return [0]
+    levels = np.arange(max_exp + 1)
+    own = 4.0 * hi * hi * 4.0 ** -levels.astype(np.float64)
+    best, best_cost = None, np.inf
+    for extra in itertools.combinations(range(1, max_exp + 1), k):
+        e_sorted = np.array((0,) + extra)
+        e_of = e_sorted[np.searchsorted(e_sorted, levels, side="right") - 1]
+        cost = float(hist @ np.minimum(4.0 ** -e_of.astype(np.float64), own))
+        if cost < best_cost:
+            best, best_cost = e_sorted, cost
+    return sorted((int(e) for e in best), reverse=True)

@@ -25,8 +25,12 @@ Steps:
    Pareto set (held-out agreement vs mean BOPs) goes into ``meta["apq"]``.
 
 Every model evaluation runs the graph's integer simulator (bit-exact with
-the fake-quant executor, tests/reference/test_graph_exits.py), computing all
-exits once per allocation; thresholds are then applied offline.
+the fake-quant executor, tests/reference/test_graph_exits.py), block by block
+with the blocks' outputs cached per width prefix and each image run only as
+far as it goes (`reference.recipes.apq_profiles`). The per-block sensitivities
+are second-order estimates from one float pass (``sensitivity: linearized``,
+on the first ``sensitivity_images`` search images) or measured, one model run
+per (block, width) (``measured``).
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ class Candidates:
     def __init__(self, graph: ir.Graph, calib: np.ndarray, cfg: RecipeConfig, after, heads: list[dict], keys,
                  model_name: str = "model", features=None):
         self.keys = [tuple(k) for k in keys]
-        self.depth = graph_depth(graph)
+        self.graph, self.depth = graph, graph_depth(graph)
         stats = collect_graph_stats(graph, calib, stat_names(graph))
         self.variants = [freeze_graph(graph, stats, cfg.with_bits(*b), model_name, len(calib)) for b in self.keys]
         self.egraph = add_exits(graph, after, heads, [1.0] * len(after))
@@ -224,9 +224,9 @@ def quantize_apq_graph(model, calib_images: np.ndarray, cfg: RecipeConfig, model
         from reference.recipes.apq_graph_search import search_graph
         keys = ((cfg.w_bits, cfg.a_bits),) if p.allocation == "uniform" else p.bit_candidates
         cands = Candidates(graph, calib, cfg, after, heads, keys, model_name, feats)
-        choice, taus, report = search_graph(model, calib, cands, p)
+        choice, taus, report, cost = search_graph(model, calib, cands, p)
         qg = cands.build(choice, taus)
-        return QuantizedGraph(qg.graph, qg.quantizers, qg.params, {**qg.meta, "apq": report})
+        return QuantizedGraph(qg.graph, qg.quantizers, qg.params, {**qg.meta, "apq": report, "apq_search": cost})
     if thresholds is None:
         if p.threshold == "search":
             raise InputError(f"recipe {cfg.label}: threshold: search with given block_bits needs thresholds")

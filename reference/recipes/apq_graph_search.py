@@ -20,8 +20,11 @@ import torch
 from reference.apq_search import (allocate_bits, clopper_pearson_upper, exit_depths, exposure,
                                   fixed_sequence_walk, pareto_front)
 from reference.exits import apply_thresholds
+from reference.perturbation_kl import perturbation_kl
+from reference.recipes.apq_profiles import BlockProfiles, supported
 from simulator.graph_trace import graph_layer_ops, graph_layers
 from simulator.int_ops import GraphIntegerExecutor
+from simulator.progress import Progress, track
 
 __all__ = ["search_graph", "block_bops", "bops_per_image"]
 
@@ -51,6 +54,33 @@ def _kl(p, q) -> float:
     return float(np.mean(np.sum(p * (np.log(np.maximum(p, 1e-12)) - np.log(np.maximum(q, 1e-12))), axis=1)))
 
 
+class _WholeRuns:
+    """Profiles by whole-graph integer runs (every exit computed, never taken): graphs that
+    `apq_profiles.BlockProfiles` cannot cut. The same interface."""
+
+    def __init__(self, cands, calib):
+        self.c, self.calib, self._cache, self.choices, self.segments_run = cands, calib, {}, set(), 0
+
+    def _prof(self, choice):
+        if choice not in self._cache:
+            n = len(self.c.after)
+            r = GraphIntegerExecutor(self.c.build(choice)).run(self.calib)
+            self.segments_run += len(self.calib) * (self.c.depth + 2)
+            self._cache[choice] = (np.stack([r.codes[f"exits.{j}.confidence"][:, 0] for j in range(n)], 1),
+                                   np.stack([r.codes[f"exits.{j}.logits"].argmax(1) for j in range(n)], 1),
+                                   r.logit_codes)
+        return self._cache[choice]
+
+    def final_logit_codes(self, choice, rows):
+        self.choices.add(tuple(choice))
+        return self._prof(tuple(choice))[2][rows]
+
+    def outcome(self, choice, code, rows, final=True):
+        self.choices.add(tuple(choice))
+        conf, pred, lc = self._prof(tuple(choice))
+        return apply_thresholds(conf[rows], pred[rows], lc[rows].argmax(1), [code] * conf.shape[1])
+
+
 class _Searcher:
     def __init__(self, model, calib, cands, p):
         self.c, self.p, self.calib = cands, p, calib
@@ -60,46 +90,45 @@ class _Searcher:
         self.hold, self.srch = perm[:n_h], perm[n_h:]
         with torch.no_grad():
             self.ref = model(torch.as_tensor(calib)).argmax(1).numpy()   # fp32 full-depth predictions
-        self._cache, self._bops = {}, {}
+        self.profiles = (BlockProfiles(cands, calib) if supported(cands.egraph, cands.depth)
+                         else _WholeRuns(cands, calib))
+        self._bops = {}
         self.cost = np.stack([block_bops(v, self.depth) for v in cands.variants], 1)     # [depth, cands]
         self.full_bops = float(sum(r.bops for r in graph_layers(cands.variants[0])))
+        self.out_scale = float(cands.variants[0].quantizers[cands.variants[0].output].scale)
 
-    def prof(self, choice):
-        """Exit confidence codes, exit and final predictions, final probabilities (every exit computed)."""
-        if choice not in self._cache:
-            r = GraphIntegerExecutor(self.c.build(choice)).run(self.calib)
-            conf = np.stack([r.codes[f"exits.{j}.confidence"][:, 0] for j in range(self.n_exits)], 1)
-            pred = np.stack([r.codes[f"exits.{j}.logits"].argmax(1) for j in range(self.n_exits)], 1)
-            z = r.logits - r.logits.max(1, keepdims=True)
-            self._cache[choice] = (conf.astype(np.int64), pred.astype(np.int64), r.predictions,
-                                   np.exp(z) / np.exp(z).sum(1, keepdims=True))
-        return self._cache[choice]
+    def final_probs(self, choice, rows) -> np.ndarray:
+        """Softmax of the dequantized final logits (full depth, exits not taken) of ``rows``."""
+        z = self.profiles.final_logit_codes(choice, rows).astype(np.float64) * self.out_scale
+        z = z - z.max(1, keepdims=True)
+        return np.exp(z) / np.exp(z).sum(1, keepdims=True)
 
     def sensitivity(self) -> np.ndarray:
-        """KL of the final softmax (search split) with only block i at candidate c."""
-        top = self.prof((0,) * self.depth)[3][self.srch]
+        """``sens[i, c]``: KL of the final softmax (search split) with only block i at candidate c
+        (`params.sensitivity`: measured, or its second-order estimate, `linearized_sensitivity`)."""
+        if self.p.sensitivity == "linearized" and isinstance(self.profiles, BlockProfiles):
+            return linearized_sensitivity(self.c, self.profiles, self.calib, self.srch[: self.p.sensitivity_images])
+        top = self.final_probs((0,) * self.depth, self.srch)
         sens = np.zeros(self.cost.shape)
-        for i in range(self.depth):
-            for c in range(1, len(self.c.keys)):
-                ch = tuple(c if b == i else 0 for b in range(self.depth))
-                sens[i, c] = _kl(top, self.prof(ch)[3][self.srch])
+        for i, c in track([(i, c) for i in range(self.depth) for c in range(1, len(self.c.keys))],
+                          "apq: measured block sensitivities", unit="model"):
+            ch = tuple(c if b == i else 0 for b in range(self.depth))
+            sens[i, c] = _kl(top, self.final_probs(ch, self.srch))
         return sens
 
-    def outcome(self, choice, tau, rows):
+    def outcome(self, choice, tau, rows, final=True):
         from reference.recipes.apq import threshold_code
-        conf, pred, final, _ = self.prof(choice)
-        codes = [threshold_code(tau)] * self.n_exits
-        out, first = apply_thresholds(conf[rows], pred[rows], final[rows], codes)
+        pred, first = self.profiles.outcome(choice, threshold_code(tau), rows, final)
         depths = exit_depths(first, self.after, self.depth)
         if choice not in self._bops:
             self._bops[choice] = self.c.build(choice)
-        return out, depths, float(bops_per_image(self._bops[choice], depths).mean())
+        return pred, depths, float(bops_per_image(self._bops[choice], depths).mean())
 
     def allocate(self, tau, budget, sens):
         """Exposure -> allocation, twice (exposure re-measured on the allocated model)."""
         choice = (0,) * self.depth
         for _ in range(2):
-            _, depths, mean_bops = self.outcome(choice, tau, self.srch)
+            _, depths, mean_bops = self.outcome(choice, tau, self.srch, final=False)
             e = exposure(depths, self.depth)
             fixed = mean_bops - float(e @ self.cost[np.arange(self.depth), list(choice)])
             new = allocate_bits(e, sens, self.cost, budget * self.full_bops - fixed)
@@ -109,16 +138,48 @@ class _Searcher:
         return choice
 
 
+def linearized_sensitivity(cands, profiles, calib, rows) -> np.ndarray:
+    """``sens[i, c]`` = the second-order logit KL (`reference.perturbation_kl`, float model gradients at
+    block i's output) of the change of block i's output when block i runs at candidate c instead of
+    the top candidate, both from the top model's exact integer input codes (`apq_profiles`)."""
+    depth, n_c = cands.depth, len(cands.keys)
+    sens = np.zeros((depth, n_c))
+    if n_c == 1 or not len(rows):
+        return sens
+    top = (0,) * depth
+    outs = [profiles.segs[i + 1].outputs[0] for i in range(depth)]
+
+    def deltas(i):
+        s = np.float32(cands.variants[0].quantizers[outs[i]].scale)
+
+        def at(x, start):
+            r = rows[start:start + len(x)]
+            ref = profiles.residual(top[:i + 1], r).astype(np.float32) * s
+            return np.stack([profiles.residual(top[:i] + (c,), r).astype(np.float32) * s - ref
+                             for c in range(1, n_c)])
+        return at
+
+    kl = perturbation_kl(cands.graph, calib[rows], {outs[i]: deltas(i) for i in range(depth)},
+                         desc=f"apq: linearized sensitivities of {depth} blocks x {n_c - 1} widths")
+    for i in range(depth):
+        sens[i, 1:] = kl[outs[i]]
+    return sens
+
+
 def search_graph(model, calib, cands, p):
-    """Joint threshold x bit-width search with fixed-sequence risk control; returns (choice, taus, report)."""
+    """Joint threshold x bit-width search with fixed-sequence risk control; returns (choice, taus, report,
+    search cost: sensitivity mode, profile engine, segment passes)."""
     s = _Searcher(model, calib, cands, p)
     sens = s.sensitivity() if len(cands.keys) > 1 else np.zeros(s.cost.shape)
     delta = (1.0 - p.confidence) / len(p.bop_budgets)
     n_h, points = len(s.hold), []
     taus = (1.0,) + tuple(p.threshold_grid)                  # most conservative first
+    bar = Progress(len(p.bop_budgets) * len(taus), f"apq: {len(p.bop_budgets)} budgets x {len(taus)} thresholds",
+                   unit="point")
     for budget in p.bop_budgets:
         seq = []
         for tau in taus:
+            bar.update()
             choice = s.allocate(tau, budget, sens)
             if choice is None:
                 continue                                          # infeasible on the search split: not tested
@@ -133,6 +194,7 @@ def search_graph(model, calib, cands, p):
         for i, pt in enumerate(seq):
             pt["certified"] = i < passed
         points += seq
+    bar.close()
     ok = [pt for pt in points if pt["certified"]]
     best = min(ok, key=lambda pt: pt["mean_bops"]) if ok else None
     choice = tuple(best["choice"]) if best else (0,) * s.depth
@@ -140,5 +202,8 @@ def search_graph(model, calib, cands, p):
     report = {"certified": best is not None, "chosen": best, "pareto": pareto_front(points),
               "candidates": len(points), "n_search": int(len(s.srch)), "n_holdout": int(n_h),
               "risk_bound": p.risk_bound, "confidence": p.confidence, "delta_per_walk": delta,
-              "full_depth_bops": s.full_bops, "sensitivity": sens.tolist(), "models_profiled": len(s._cache)}
-    return choice, [tau] * s.n_exits, report
+              "full_depth_bops": s.full_bops, "sensitivity": sens.tolist(), "models_profiled": len(s.profiles.choices)}
+    cost = {"sensitivity": p.sensitivity if isinstance(s.profiles, BlockProfiles) else "measured",
+            "profiles": "blocks" if isinstance(s.profiles, BlockProfiles) else "whole runs",
+            "segment_passes": s.profiles.segments_run / max(len(calib), 1) / (s.depth + 2)}
+    return choice, [tau] * s.n_exits, report, cost

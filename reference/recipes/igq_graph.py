@@ -130,8 +130,10 @@ class GraphGroupBuilder:
             self._lin[key] = _freeze_op(op, self.static.graph, {**q, op.inputs[0]: fine}, self.cfg, self.prod)
         return self._lin[key]
 
-    def build(self, groups: dict) -> QuantizedGraph:
-        """``groups[site]`` = G (missing: 1)."""
+    def build(self, groups: dict, refreeze: bool = True) -> QuantizedGraph:
+        """``groups[site]`` = G (missing: 1). ``refreeze=False`` keeps the static params of the linears
+        reading a site (their multipliers are then wrong, their shapes and widths right): enough for
+        `simulator.graph_trace` (BOPs), not for running."""
         s = self.static
         q, params = dict(s.quantizers), dict(s.params)
         for site, (_, rows) in self.sites.items():
@@ -139,7 +141,7 @@ class GraphGroupBuilder:
                                      rows=rows)
             q.update({t: gq for t in self.own if self.own[t] == site})
         for op in s.graph.ops:
-            if op.kind == "linear" and q[op.inputs[0]].kind == "grouped" and q[op.inputs[0]].exps[0] > 0:
+            if refreeze and op.kind == "linear" and q[op.inputs[0]].kind == "grouped" and q[op.inputs[0]].exps[0] > 0:
                 params[op.name] = self._linear(op, q)
         meta = dict(s.meta, recipe=self.cfg.recipe, label=self.cfg.label,
                     igq_groups={site: len(q[site].exps) for site in self.sites})

@@ -33,6 +33,10 @@ class IgqParams:
     candidates: tuple = GROUP_CHOICES
     max_exp: int = 15
     allocation_images: int = 64
+    sensitivity: str = "linearized"     # linearized (one float pass, reference.perturbation_kl) | measured
+
+
+IGQ_SENSITIVITIES = ("linearized", "measured")
 
 
 def parse_igq(params: dict, where: str = "recipe") -> IgqParams:
@@ -71,6 +75,11 @@ def parse_igq(params: dict, where: str = "recipe") -> IgqParams:
         out["max_exp"] = int_in("max_exp", 1, 24)
     if "allocation_images" in p:
         out["allocation_images"] = int_in("allocation_images", 1, 100000)
+    if "sensitivity" in p:
+        if p["sensitivity"] not in IGQ_SENSITIVITIES:
+            raise InputError(f"{where}.sensitivity: expected one of {list(IGQ_SENSITIVITIES)}, "
+                             f"got {p['sensitivity']!r}")
+        out["sensitivity"] = p["sensitivity"]
     return IgqParams(**out)
 
 @dataclass(frozen=True)
@@ -86,6 +95,8 @@ class APQParams:
     confidence: float = 0.9
     holdout_fraction: float = 0.5
     seed: int = 0
+    sensitivity: str = "linearized"     # linearized (block outputs, reference.perturbation_kl) | measured
+    sensitivity_images: int = 256       # search images for the linearized sensitivities (first N of the split)
 
 
 def _err(where, field, msg):
@@ -107,15 +118,17 @@ def parse_apq(d: dict, where: str = "recipe") -> APQParams:
         raise _err(where, "exit_heads", "expected 'auto', 'distill' or a path")
     if v["allocation"] not in ("apq", "uniform"):
         raise _err(where, "allocation", f"expected 'apq' or 'uniform', got {v['allocation']!r}")
+    if v["sensitivity"] not in ("linearized", "measured"):
+        raise _err(where, "sensitivity", f"expected 'linearized' or 'measured', got {v['sensitivity']!r}")
     t = v["threshold"]
     if t != "search" and not (_num(t) and 0 < t <= 1):
         raise _err(where, "threshold", f"expected 'search' or a number in (0, 1], got {t!r}")
     for k, lo, hi in (("risk_bound", 0, 1), ("confidence", 0, 1), ("holdout_fraction", 0, 1)):
         if not (_num(v[k]) and lo < v[k] < hi):
             raise _err(where, k, f"expected a number in ({lo}, {hi}), got {v[k]!r}")
-    for k in ("exits_every", "seed"):
-        if isinstance(v[k], bool) or not isinstance(v[k], int) or v[k] < (1 if k == "exits_every" else 0):
-            raise _err(where, k, f"expected a {'positive' if k == 'exits_every' else 'non-negative'} integer")
+    for k in ("exits_every", "seed", "sensitivity_images"):
+        if isinstance(v[k], bool) or not isinstance(v[k], int) or v[k] < (0 if k == "seed" else 1):
+            raise _err(where, k, f"expected a {'non-negative' if k == 'seed' else 'positive'} integer")
     bc = v["bit_candidates"]
     if (not isinstance(bc, (list, tuple)) or not bc or
             any(not isinstance(p, (list, tuple)) or len(p) != 2 or

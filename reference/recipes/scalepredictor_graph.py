@@ -43,6 +43,7 @@ from reference.recipes.static_graph import _consumers, owners, quantize_graph
 from simulator.errors import InputError
 from simulator.fixedpoint import round_half_up
 from simulator.qgraph import PredictedScale, QuantizedGraph, Quantizer
+from simulator.progress import track
 from simulator.scale_predictor import LOG2_LIMIT, PRED_FRAC_BITS
 from simulator.walk import walk
 
@@ -83,7 +84,8 @@ def _eligible(t: str, qg, cons, prod) -> bool:
 def graph_oracle_log2(qg: QuantizedGraph, images: np.ndarray, names: list[str], batch_size: int = 64) -> np.ndarray:
     """Per-image oracle ``log2(s_oracle / s_static)`` in Q15, clamped to +-8 octaves: int64 [N, len(names)]."""
     ops, rows, a_bits = FloatOps(qg.graph, torch.float32), [], qg.meta["a_bits"]
-    for s in range(0, len(images), batch_size):
+    for s in track(range(0, len(images), batch_size), f"scalepredictor: per-image oracle scales of {len(names)} "
+                   f"tensors on {len(images)} images", unit="batch"):
         got: dict[str, np.ndarray] = {}
         keep = lambda n, t: got.__setitem__(n, t.double().numpy()) if n in names else None   # noqa: E731
         walk(qg.graph, ops, torch.as_tensor(np.asarray(images[s:s + batch_size], dtype=np.float32)), keep)

@@ -99,24 +99,47 @@ def search_softmax(p: np.ndarray, bits: int, max_ratio_shift: int, v: np.ndarray
     return best
 
 
+SCREEN_ROWS = 128      # output objective: candidates ranked first on this many evenly spaced rows ...
+SCREEN_KEEP = 8        # ... and the best this many of them re-ranked on every row
+
+
+def _gelu_candidates(amax: float, bits: int, max_ratio_shift: int, grid: int) -> list[tuple[float, int]]:
+    top = (1 << (bits - 1)) - 1
+    return [(amax * clip / (top * 2.0 ** r), r) for r in range(1, max_ratio_shift + 1)
+            for clip in np.linspace(1.0, 0.25, grid)]
+
+
 def search_gelu(g: np.ndarray, bits: int, max_ratio_shift: int, grid: int = 24, w: np.ndarray | None = None,
                 amax: float | None = None) -> tuple[float, int, float]:
     """``(s_fine, ratio_shift, mse)``: the coarse top ``(2**(b-1)-1) * s * 2**r`` spans a
     clipping ratio in (0.25, 1] of ``amax`` (default max(g)). With ``w`` (fc2's weight
     [out, hidden], ``g`` [rows, hidden]) the error is fc2's output error
-    ``mean(((g~ - g) @ w.T)**2)``, else that of ``g`` itself."""
+    ``mean(((g~ - g) @ w.T)**2)``, else that of ``g`` itself.
+
+    The output objective costs one GEMM per candidate (192 by default), so it is screened:
+    every candidate is ranked on `SCREEN_ROWS` evenly spaced rows of ``g`` (when there are
+    more), and only the best `SCREEN_KEEP` are ranked on all rows (the first least error
+    wins, in candidate order, as the exhaustive search would among them)."""
     amax = max(float(np.max(g)) if amax is None else amax, 1e-8)
     g = np.asarray(g, dtype=np.float32)
     w = None if w is None else np.asarray(w, dtype=np.float32)
-    top = (1 << (bits - 1)) - 1
+    cands = _gelu_candidates(amax, bits, max_ratio_shift, grid)
+
+    def err(rows, s, r):
+        d = _v2sf_fast(rows, s, r, bits, 1) - rows
+        return float(np.mean((d @ w.T) ** 2)) if w is not None else float(np.mean(d ** 2))
+
+    order = range(len(cands))
+    if w is not None and g.ndim == 2 and len(g) > 2 * SCREEN_ROWS:
+        sub = g[np.linspace(0, len(g) - 1, SCREEN_ROWS).astype(np.int64)]
+        screened = [err(sub, s, r) for s, r in cands]
+        order = sorted(sorted(order, key=lambda i: screened[i])[:SCREEN_KEEP])
     best = None
-    for r in range(1, max_ratio_shift + 1):
-        for clip in np.linspace(1.0, 0.25, grid):
-            s = amax * clip / (top * 2.0 ** r)
-            d = _v2sf_fast(g, s, r, bits, 1) - g
-            err = float(np.mean((d @ w.T) ** 2)) if w is not None else float(np.mean(d ** 2))
-            if best is None or err < best[2]:
-                best = (float(s), r, err)
+    for i in order:
+        s, r = cands[i]
+        e = err(g, s, r)
+        if best is None or e < best[2]:
+            best = (float(s), r, e)
     return best
 
 

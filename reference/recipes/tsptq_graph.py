@@ -53,6 +53,7 @@ from simulator import ir
 from simulator.errors import InputError
 from simulator.int_nonlinear import GELU_FRAC_BITS
 from simulator.qgraph import QuantizedGraph, Quantizer
+from simulator.progress import track
 from simulator.qvit import GeluQ
 from simulator.walk import walk
 
@@ -93,20 +94,26 @@ def o2sf_norms(graph: ir.Graph, qg_static: QuantizedGraph) -> list[ir.LayerNorm]
 
 
 @torch.no_grad()
-def _float_tensors(graph: ir.Graph, images: np.ndarray, names, flatten: bool, batch_size: int = 64) -> dict:
-    """float32 values of ``names`` over ``images`` (as [rows, last dim] when ``flatten``)."""
-    names, out = set(names), {}
+def _float_tensors(graph: ir.Graph, images: np.ndarray, first, n_first: int, rows, batch_size: int = 64):
+    """One float32 walk: ``(values of the tensors ``first`` over the first ``n_first`` images, values of
+    ``rows`` over all images as [rows, last dim])`` -- the walk stops after ``n_first`` images when
+    ``rows`` is empty."""
+    first, rows = set(first), set(rows)
+    out_first: dict = {}
+    out_rows: dict = {}
     ops = FloatOps(graph, torch.float32)
+    n = len(images) if rows else min(n_first, len(images)) if first else 0
+    for s in range(0, n, batch_size):
+        take = max(0, min(batch_size, n_first - s))        # rows of this batch within the first n_first
 
-    def keep(name, t):
-        if name in names:
-            t = t.float().reshape(-1, t.shape[-1]) if flatten else t.float()
-            out.setdefault(name, []).append(t.numpy())
+        def keep(name, t):
+            if name in first and take:
+                out_first.setdefault(name, []).append(t[:take].float().numpy())
+            if name in rows:
+                out_rows.setdefault(name, []).append(t.float().reshape(-1, t.shape[-1]).numpy())
 
-    if names:
-        for s in range(0, len(images), batch_size):
-            walk(graph, ops, torch.as_tensor(np.asarray(images[s:s + batch_size], dtype=np.float32)), keep)
-    return {k: np.concatenate(v) for k, v in out.items()}
+        walk(graph, ops, torch.as_tensor(np.asarray(images[s:s + batch_size], dtype=np.float32)), keep)
+    return ({k: np.concatenate(v) for k, v in out_first.items()}, {k: np.concatenate(v) for k, v in out_rows.items()})
 
 
 def _softmax(t, op, c, q, p, fl, stats, params):
@@ -170,20 +177,18 @@ def two_scale(base: QuantizedGraph, calib: np.ndarray, stats: dict, cfg: RecipeC
     q, p, info = dict(base.quantizers), dict(base.params), {}
     v2sf = [t for t in v2sf_tensors(g)
             if mine(t) and (params.softmax if prod[t].kind == "softmax" else params.gelu)]
+    norms = [op for op in o2sf_norms(g, base) if mine(op.outputs[0])] if params.layernorm else []
+    objective = []
     if params.objective == "output" and v2sf:
-        extra = [c[0][0].inputs[1] for t in v2sf if len(c := cons[t]) == 1 and c[0][0].kind == "matmul"]
-        fl = _float_tensors(g, calib[: params.objective_images], v2sf + extra, False)
-    else:
-        fl = {}
-    for t in v2sf:
+        objective = v2sf + [c[0][0].inputs[1] for t in v2sf if len(c := cons[t]) == 1 and c[0][0].kind == "matmul"]
+    fl, fl_ln = _float_tensors(g, calib, objective, params.objective_images, [op.outputs[0] for op in norms])
+    for t in track(v2sf, f"tsptq ({cfg.label}): V-2SF search of {len(v2sf)} tensors", unit="tensor"):
         op, c = prod[t], cons[t]
         info[t] = (_softmax(t, op, c, q, p, fl, stats, params) if op.kind == "softmax"
                    else _activation(t, op, c, q, p, g, fl, stats, params))
         for reader, _ in c:
             p[reader.name] = freeze_op(reader, g, q, cfg, prod)
-    norms = [op for op in o2sf_norms(g, base) if mine(op.outputs[0])] if params.layernorm else []
-    fl_ln = _float_tensors(g, calib, [op.outputs[0] for op in norms], True)
-    for op in norms:
+    for op in track(norms, f"tsptq ({cfg.label}): O-2SF search of {len(norms)} LayerNorms", unit="norm"):
         t = op.outputs[0]
         info[t] = _o2sf(op, cons[t], q, p, g, fl_ln[t], cfg, params)
     meta = {**base.meta, "recipe": cfg.recipe,
