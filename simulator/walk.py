@@ -73,6 +73,17 @@ def _zeros(like, shape):
     return like.new_zeros(shape) if hasattr(like, "new_zeros") else np.zeros(shape, dtype=like.dtype)
 
 
+def _widest(a, b):
+    """``a`` as the wider of the two arrays' dtypes (integer codes of an exit head and of the final
+    head may be held in different widths; widening keeps every value)."""
+    if a.dtype == b.dtype:
+        return a
+    if hasattr(a, "new_zeros"):
+        import torch
+        return a.to(torch.promote_types(a.dtype, b.dtype))
+    return a.astype(np.promote_types(a.dtype, b.dtype))
+
+
 class _Batch:
     """Which rows of the batch are still running, and the outputs of those that left."""
 
@@ -100,8 +111,10 @@ class _Batch:
             out = _zeros(last, (self.n, *shape[1:]))
         else:
             out = self.scatter(arr)
+        for _, vals in self.left:
+            out = _widest(out, vals)
         for rows, vals in self.left:
-            out[rows] = vals
+            out[rows] = _widest(vals, out)
         return out
 
 
