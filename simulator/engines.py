@@ -63,7 +63,10 @@ def configure_threads(n: int | None = None) -> dict:
     two pools are separate OpenMP runtimes (torch's bundled libgomp, numba's omp layer), so a
     parked pool does not shrink the other. numba cannot exceed the pool it launched with
     (``NUMBA_NUM_THREADS``, default: the CPU count); a larger ``n`` is capped there, and the
-    returned ``{"torch": t, "numba": m}`` says what was set.
+    returned ``{"torch": t, "numba": m, "numba_layer": ...}`` says what was set and which numba
+    threading layer runs (``tbb`` when the tbb package is installed, else ``omp``/``workqueue``).
+    On a busy machine a parallel region waits for its slowest thread; TBB's work stealing lets
+    the running threads take a descheduled one's rows (README, "Threads").
     """
     import numba
     import torch
@@ -73,4 +76,5 @@ def configure_threads(n: int | None = None) -> dict:
         raise InputError(f"--threads: expected a positive integer, got {n}")
     torch.set_num_threads(n)
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    return {"torch": torch.get_num_threads(), "numba": numba.get_num_threads()}
+    return {"torch": torch.get_num_threads(), "numba": numba.get_num_threads(),
+            "numba_layer": numba.threading_layer()}
