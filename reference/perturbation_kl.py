@@ -54,7 +54,7 @@ from simulator.walk import walk
 __all__ = ["perturbation_kl", "MAX_RANKS", "chunk_images"]
 
 MAX_RANKS = 16                  # backward passes per chunk: classes (ranked per image by probability)
-_CHUNK_ELEMENTS = 1 << 26       # stored candidate perturbations + gradients per chunk (float64: 512 MiB)
+_CHUNK_ELEMENTS = 1 << 26       # stored values, gradients and candidate perturbations per chunk (float32: 256 MiB)
 _COPIES = 8                     # per tensor element: its value, its gradient and ~6 candidate perturbations
 
 
@@ -82,6 +82,8 @@ def perturbation_kl(graph: ir.Graph, images: np.ndarray,
     ``[candidates, *x.shape]``); the result maps ``t`` to the KL estimate of each, in that order."""
     names = list(candidates)
     n = len(images)
+    if n == 0:
+        raise ValueError("perturbation_kl: no images")
     if batch_size is None:
         shapes = ir.tensor_shapes(graph)
         batch_size = chunk_images(_COPIES * sum(int(np.prod(shapes[t][1:])) for t in names), n)

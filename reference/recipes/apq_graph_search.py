@@ -39,9 +39,10 @@ def block_bops(qg, depth: int) -> np.ndarray:
     return out
 
 
-def bops_per_image(qg, depths: np.ndarray) -> np.ndarray:
-    """BOPs of each image that executed ``depths[i]`` blocks: the records of the ops up to its exit."""
-    layers = graph_layer_ops(qg)
+def bops_per_image(qg, depths: np.ndarray, layers=None) -> np.ndarray:
+    """BOPs of each image that executed ``depths[i]`` blocks: the records of the ops up to its exit
+    (``layers``: `graph_layer_ops(qg)` when the caller keeps it)."""
+    layers = graph_layer_ops(qg) if layers is None else layers
     left = np.full(len(depths), len(qg.graph.ops))
     for i, op in enumerate(qg.graph.ops):
         if op.kind == "exit":
@@ -121,8 +122,10 @@ class _Searcher:
         pred, first = self.profiles.outcome(choice, threshold_code(tau), rows, final)
         depths = exit_depths(first, self.after, self.depth)
         if choice not in self._bops:
-            self._bops[choice] = self.c.build(choice)
-        return pred, depths, float(bops_per_image(self._bops[choice], depths).mean())
+            qg = self.c.build(choice)
+            self._bops[choice] = (qg, graph_layer_ops(qg))
+        qg, layers = self._bops[choice]
+        return pred, depths, float(bops_per_image(qg, depths, layers).mean())
 
     def allocate(self, tau, budget, sens):
         """Exposure -> allocation, twice (exposure re-measured on the allocated model)."""
