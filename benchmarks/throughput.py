@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="auto")
     p.add_argument("--fakequant", action="store_true", help="also time the fake-quant executor")
     p.add_argument("--compile", action="store_true",
-                   help="fake-quant with compile=True (TorchInductor-fused integer stages; compile time not timed)")
+                   help="fake-quant with compile=True (every integer stage TorchInductor-fused; default: compile=None, "
+                        "auto: fused on large tensors; compile time not timed)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -78,10 +79,11 @@ def main(argv=None) -> int:
              "simulator": best_rate(lambda: sim.run(x, batch_size=args.batch, keep_codes=False),
                                      args.batch, args.repeats)}
     if args.fakequant:
-        fq = FakeQuantExecutor(qvit, compile=args.compile)
-        key = "fakequant_compiled" if args.compile else "fakequant"
-        rates[key] = best_rate(lambda: fq.run(x, batch_size=args.batch, keep_codes=False),
-                                args.batch, args.repeats)
+        for nonlinear in ("integer", "float"):
+            fq = FakeQuantExecutor(qvit, nonlinear, compile=True if args.compile else None)
+            key = f"fakequant_{'int' if nonlinear == 'integer' else 'float'}{'_compiled' if args.compile else ''}"
+            rates[key] = best_rate(lambda: fq.run(x, batch_size=args.batch, keep_codes=False),
+                                    args.batch, args.repeats)
     print(f"{args.model}  batch {args.batch}  W{args.wbits}A{args.abits}  backend {args.backend}  "
           f"threads {torch.get_num_threads()}")
     print(f"  calibration + freeze {t_quant:.1f} s; simulator first call (JIT load) {t_first:.2f} s")
