@@ -101,6 +101,8 @@ class _Batch:
         else:
             out = self.scatter(arr)
         for rows, vals in self.left:
+            if vals.dtype != out.dtype and hasattr(out, "long"):    # torch codes in narrow dtypes: widen both
+                out, vals = out.long(), vals.long()
             out[rows] = vals
         return out
 
