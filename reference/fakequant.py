@@ -1,8 +1,9 @@
 """The torch integer stages of the fake-quant op set (`reference.fakequant_ops`).
 
-Work on int64 tensors of codes and float64 tensors that hold exact integers
-(GEMMs run in float64 or int64, exact while |acc| < 2**53, which the code
-widths guarantee), applying the very fixed-point primitives of
+Work on int64 tensors of codes (stages) and on GEMMs whose engine is chosen
+from the operands' value ranges so that every partial sum is exact
+(`exact_int_matmul`: int8 ``torch._int_mm`` into int32, float32 K-chunks of
+bound <= 2**24, float64 below 2**53, int64), applying the very fixed-point primitives of
 `simulator.fixedpoint` / `simulator.int_nonlinear` vectorised over tensors
 (`reference.tensor_primitives`): the exact GEMM, the linear output stage,
 integer LayerNorm, softmax and GELU. Each equals its numba kernel in

@@ -2,10 +2,13 @@
 
 `FakeQuantOps(qgraph)` has the same methods as the numba op set
 (`simulator.int_ops.IntOps`) and computes the same formulas (see its
-docstring) on int64 tensors, with the stage functions of `reference.fakequant`
-(GEMM output stage, integer LayerNorm, softmax, GELU) and the vectorised
-fixed-point primitives of `reference.tensor_primitives` -- the very source
-the numba kernels compile. GEMMs: `reference.fakequant.exact_int_matmul`.
+docstring) on torch tensors, with the stage functions of `reference.fakequant`
+(GEMM output stage, integer LayerNorm, softmax, GELU; on large tensors fused
+by TorchInductor, `reference.fused_stages`) and the vectorised fixed-point
+primitives of `reference.tensor_primitives` -- the very source the numba
+kernels compile. GEMMs: `reference.fakequant.exact_int_matmul`. Codes travel
+in the narrowest integer dtype of their quantizer's range (`code_dtype`);
+every arithmetic consumer widens to int64 first.
 Every code equals the numba op set's (tested). ``two_scaled`` quantizers
 (TSPTQ V-2SF): `reference.two_scaled_fq` writes the words and decodes them
 in front of the reading GEMM, as `simulator.int_ops` does.

@@ -97,7 +97,7 @@ def quick_gelu_codes(h, out_mult, out_shift, lo, hi, dtype: torch.dtype):
 _STAGES = {linear_codes: (0,), residual_linear_codes: (0, 4), requantized_codes: (0,), layernorm_codes: (0,),
            softmax_codes: (0,), gelu_codes: (0,), quick_gelu_codes: (0,), layernorm_sums: None,
            layernorm_apply_codes: (0, 1, 2)}     # stage -> its row-wise arguments (None: not split)
-CHUNK_ELEMENTS = 1 << 15      # eager: rows per step so that an int64 temporary (256 KiB) stays in cache
+CHUNK_ELEMENTS = 1 << 17      # eager: rows per step so that an int64 temporary (1 MiB) stays in cache
 COMPILE_MIN_ELEMENTS = 1 << 18   # compile="auto": fuse a stage whose input has at least this many elements
 _compiled: dict = {}          # stage -> its torch.compile wrapper (one per process: dynamo caches per code object)
 _failed: set = set()          # stages whose compilation failed in this process: eager from then on

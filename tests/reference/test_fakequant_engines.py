@@ -171,3 +171,32 @@ def test_compiled_stages_equal_eager(seed, mode):
         for e, f in zip(eager if isinstance(eager, tuple) else (eager,), fused if isinstance(fused, tuple) else (fused,)):
             assert torch.equal(torch.as_tensor(e), torch.as_tensor(f)), name
     assert not fs._failed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [{"w_bits": 8, "a_bits": 8}, {"w_bits": 4, "a_bits": 4, "act_fn": "quick_gelu"}])
+def test_compiled_executor_bit_exact_with_simulator(recipe):
+    """The executor with every stage fused (``compile=True``) = eager (``compile=False``) = the
+    numba simulator, on every tensor of a seeded toy ViT (codes, logits, overflow counts)."""
+    from reference.recipes import quantize
+    from reference.recipes.config import RecipeConfig
+    from reference.fakequant_ops import GraphFakeQuantExecutor
+    from simulator.int_ops import GraphIntegerExecutor
+    from simulator.results import bit_exact_images, first_mismatch
+    from strategies import build_vit, random_images
+
+    recipe = dict(recipe)
+    act = recipe.pop("act_fn", None)
+    cfg = dict(img_size=16, patch_size=4, in_chans=3, num_classes=10, embed_dim=32, depth=2, num_heads=2)
+    extra = {"act_layer": "quick_gelu"} if act else {}
+    model = build_vit(cfg, seed=3, **extra)
+    x = random_images(cfg, 6, seed=1)
+    qg = quantize(model, x, RecipeConfig(calib_images=6, **recipe))
+    fused = GraphFakeQuantExecutor(qg, compile=True).run(x)
+    eager = GraphFakeQuantExecutor(qg, compile=False).run(x)
+    sim = GraphIntegerExecutor(qg).run(x)
+    for other in (eager, sim):
+        assert bit_exact_images(fused.codes, other.codes).all(), first_mismatch(fused.codes, other.codes)
+        assert np.array_equal(fused.logit_codes, other.logit_codes)
+        assert fused.trace.overflows == other.trace.overflows
+    assert not fs._failed
