@@ -5,8 +5,9 @@ ViT, static W8A8, 360 images) from ``--repo`` in a fresh process and times it fr
 (``time.perf_counter`` around the subprocess: interpreter start-up, every import, numba compilation,
 calibration, the four executors, printing). **Cold**: an empty numba cache (``NUMBA_CACHE_DIR`` and
 ``XDG_CACHE_HOME`` pointed at a new temporary directory) and no compiled bytecode of the project's
-own files (``PYTHONPYCACHEPREFIX`` likewise) -- what the first run after ``pip install -e .`` meets;
-the installed libraries (torch, timm, numba) keep their bytecode, as after a real install. **Warm**:
+own packages (their ``__pycache__/*.pyc`` files are deleted first) -- what the first run after
+``pip install -e .`` meets; the installed libraries (torch, timm, numba) keep their bytecode, as after
+a real install. **Warm**:
 the same directories again, filled by the cold trial (a warm-start helper process, if the code has
 one, is given time to finish first). Also printed: the job's own ``wall time`` line.
 
@@ -30,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from end_to_end import cpu_description  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PACKAGES = ("simulator", "reference", "hwmodels", "reports")
 
 
 def _children_cpu() -> float:
@@ -40,8 +42,7 @@ def _children_cpu() -> float:
 def trial(repo: str, cache: str, extra: list[str], threads: int | None = None) -> tuple[float, str, float]:
     """(whole-process wall s, the job's wall-time line, CPU s of the simulate process itself -- a
     warm-start helper it launched is not waited for, so not counted)."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(cache, "numba"), XDG_CACHE_HOME=cache,
-               PYTHONPYCACHEPREFIX=os.path.join(cache, "pyc"), PYTHONPATH=repo)
+    env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(cache, "numba"), XDG_CACHE_HOME=cache, PYTHONPATH=repo)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
     c0, t = _children_cpu(), time.perf_counter()
@@ -53,6 +54,16 @@ def trial(repo: str, cache: str, extra: list[str], threads: int | None = None) -
         raise SystemExit(f"simulate failed:\n{err}")
     line = next((ln.strip() for ln in out.splitlines() if "wall time" in ln), "?")
     return wall, line, _children_cpu() - c0
+
+
+def _drop_project_bytecode(repo: str) -> None:
+    """Delete the ``.pyc`` files of the project's own packages (a fresh checkout has none)."""
+    for pkg in PACKAGES:
+        for d, _, files in os.walk(os.path.join(repo, pkg)):
+            if os.path.basename(d) == "__pycache__":
+                for f in files:
+                    if f.endswith(".pyc"):
+                        os.remove(os.path.join(d, f))
 
 
 def _settle(cache: str, timeout: float = 300.0) -> None:
@@ -90,6 +101,7 @@ def main(argv=None) -> int:
         for repo in repos:
             cache = tempfile.mkdtemp(prefix="vit-intsim-cold-")
             try:
+                _drop_project_bytecode(repo)
                 for kind in ("cold", "warm"):
                     w, line, cpu = trial(repo, cache, args.args, args.threads)
                     times[repo][kind].append(w)

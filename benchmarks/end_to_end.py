@@ -280,8 +280,10 @@ def report(args, fp32: dict, job: dict, peaks: dict) -> dict:
             names = (("fp32", "fp32"), ("fakequant_integer", "fake-quant int-only"),
                      ("fakequant_float_nonlinear", "fake-quant float-nonlinear"), ("simulator", "simulator"))
             for key, name in names:
-                if key in e:
+                if key in e and (e[key] or not key.startswith("fakequant")):
                     print(f"    {name:<32}{e[key]:9.1f}{ratio(e[key]):>12}{peaks.get(key, ''):>13}")
+                elif key in e:
+                    print(f"    {name:<32}{'not run':>9}{'':>12}{peaks.get(key, ''):>13}")
     if "calibration_s" in r:
         print(f"  (calibration as the job times it: {r['calibration_s']:.1f} s)")
     print(f"  whole simulate process             {job['wall_s']:9.1f}{ratio(job['wall_s']):>12}"
@@ -293,7 +295,8 @@ def report(args, fp32: dict, job: dict, peaks: dict) -> dict:
           f"keeps them); ru_maxrss of the simulate process {job['ru_maxrss_mb']:.0f} MB")
     bx = r.get("bit_exact_images")
     ref = r.get("reference", {})
-    print(f"  bit-exact {bx}/{ref.get('checked_images', r.get('images'))} images checked of {r.get('images')}")
+    print(f"  bit-exact: not checked (--reference none)" if bx is None else
+          f"  bit-exact {bx}/{ref.get('checked_images', r.get('images'))} images checked of {r.get('images')}")
     return {"cpu": cpu_description(), "args": vars(args), "fp32_only": fp32, "job_wall_s": job["wall_s"],
             "job_phases": job["phases"], "job_peak_mb": job["peak_mb"], "executor_s": e,
             "executor_peaks": peaks, "ratio_whole_job": job["wall_s"] / base if base else None}
