@@ -45,9 +45,11 @@ _started: list = []         # the helper process of this process, if one was sta
 def warm_calls() -> list[tuple[str, Callable[[], object]]]:
     """(name, call) for each kernel specialisation of the default job, in the order the integer executor
     first calls them on a ViT with a static recipe: patchify, patch embedding (int16 residual stream),
-    LayerNorm, qkv (int8), softmax, attn @ V, proj + residual, fc1 (Q12 int32), GELU."""
+    LayerNorm, qkv (int8), softmax (int64 and int32 accumulators), the numba pair GEMM (timed by ``--backend
+    auto`` and chosen on some machines), attn @ V, proj + residual, fc1 (Q12 int32), GELU."""
     import numpy as np
 
+    from simulator.kernels.gemm import int_matmul
     from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
     from simulator.kernels.output_stage import linear_output, quantize_patches, requant_output
 
@@ -66,6 +68,9 @@ def warm_calls() -> list[tuple[str, Callable[[], object]]]:
         ("int_layernorm", lambda: int_layernorm(res16, 1, vec, vec, 1, -8, 7, np.int8)),
         ("linear_output int8", linear(np.int8)),
         ("int_softmax", lambda: int_softmax(acc64, 1, 1, 8)),
+        ("int_softmax int32", lambda: int_softmax(acc32, 1, 1, 8)),
+        ("numba pair GEMM", lambda: int_matmul(np.ones((1, 2, 4), np.uint8), np.ones((1, 4, 2), np.int8), 255, 127,
+                                              backend="numba")),
         ("requant_output", lambda: requant_output(acc64, 1, 1, -8, 7, np.int8)),
         ("linear_output int16 + residual", linear(np.int16, res16)),
         ("linear_output int32", linear(np.int32)),
