@@ -546,7 +546,19 @@ def _logging_flags(argv: list[str]) -> tuple[bool, bool, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """The ``simulate`` command; ``argv`` None (the console script) reads ``sys.argv`` and, as the process
+    is about to exit, freezes the garbage collector (`gc.freeze`): the interpreter's final collections
+    over torch's, timm's and numba's object graphs took ~2 s of every run's exit, and there is nothing
+    left for them to free. Exit handlers and finalizers still run."""
+    code = _dispatch(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        import gc
+
+        gc.freeze()
+    return code
+
+
+def _dispatch(argv: list[str]) -> int:
     try:
         if argv and argv[0] in SUBCOMMANDS:
             configure_logging(*_logging_flags(argv[1:]))

@@ -94,7 +94,7 @@ def test_cli_reference_sample_reports_the_sample(capsys, tmp_path):
                               "of_images": 60, "positions": reference_positions(60, "sample", 20).tolist()}
     assert r["bit_exact_images"] == 20 and r["images"] == 60
     assert r["top1_ci"]["fakequant_integer"]["total"] == 20 and r["top1_ci"]["simulator"]["total"] == 60
-    assert r["wall_time_s"] > 0 and r["since_process_start_s"] >= r["wall_time_s"]
+    assert all(isinstance(r[k], float) for k in ("wall_time_s", "since_process_start_s"))   # reported, not judged
     row = (tmp_path / "s.csv").read_text().splitlines()
     assert dict(zip(row[0].split(","), row[1].split(",")))["reference_images"] == "20"
 
