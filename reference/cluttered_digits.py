@@ -19,7 +19,7 @@ and scale, on a canvas with clutter the model must learn to ignore:
 Deterministic: image ``i`` of a split depends only on (split, seed, i) -- a
 `numpy.random.SeedSequence` spawn per image -- so any prefix or subset is
 reproducible, and the training script draws a fresh epoch by changing the
-seed. The base digits are the fixed train/test split of `reference.data`:
+seed. The base digits are the fixed train/test split of `reference.digits_split`:
 test canvases never contain (target or fragment) a train digit.
 """
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import zoom
 
-from reference.data import digits_pixels
+from reference.digits_split import digits_pixels
 from simulator.errors import InputError
 
 __all__ = ["CANVAS", "SPLIT_SIZES", "SPLIT_SEEDS", "cluttered_digits", "render"]

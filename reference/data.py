@@ -22,12 +22,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import sklearn.datasets
 import torch
 from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 from timm.data import create_transform, resolve_data_config
 
+from reference.digits_split import (  # noqa: F401  (re-exported: the training scripts read them here)
+    CALIB_SEED, CALIB_SIZE, DIGITS_INPUT_SIZE, DIGITS_MAX_PIXEL, DIGITS_SPLIT_SEED, DIGITS_SPLITS,
+    DIGITS_TEST_FRACTION, digits_pixels,
+)
 from reference.models import default_model_config, model_input_config
 from simulator.errors import InputError
 from simulator.progress import track
@@ -41,40 +43,9 @@ __all__ = [
     "load_image_folder",
 ]
 
-DIGITS_SPLITS = ("train", "test", "calib")
-DIGITS_INPUT_SIZE = (1, 8, 8)
-DIGITS_MAX_PIXEL = 16.0  # sklearn digits pixels are integers 0..16
-DIGITS_TEST_FRACTION = 0.2
-DIGITS_SPLIT_SEED = 0
-CALIB_SIZE = 128
-CALIB_SEED = 0
 LIMIT_SEED = 0
 MAX_IMAGE_PIXELS = 89_478_485   # default of --max-image-pixels: PIL's own warning threshold (~0.25 GB RGB)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def digits_pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return one digits split as float32 [N,1,8,8] pixels scaled to [0, 1] and int64 labels.
-
-    The split is fixed: ``train_test_split(test_size=0.2, stratify=y,
-    random_state=0)``; "calib" is the first 128 images of a seed-0 permutation
-    of "train". Unnormalised, so the training script can choose mean/std.
-    """
-    if split not in DIGITS_SPLITS:
-        raise InputError(f"digits: unknown split {split!r}; expected one of {', '.join(DIGITS_SPLITS)}")
-    digits = sklearn.datasets.load_digits()
-    pixels = (digits.images / DIGITS_MAX_PIXEL).astype(np.float32)[:, None, :, :]
-    labels = digits.target.astype(np.int64)
-    train_x, test_x, train_y, test_y = train_test_split(
-        pixels, labels, test_size=DIGITS_TEST_FRACTION, stratify=labels,
-        random_state=DIGITS_SPLIT_SEED,
-    )
-    if split == "test":
-        return test_x, test_y
-    if split == "train":
-        return train_x, train_y
-    calib_index = np.random.default_rng(CALIB_SEED).permutation(len(train_x))[:CALIB_SIZE]
-    return train_x[calib_index], train_y[calib_index]
 
 
 def load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -227,6 +198,11 @@ def load_image_folder(
 
 def dataset_size(spec: str | None, split: str = "test", limit: int | None = None) -> int:
     """How many images `load_dataset` returns for ``spec``/``split``/``limit``, without decoding any."""
+    if spec == "clutter":
+        from reference.cluttered_digits import SPLIT_SIZES
+
+        return len(_limited_indices(SPLIT_SIZES["test"], limit)) if split == "test" else (
+            SPLIT_SIZES[split] if limit is None else limit)
     if spec is None or spec == "digits":
         if split == "calib" and limit is not None and limit > CALIB_SIZE:
             split = "train"
@@ -234,11 +210,32 @@ def dataset_size(spec: str | None, split: str = "test", limit: int | None = None
     return len(_limited_indices(len(_find_class_images(Path(spec))[0]), limit))
 
 
+def _load_clutter(model: torch.nn.Module, split: str, limit: int | None, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A cluttered-digits split (`reference.cluttered_digits`) normalised with the model's mean/std;
+    ``limit`` images (a calib request beyond the split's 128 generates that many)."""
+    from reference.cluttered_digits import CANVAS, SPLIT_SIZES, cluttered_digits
+
+    config = model_input_config(model)
+    if tuple(config["input_size"]) != (1, CANVAS, CANVAS):
+        raise InputError(f"dataset 'clutter' has 1x{CANVAS}x{CANVAS} grayscale images but the model expects "
+                         f"input_size {tuple(config['input_size'])}; use --model vit_clutter or pass an ImageFolder")
+    if split == "test":          # a fixed 1000-image split; --images keeps a seed-0 subset, as for digits
+        pixels, labels = cluttered_digits("test")
+        keep = _limited_indices(len(labels), limit)[rows or slice(None)]
+        pixels, labels = pixels[keep], labels[keep]
+    else:                        # generated: any count is as deterministic as the default one
+        pixels, labels = cluttered_digits(split, SPLIT_SIZES[split] if limit is None else limit)
+        pixels, labels = pixels[rows or slice(None)], labels[rows or slice(None)]
+    mean, std = np.float32(config["mean"][0]), np.float32(config["std"][0])
+    return ((pixels - mean) / std).astype(np.float32), labels
+
+
 def load_dataset(
     spec: str | None, model: torch.nn.Module, split: str = "test", limit: int | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS, rows: slice | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Load images and labels for `model`: spec None/"digits" -> a digits split, else an ImageFolder path.
+    """Load images and labels for `model`: spec None/"digits" -> a digits split, "clutter" -> a
+    cluttered-digits split (the ``vit_clutter`` model's), else an ImageFolder path.
 
     ``split`` applies to digits only (an ImageFolder is used as a whole); a
     "calib" request for more than the calib split's 128 images is served from
@@ -246,6 +243,8 @@ def load_dataset(
     ``limit`` keeps the first N of a seed-0 shuffle for either source, ``rows`` a contiguous slice of
     what that leaves (a shard: its images are those of the same positions in the whole set).
     """
+    if spec == "clutter":
+        return _load_clutter(model, split, limit, rows)
     if spec is None or spec == "digits":
         input_size = tuple(model_input_config(model)["input_size"])
         if input_size != DIGITS_INPUT_SIZE:

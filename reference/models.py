@@ -31,6 +31,7 @@ from timm.data import resolve_data_config
 from timm.models.vision_transformer import VisionTransformer
 
 from reference.degenerate import check_finite_state_dict
+from simulator.bundled_models import BUNDLED_MODELS, DEFAULT_MODEL
 from simulator.errors import InputError
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "model_input_config",
 ]
 
-DEFAULT_MODEL = "vit_digits"
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
@@ -53,16 +53,17 @@ _TORCH_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
 _DATA_CONFIG_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 
 
-def default_model_config(model_dir: str | os.PathLike | None = None) -> dict:
-    """Return the bundled default model's JSON config (architecture, data, training record)."""
-    config_path = Path(model_dir or DEFAULT_MODEL_DIR) / f"{DEFAULT_MODEL}.json"
+def default_model_config(model_dir: str | os.PathLike | None = None, name: str = DEFAULT_MODEL) -> dict:
+    """Return a bundled model's JSON config (architecture, data, training record); the default model's
+    unless ``name`` is another of `simulator.bundled_models.BUNDLED_MODELS`."""
+    config_path = Path(model_dir or DEFAULT_MODEL_DIR) / f"{name}.json"
     try:
         with open(config_path, encoding="utf-8") as config_file:
             config = json.load(config_file)
     except FileNotFoundError:
         raise InputError(
-            f"{config_path}: default model config not found; "
-            "run scripts/train_default_model.py to create it"
+            f"{config_path}: bundled model config not found; "
+            "run scripts/train_default_model.py (vit_digits) or scripts/train_clutter_model.py (vit_clutter)"
         ) from None
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"{config_path}: not a readable JSON config ({error})") from None
@@ -90,7 +91,7 @@ def build_vision_transformer(model_kwargs: Mapping, data_config: Mapping) -> Vis
 def _create_timm_model(name: str, **kwargs) -> torch.nn.Module:
     """Create a timm model by name (no weights), rejecting unknown and non-ViT names."""
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models() + [DEFAULT_MODEL], n=3)
+        close = difflib.get_close_matches(name, timm.list_models() + list(BUNDLED_MODELS), n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise InputError(f"unknown model {name!r} (not a timm model name){hint}")
     try:
@@ -224,8 +225,9 @@ def load_model(
 ) -> torch.nn.Module:
     """Return a float32 eval-mode ViT: the bundled default or a timm name, optionally with a checkpoint.
 
-    ``name`` None or ``"vit_digits"`` builds the bundled default from its JSON
-    config and loads the bundled weights unless ``checkpoint`` is given. Any
+    ``name`` None, ``"vit_digits"`` or another bundled model (``"vit_clutter"``,
+    `simulator.bundled_models`) builds it from its JSON config and loads the
+    bundled weights unless ``checkpoint`` is given. Any
     other name is created with ``timm.create_model(name, pretrained=False)``
     (no downloads); without a checkpoint its weights are random (a one-line
     warning unless ``random_weights_ok``). The keyword arguments are timm's:
@@ -235,14 +237,15 @@ def load_model(
     from shapes: ``simulate cost``).
     """
     shape = {k: v for k, v in (("num_classes", num_classes), ("img_size", img_size)) if v is not None}
-    if name is None or name == DEFAULT_MODEL:
-        config = default_model_config()
+    if name is None or name in BUNDLED_MODELS:
+        name = name or DEFAULT_MODEL
+        config = default_model_config(name=name)
         model = build_vision_transformer({**config["model_kwargs"], **shape}, config["data_config"])
         if checkpoint is None and not shapes_only:
             if shape:
-                raise InputError(f"{DEFAULT_MODEL}: --num-classes/--img-size change the model, so the bundled "
+                raise InputError(f"{name}: --num-classes/--img-size change the model, so the bundled "
                                  "weights do not fit; pass --checkpoint")
-            checkpoint = DEFAULT_MODEL_DIR / f"{DEFAULT_MODEL}.safetensors"
+            checkpoint = DEFAULT_MODEL_DIR / f"{name}.safetensors"
     elif isinstance(name, str):
         model = _create_timm_model(name, **shape)
         if checkpoint is None and not (random_weights_ok or shapes_only):

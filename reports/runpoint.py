@@ -33,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.bundled_models import BUILTIN_DATASETS, BUNDLED_DIR, BUNDLED_MODELS
+
 __all__ = ["code_version", "run_key", "point_key", "run_record", "cost_point", "file_digest"]
 
 ROOT = Path(__file__).resolve().parents[1]
 _CODE_DIRS = ("reference", "simulator", "hwmodels")
-_DEFAULT_MODEL_FILES = ("vit_digits.safetensors", "vit_digits.json")
 
 
 def _sha256(*chunks: bytes) -> str:
@@ -73,16 +74,15 @@ def file_digest(path: str | os.PathLike) -> str:
 def _checkpoint_digest(model) -> str:
     if model.checkpoint is not None:
         return file_digest(model.checkpoint)
-    if model.name == "vit_digits":
-        bundled = ROOT / "reference" / "default_model"
-        return _sha256(*(file_digest(bundled / f).encode() for f in _DEFAULT_MODEL_FILES))
+    if model.name in BUNDLED_MODELS:
+        return _sha256(*(file_digest(BUNDLED_DIR / f"{model.name}.{ext}").encode() for ext in ("safetensors", "json")))
     return "no-checkpoint"      # a timm name without weights: randomly initialised
 
 
 def _data_digest(spec: str | None) -> str:
-    """'digits' names a fixed split (its code is in the code version); a folder: its file list."""
-    if spec is None or spec == "digits":
-        return "digits"
+    """A built-in dataset names a fixed split (its code is in the code version); a folder: its file list."""
+    if spec is None or spec in BUILTIN_DATASETS:
+        return spec or "digits"
     root = Path(spec)
     listing = sorted(f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
                      for p in root.rglob("*") if p.is_file())

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+from simulator.bundled_models import BUILTIN_DATASETS, default_data
 from simulator.errors import InputError
 
 __all__ = ["ModelSpec", "RunSpec", "SweepSpec", "load_sweep", "parse_sweep", "CONFIG_DIR"]
@@ -133,13 +134,13 @@ def _path(value, where: str, base: Path, must: str = "file") -> str:
 def _model(entry, where: str, base: Path) -> ModelSpec:
     entry = _mapping(entry, where, _MODEL_KEYS)
     if not isinstance(entry.get("name"), str) or not entry["name"]:
-        _fail(f"{where}: name", f"expected a model name (timm ViT or vit_digits), got {entry.get('name')!r}")
+        _fail(f"{where}: name", f"expected a model name (timm ViT, vit_digits or vit_clutter), got {entry.get('name')!r}")
     ckpt = entry.get("checkpoint")
     ckpt = None if ckpt is None else _path(ckpt, f"{where}: checkpoint", base)
     data = {}
     for key in ("data", "calib"):
-        val = entry.get(key, "digits" if key == "data" else None)
-        if val is not None and val != "digits":
+        val = entry.get(key, default_data(entry["name"]) if key == "data" else None)
+        if val is not None and val not in BUILTIN_DATASETS:
             val = _path(val, f"{where}: {key}", base, must="dir")
         data[key] = val
     images = entry.get("images")

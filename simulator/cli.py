@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.bundled_models import default_data
 from simulator.errors import InputError
 
 __all__ = ["main", "RECIPE_DIR", "build_parser", "add_model_arguments", "add_logging_arguments",
@@ -82,8 +83,9 @@ class _VersionAction(argparse.Action):
 def add_model_arguments(p: argparse.ArgumentParser, data: bool = True) -> None:
     """The timm-style model flags (and, with ``data``, the image/recipe flags) shared by commands."""
     g = p.add_argument_group("model (timm)")
-    g.add_argument("--model", default=None, help="timm VisionTransformer name (default: the bundled digits ViT "
-                   "'vit_digits'); built with pretrained=False, weights from --checkpoint")
+    g.add_argument("--model", default=None, help="timm ViT or Swin name, or a bundled model: 'vit_digits' "
+                   "(default, 8x8 digits) or 'vit_clutter' (197 tokens, cluttered 56x56 digits); timm models are "
+                   "built with pretrained=False, weights from --checkpoint")
     g.add_argument("--num-classes", type=int, default=None, metavar="N",
                    help="classifier rows (timm num_classes), e.g. for a fine-tuned checkpoint's head")
     g.add_argument("--img-size", type=int, default=None, metavar="PX",
@@ -107,9 +109,10 @@ def add_model_arguments(p: argparse.ArgumentParser, data: bool = True) -> None:
                         "mapping or a YAML file (reference/outliers.py, docs/recipes/outliers.md)")
     d = p.add_argument_group("data and recipe")
     d.add_argument("--data", default=None, metavar="DIR",
-                   help="'digits' (default, the bundled 8x8 set) or an ImageFolder directory (<dir>/<class>/<image>)")
+                   help="'digits' (the bundled 8x8 set), 'clutter' (cluttered 56x56 digits) or an ImageFolder "
+                        "directory (<dir>/<class>/<image>); default: the bundled model's own set, else 'digits'")
     d.add_argument("--calib", default=None, metavar="DIR",
-                   help="calibration images: 'digits' or an ImageFolder (default: --data)")
+                   help="calibration images: 'digits', 'clutter' or an ImageFolder (default: --data)")
     d.add_argument("--recipe", default=None, metavar="R",
                    help="recipe YAML, or a name under configs/recipes (default: static_w8a8)")
     d.add_argument("--wbits", type=int, default=None, metavar="B", help="override the recipe's weight bits (2..8)")
@@ -359,19 +362,20 @@ def load_inputs(args, model, plan: Plan, limit: int | None, test_images: bool = 
 
     cfg = plan.cfg
     pending = data_warnings(model, plan)
+    data = args.data or default_data(args.model)
     images = labels = None
     if test_images:
-        images, labels = load_dataset(args.data, model, split="test", limit=limit, max_pixels=_max_pixels(args))
-    if (len(images) if test_images else dataset_size(args.data, "test", limit)) == 0:
-        raise InputError(f"--data {args.data or 'digits'}: no images to evaluate")
-    calib_spec = args.calib if args.calib is not None else args.data
+        images, labels = load_dataset(data, model, split="test", limit=limit, max_pixels=_max_pixels(args))
+    if (len(images) if test_images else dataset_size(data, "test", limit)) == 0:
+        raise InputError(f"--data {data}: no images to evaluate")
+    calib_spec = args.calib if args.calib is not None else data
     calib, _ = load_dataset(calib_spec, model, split="calib", limit=cfg.calib_images,
                             max_pixels=_max_pixels(args))
     for text in pending:
         log.warning("%s", text)
     if len(calib) < cfg.calib_images:
         log.warning("calibration: %d images in %s, recipe %s asks for %d; calibrating on %d",
-                    len(calib), calib_spec or "digits", cfg.label, cfg.calib_images, len(calib))
+                    len(calib), calib_spec, cfg.label, cfg.calib_images, len(calib))
     return images, labels, calib
 
 
@@ -435,7 +439,7 @@ def run_main(args) -> int:
 
     summary = {
         "tool": tool_info(),
-        "model": model_name, "checkpoint": args.checkpoint, "data": args.data or "digits", "engine": engine,
+        "model": model_name, "checkpoint": args.checkpoint, "data": args.data or default_data(args.model), "engine": engine,
         "model_config": _model_config(model, args),
         "images": int(ev.n_images), "recipe": cfg.__dict__ | {"label": cfg.label},
         "calib_images_used": int(len(calib)),
@@ -468,13 +472,13 @@ def _evaluate(args, model, qg, images, labels):
     from simulator import progress
     from simulator.evaluation import evaluate_images, reference_positions, reference_record
 
-    n = len(images) if images is not None else dataset_size(args.data, "test", args.images)
+    n = len(images) if images is not None else dataset_size(args.data or default_data(args.model), "test", args.images)
     positions = reference_positions(n, args.reference, args.reference_images)
     record = reference_record(args.reference, args.reference_images, n, positions)
     if args.cluster is not None:
         from simulator.dask_evaluation import evaluate_on_cluster
 
-        ev, cluster = evaluate_on_cluster(args.cluster, model, qg, data=args.data, limit=args.images,
+        ev, cluster = evaluate_on_cluster(args.cluster, model, qg, data=args.data or default_data(args.model), limit=args.images,
                                           max_pixels=_max_pixels(args), n_images=n, checked=positions,
                                           batch_size=args.batch_size, backend=args.backend)
         return ev, record, cluster, None

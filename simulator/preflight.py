@@ -34,14 +34,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from simulator.bundled_models import BUILTIN_DATASETS, DEFAULT_MODEL, bundled_json_path, default_data
 from simulator.errors import InputError
 
 __all__ = ["check_flags", "check_outputs", "check_checkpoint", "scan_folder", "FolderInfo", "default_model_json",
            "check_data_for_model", "IMAGE_EXTENSIONS"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = "vit_digits"
-DEFAULT_MODEL_JSON = REPO_ROOT / "reference" / "default_model" / f"{DEFAULT_MODEL}.json"
+DEFAULT_MODEL_JSON = bundled_json_path(DEFAULT_MODEL)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 _CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _SAFETENSORS_MAX_HEADER = 100 << 20
@@ -210,8 +209,8 @@ class FolderInfo:
 
 
 def scan_folder(spec: str | None, flag: str = "--data") -> FolderInfo | None:
-    """None for the digits set; else the folder's classes and image count (layout errors raised)."""
-    if spec is None or spec == "digits":
+    """None for a built-in dataset; else the folder's classes and image count (layout errors raised)."""
+    if spec is None or spec in BUILTIN_DATASETS:
         return None
     root = Path(spec)
     if not root.exists():
@@ -237,8 +236,18 @@ def scan_folder(spec: str | None, flag: str = "--data") -> FolderInfo | None:
 
 
 def check_data_for_model(data: str | None, model: str | None, img_size: int | None) -> None:
-    """The bundled digits set is 1x8x8: only the bundled model (at its own size) reads it."""
-    if data not in (None, "digits"):
+    """A built-in dataset is read only by its bundled model at its own size (digits: 1x8x8 for
+    vit_digits; clutter: 1x56x56 for vit_clutter); data None is the model's own dataset."""
+    if data is None:
+        data = default_data(model)
+    if data == "clutter":
+        if model != "vit_clutter":
+            raise InputError(f"dataset 'clutter' has 1x56x56 grayscale images but --model {model or DEFAULT_MODEL} "
+                             "expects other input; use --model vit_clutter or pass an ImageFolder path (--data)")
+        if img_size is not None and img_size != 56:
+            raise InputError(f"--img-size {img_size}: dataset 'clutter' has 56x56 images; pass an ImageFolder (--data)")
+        return
+    if data != "digits":
         return
     if model not in (None, DEFAULT_MODEL):
         raise InputError(f"dataset 'digits' has 1x8x8 grayscale images but --model {model} expects RGB input; "

@@ -92,6 +92,9 @@ def test_recipe_by_name_bits_override_and_hw(capsys, tmp_path):
     (["--hw", "configs/none.yaml"], "configs/none.yaml"),
     (["--checkpoint", "missing.pth"], "missing.pth"),
     (["--data", "/nonexistent/folder"], "/nonexistent/folder"),
+    (["--data", "clutter"], "dataset 'clutter' has 1x56x56"),
+    (["--model", "vit_clutter", "--data", "digits"], "dataset 'digits' has 1x8x8"),
+    (["--model", "vit_clutter", "--img-size", "64"], "--img-size 64"),
     (["--bogus-flag"], "bogus"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
@@ -126,3 +129,12 @@ def test_save_qvit_round_trips(capsys, tmp_path):
     assert code == 0, err
     q = QuantizedGraph.load(path)
     assert q.meta["model"] == "vit_digits" and q.meta["w_bits"] == 8
+
+
+def test_bundled_clutter_model_reads_its_own_dataset(capsys, tmp_path):
+    js = tmp_path / "c.json"
+    code, out, err = _run(capsys, "--model", "vit_clutter", "--images", "4", "--json", str(js), "--no-progress")
+    assert code == 0, err
+    r = json.loads(js.read_text())
+    assert r["data"] == "clutter" and r["images"] == 4 and r["bit_exact_images"] == 4
+    assert r["model_config"]["input_size"] == [1, 56, 56]
