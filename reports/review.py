@@ -27,8 +27,9 @@ from pathlib import Path
 from reports import figures
 from reports.pareto import pareto_front
 from simulator.atomic_files import ensure_dir, write_bytes
+from simulator.significance import paired_test
 
-__all__ = ["write_report", "summary_lines", "unique_runs", "fronts", "MAX_BREAKDOWN"]
+__all__ = ["write_report", "summary_lines", "unique_runs", "fronts", "paired_rows", "MAX_BREAKDOWN"]
 
 MAX_BREAKDOWN = 4
 
@@ -133,6 +134,56 @@ def _accuracy_table(runs: list[dict], on_front: set) -> list[str]:
     return rows
 
 
+def _correct(p: dict, n: int):
+    """The run's per-image simulator correctness (bool array), or None for records without it."""
+    import numpy as np
+
+    hexbits = (p.get("correct") or {}).get("simulator")
+    if not isinstance(hexbits, str):
+        return None
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hexbits), dtype=np.uint8))[:n].astype(bool)
+
+
+def paired_rows(runs: list[dict]) -> list[dict]:
+    """McNemar's exact test (`simulator.significance.paired_test`) of every run against its baseline on
+    the same images: the best static run (highest simulator top-1) of the same model, data and image
+    count at the same W/A -- else at any W/A -- else, with no static run, the model's best run.
+    One dict per compared run: ``label``, ``baseline``, ``a_only``/``b_only`` (images only the run /
+    only the baseline gets right), ``p_value``, ``significant``."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in runs:
+        if _correct(p, p["images"]) is not None:
+            m = p["model"]
+            groups.setdefault((m.get("name"), m.get("checkpoint"), m.get("data"), p["images"]), []).append(p)
+    out = []
+    for members in groups.values():
+        for p in members:
+            statics = [q for q in members if q["recipe"]["recipe"] == "static"]
+            same_bits = [q for q in statics if _bits(q) == _bits(p)]
+            pool = same_bits or statics or members
+            base = max(pool, key=_acc)
+            if base is p:
+                continue
+            t = paired_test(_correct(p, p["images"]), _correct(base, base["images"]))
+            out.append({"label": p["label"], "baseline": base["label"], "a_only": t.a_only, "b_only": t.b_only,
+                        "p_value": t.p_value, "significant": t.significant, "top1": _acc(p), "baseline_top1": _acc(base)})
+    return out
+
+
+def _paired_table(runs: list[dict]) -> list[str]:
+    rows = paired_rows(runs)
+    if not rows:
+        return ["No paired comparison: no two runs of one model on the same images carry per-image results."]
+    numbers = {p["label"]: k + 1 for k, p in enumerate(runs)}
+    lines = ["| # | point | top-1 % | baseline | baseline top-1 % | only the point right | only the baseline right "
+             "| p (McNemar, exact) | significant at 0.05 |", "|---:|---|---:|---|---:|---:|---:|---:|:---:|"]
+    for r in rows:
+        lines.append(f"| {numbers[r['label']]} | {r['label']} | {r['top1']:.2f} | {r['baseline']} | "
+                     f"{r['baseline_top1']:.2f} | {r['a_only']} | {r['b_only']} | {r['p_value']:.3g} | "
+                     f"{'yes' if r['significant'] else 'no'} |")
+    return lines
+
+
 def _cost_table(points: list[dict], lat_front: set, energy_front: set) -> list[str]:
     """One row per point (run x accelerator)."""
     rows = ["| # | point | accelerator | top-1 % | cycles / image | latency (ms) | energy (µJ) | off-chip MB / image "
@@ -219,6 +270,11 @@ def _markdown(results: dict, figs: dict, front: dict, out: Path) -> str:
               "figures.", "", *_accelerator_lines(results),
               "## Pareto-optimal points", "", *_front_names(front), "",
               "## Accuracy and work per model", "", *_accuracy_table(runs, {p["run_key"] for p in front["bops"]}),
+              "", "## Paired comparisons", "",
+              "Each point against its baseline on the same images: the best static point of the same model at "
+              "the same bits (else at any bits; else the model's best point). McNemar's exact test counts only "
+              "the images where the two disagree (only one of them right); *significant* means p < 0.05.", "",
+              *_paired_table(runs),
               "", "## Cost per accelerator", "",
               *_cost_table(points, {p["key"] for p in front["latency_ms"]}, {p["key"] for p in front["energy_uj"]}),
               "", "## Trade-offs", ""]

@@ -184,6 +184,8 @@ def run_record(run, threads: int | None = None) -> dict:
         "label": run.label, "model": dict(run.model.__dict__), "recipe": dict(run.recipe),
         "images": int(len(images)),
         "top1": {"fp32": fp32_top1, "fakequant_integer": top1["fq"], "simulator": top1["sim"]},
+        "correct": {k: np.packbits(np.concatenate(v) == labels).tobytes().hex() for k, v in
+                    (("fakequant_integer", preds["fq"]), ("simulator", preds["sim"]))},
         "bit_exact_images": int(np.concatenate(exact).sum()), "first_mismatch": mismatch,
         "accumulator_overflows": int(sum(trace.overflows.values())),
         "macs_per_image": float(trace.macs_per_image().mean()),

@@ -79,7 +79,7 @@ def _read_cached(path: Path):
 _NUMBER = (int, float)
 _RUN_FIELDS = {"label": str, "model": dict, "recipe": dict, "images": int, "top1": dict,
                "bit_exact_images": int, "accumulator_overflows": int, "macs_per_image": _NUMBER,
-               "bops_per_image": _NUMBER, "run_key": str}
+               "bops_per_image": _NUMBER, "run_key": str, "correct": dict}
 _POINT_FIELDS = {"key": str, "accelerator": str, "accelerator_file": str, "offchip_level": str,
                  "clock_mhz": _NUMBER, "cost": dict, "distribution": dict, "layers": list}
 

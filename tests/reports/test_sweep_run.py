@@ -77,6 +77,15 @@ def test_points_are_bit_exact_and_costed(tiny, tiny_points):
     assert len(db["static_w8a8"]) == 91 and db["static_w8a8"]["logits"] > db["static_w4a4"]["logits"] + 6
     assert (root / "out" / "sqnr_vit_digits.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Where the error comes from" in md and "](sqnr_vit_digits.png)" in md
+    # per-image correctness in every record (the paired tests' input), consistent with the top-1
+    import numpy as np
+
+    for p in tiny_points.values():
+        for k in ("simulator", "fakequant_integer"):
+            bits = np.unpackbits(np.frombuffer(bytes.fromhex(p["correct"][k]), dtype=np.uint8))[:IMAGES]
+            assert 100 * bits.mean() == pytest.approx(p["top1"][k])
+    worse = min(("static_w8a8", "static_w4a4"), key=lambda r: tiny_points[(r, "npu_int8")]["top1"]["simulator"])
+    assert "## Paired comparisons" in md and f"| {worse} |" in md.split("## Paired comparisons")[1].split("##")[0]
     import csv
 
     rows = list(csv.DictReader((root / "out" / "results.csv").open()))
