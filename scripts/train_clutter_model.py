@@ -29,7 +29,11 @@ stored as float16). Outputs are written as by `train_default_model`
 ``<out>/vit_clutter.json`` (architecture, data config, training record,
 measured test accuracy with the float16-rounded weights).
 
-Usage: ``python scripts/train_clutter_model.py [--steps 2400] [--out DIR]``
+Usage: ``python scripts/train_clutter_model.py [--steps 1550] [--out DIR]``
+
+Measured: 1550 steps took 25.4 min on the 2-core AMD EPYC (AVX-512 BF16, idle) and reached 82.0%
+fp32 test top-1 with the float16 weights (the bundled ``vit_clutter``; 2400 steps would take ~41 min,
+over the 30-minute budget).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ DATA_CONFIG = {
 class TrainSettings:
     """Everything that determines a training run, recorded verbatim in the JSON config."""
 
-    steps: int = 2400                     # optimizer steps; every 1437 images (one pass over the train digits)
+    steps: int = 1550                     # optimizer steps; every 1437 images (one pass over the train digits)
     batch_size: int = 32                 # are fresh canvases, seeded by the pass number
     max_lr: float = 1e-3
     warmup_steps: int = 100              # linear warm-up, then cosine decay to 0
