@@ -98,7 +98,11 @@ _STAGES = {linear_codes: (0,), residual_linear_codes: (0, 4), requantized_codes:
            softmax_codes: (0,), gelu_codes: (0,), quick_gelu_codes: (0,), layernorm_sums: None,
            layernorm_apply_codes: (0, 1, 2)}     # stage -> its row-wise arguments (None: not split)
 CHUNK_ELEMENTS = 1 << 17      # eager: rows per step so that an int64 temporary (1 MiB) stays in cache
-COMPILE_MIN_ELEMENTS = 1 << 18   # compile="auto": fuse a stage whose input has at least this many elements
+# compile="auto": fuse a stage whose input has at least this many elements. 2**20: every stage of a DeiT-S
+# batch of 16 (LayerNorm input 16x197x384 = 1.2M) compiles; the bundled digits ViT (batch 64: 64x17x384 =
+# 418k) never does -- at 2**18 it did, and the one-off compile (~4 s per process with a warm inductor
+# cache) made the default `simulate` job's fake-quant 4x slower (4.4 s vs 1.1 s, idle 2-core EPYC).
+COMPILE_MIN_ELEMENTS = 1 << 20
 _compiled: dict = {}          # stage -> its torch.compile wrapper (one per process: dynamo caches per code object)
 _failed: set = set()          # stages whose compilation failed in this process: eager from then on
 
