@@ -46,7 +46,7 @@ from simulator.inputs import check_graph_images
 from reference.fakequant_predicted import predict_log2
 from simulator.predicted_graph import leaving, observing, with_predicted_scales
 from simulator.qgraph import QuantizedGraph
-from simulator.results import RunResult
+from simulator.results import CodeStore, RunResult
 from simulator.trace import Trace
 from simulator.walk import Leave, walk
 from simulator.windows import gather, merge_window_heads, split_window_heads, token_index, window_scores
@@ -322,7 +322,8 @@ class GraphFakeQuantExecutor:
 
         def keep(name, t):
             if name != g.input:
-                codes.setdefault(name, []).append(t.long().numpy())
+                keep_t = t if not (t.is_floating_point() or t.dtype == torch.bool) else t.long()
+                codes.setdefault(name, []).append(keep_t.numpy().copy())   # own integer dtype (`CodeStore`)
 
         exits = ExitRecorder(self.qg, len(images))
         outs = []
@@ -338,5 +339,4 @@ class GraphFakeQuantExecutor:
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
                       layers=[r for r, _ in layers], n_images=len(images), overflows=dict(ops.overflows))
         logits = exits.finish(trace, [i for _, i in layers], lc)
-        return RunResult(logits=logits, logit_codes=lc, trace=trace,
-                         codes={k: np.concatenate(v) for k, v in codes.items()})
+        return RunResult(logits=logits, logit_codes=lc, trace=trace, codes=CodeStore(codes))

@@ -103,8 +103,11 @@ def _unpack(hexbits: str, n: int):
     return np.unpackbits(np.frombuffer(bytes.fromhex(hexbits), dtype=np.uint8))[:n].astype(bool)
 
 
-def measure_row(model, model_name, calib, test, labels, recipe: dict, npu, batch_size: int) -> dict:
-    """Quantize, run both executors over ``test`` in batches, cost the trace on ``npu``."""
+def measure_row(model, model_name, calib, test, labels, recipe: dict, npu, batch_size: int,
+                exact_images: int) -> dict:
+    """Quantize, run both executors over ``test`` in batches, cost the trace on ``npu``; codes are
+    compared at every tensor on the first ``exact_images`` images, the rest run without keeping codes
+    (keeping every tensor's codes of a 197-token model costs ~48 MB per image and executor)."""
     import numpy as np
 
     import reference
@@ -124,10 +127,22 @@ def measure_row(model, model_name, calib, test, labels, recipe: dict, npu, batch
     pred_fq, pred_sim, exact, traces = [], [], [], []
     for s in range(0, len(test), batch_size):
         x = test[s:s + batch_size]
-        r_fq, r_sim = fq.run(x, batch_size=batch_size), sim.run(x, batch_size=batch_size)
+        check = s < exact_images
+        if check:
+            x = x[:exact_images - s]
+        r_fq, r_sim = fq.run(x, batch_size=batch_size, keep_codes=check), sim.run(x, batch_size=batch_size, keep_codes=check)
         pred_fq.append(r_fq.predictions)
         pred_sim.append(r_sim.predictions)
-        exact.append(bit_exact_images(r_fq.codes, r_sim.codes))
+        if check:
+            exact.append(bit_exact_images(r_fq.codes, r_sim.codes))
+            if len(x) < batch_size and s + len(x) < len(test):   # the rest of this batch, without codes
+                rest = test[s + len(x):s + batch_size]
+                r_fq2, r_sim2 = (fq.run(rest, batch_size=batch_size, keep_codes=False),
+                                 sim.run(rest, batch_size=batch_size, keep_codes=False))
+                pred_fq.append(r_fq2.predictions)
+                pred_sim.append(r_sim2.predictions)
+                traces.append(r_sim.trace)
+                r_sim = r_sim2
         traces.append(r_sim.trace)
     trace = Trace.concat(traces)
     cost = estimate(trace, npu)
@@ -137,7 +152,7 @@ def measure_row(model, model_name, calib, test, labels, recipe: dict, npu, batch
         "recipe": recipe, "label": cfg.label, "images": int(len(test)),
         "correct_fq": _pack(np.concatenate(pred_fq) == labels),
         "correct_sim": _pack(np.concatenate(pred_sim) == labels),
-        "bit_exact_images": int(np.concatenate(exact).sum()),
+        "bit_exact_images": int(np.concatenate(exact).sum()), "exact_checked": int(min(exact_images, len(test))),
         "gbops_per_image": float(cost.per_image("bops").mean() / 1e9 + (ran @ grouping).mean() / 1e9),
         "grouping_gbops_per_image": float((ran @ grouping).mean() / 1e9),
         "cycles_per_image": float(cost.per_image("cycles").mean()),
@@ -174,7 +189,7 @@ def render(state: dict, bits_list, rows) -> str:
                 mark = "**significant**" if t.significant else "not significant"
                 vs = f"{t.p_value:.3g} ({'+' if cs.sum() >= _unpack(got[best]['correct_sim'], n).sum() else '-'}; {mark})"
             out.append(f"| W{bits}A{bits} | {ROWS[r]} | {accuracy_interval(int(cf.sum()), n)} | "
-                       f"{accuracy_interval(int(cs.sum()), n)} | {rec['bit_exact_images']}/{n} | "
+                       f"{accuracy_interval(int(cs.sum()), n)} | {rec['bit_exact_images']}/{rec.get('exact_checked', n)} | "
                        f"{rec['gbops_per_image']:.3f} | {rec['cycles_per_image'] / 1e3:.1f} | {vs} |")
     return "\n".join(out) + "\n"
 
@@ -194,7 +209,10 @@ def main(argv=None) -> int:
     p.add_argument("--bits", default="8,6,4", help="comma-separated bit-widths (WbAb)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows of: {', '.join(ROWS)}")
     p.add_argument("--images", type=int, default=None, help="first N of a seed-0 shuffle of the test split")
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=25)
+    p.add_argument("--exact-images", type=int, default=None,
+                   help="compare codes at every tensor on the first N test images (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: all cores)")
     p.add_argument("--state", default=None, help="JSON of finished rows (default reports/fidelity/<model>[_outliers].json)")
     p.add_argument("--markdown", default=None, help="also write the table here")
     args = p.parse_args(argv)
@@ -207,6 +225,9 @@ def main(argv=None) -> int:
     state_path = Path(args.state or ROOT / "reports" / "fidelity" / f"{tag}.json")
     state = json.loads(state_path.read_text()) if state_path.exists() else {"meta": None, "rows": {}}
 
+    from simulator.engines import configure_threads
+
+    configure_threads(args.threads)
     torch.manual_seed(0)
     model = reference.load_model(args.model)
     planted = None
@@ -239,12 +260,14 @@ def main(argv=None) -> int:
             count = recipe.get("calib_images", CALIB)
             if count not in calib_all:
                 calib_all[count] = reference.load_dataset(data, model, "calib", limit=count)[0]
-            rec = measure_row(model, args.model, calib_all[count], test, labels, recipe, npu, args.batch_size)
+            rec = measure_row(model, args.model, calib_all[count], test, labels, recipe, npu, args.batch_size,
+                              len(test) if args.exact_images is None else args.exact_images)
             state["rows"][key] = rec
             state_path.parent.mkdir(parents=True, exist_ok=True)
             write_bytes(state_path, json.dumps(state, indent=1).encode())
             print(f"{key}: simulator {100 * _unpack(rec['correct_sim'], len(test)).mean():.1f}%, "
-                  f"bit-exact {rec['bit_exact_images']}/{len(test)}, {rec['row_s']:.0f} s", file=sys.stderr, flush=True)
+                  f"bit-exact {rec['bit_exact_images']}/{rec['exact_checked']}, {rec['row_s']:.0f} s",
+                  file=sys.stderr, flush=True)
     table = render(state, bits_list, rows)
     print(table)
     if args.markdown:

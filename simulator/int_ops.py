@@ -67,7 +67,7 @@ from simulator.kernels.two_scaled import activation_words, decode_operand, softm
 from simulator.predicted_graph import leaving, observing, with_predicted_scales
 from simulator.predicted_scales import predict_log2
 from simulator.qgraph import QuantizedGraph
-from simulator.results import RunResult
+from simulator.results import CodeStore, RunResult
 from simulator.trace import Trace
 from simulator.windows import gather, merge_window_heads, split_window_heads, token_index, window_scores
 from simulator.windows import ACC_MAX, ACC_MIN
@@ -312,7 +312,8 @@ class GraphIntegerExecutor:
 
         def keep(name, arr):
             if name != g.input:
-                codes.setdefault(name, []).append(np.asarray(arr).astype(np.int64))
+                arr = np.asarray(arr)      # a copy in the walk's own integer dtype (`CodeStore`)
+                codes.setdefault(name, []).append(arr.copy() if arr.dtype.kind in "iu" else arr.astype(np.int64))
 
         exits = ExitRecorder(self.qg, len(images))
         outs = []
@@ -329,5 +330,4 @@ class GraphIntegerExecutor:
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
                       layers=[r for r, _ in layers], n_images=len(images), overflows=dict(ops.overflows))
         logits = exits.finish(trace, [i for _, i in layers], lc)
-        return RunResult(logits=logits, logit_codes=lc, trace=trace,
-                         codes={k: np.concatenate(v) for k, v in codes.items()})
+        return RunResult(logits=logits, logit_codes=lc, trace=trace, codes=CodeStore(codes))

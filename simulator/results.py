@@ -2,13 +2,53 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from simulator.trace import Trace
 
-__all__ = ["RunResult", "first_mismatch", "bit_exact_images"]
+__all__ = ["RunResult", "CodeStore", "first_mismatch", "bit_exact_images"]
+
+
+class CodeStore(Mapping):
+    """The codes of every tensor, batch-first, held as the executor computed them (int8/int16/int32
+    where the tensor's bits allow) and widened to int64 on first access by name.
+
+    Why: a 197-token ViT has ~18M codes per image; widening every one to int64 while the executors
+    ran (then concatenating) allocated ~150 MB per DeiT-S image per executor, and on a 2-core VM that
+    allocation (page faults, 76% system time) took 30x the walk itself. `bit_exact_images` and
+    `first_mismatch` compare the narrow arrays through `raw` (numpy compares mixed integer dtypes
+    exactly), so a bit-exactness check never widens; ``codes[name]`` keeps returning int64 for
+    every other consumer. ``parts``: tensor -> the per-batch arrays (concatenated once, on first use).
+    """
+
+    def __init__(self, parts: dict[str, list[np.ndarray]] | None = None):
+        self._parts = {k: list(v) for k, v in (parts or {}).items()}
+        self._wide: dict[str, np.ndarray] = {}
+
+    def raw(self, name: str) -> np.ndarray:
+        """The codes of ``name`` in the executor's own integer dtype."""
+        parts = self._parts[name]
+        if len(parts) != 1:
+            parts[:] = [np.concatenate(parts)]
+        return parts[0]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._wide:
+            self._wide[name] = self.raw(name).astype(np.int64, copy=False)
+        return self._wide[name]
+
+    def __iter__(self):
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+
+def _raw(codes: Mapping, name: str) -> np.ndarray:
+    return codes.raw(name) if isinstance(codes, CodeStore) else np.asarray(codes[name])
 
 
 @dataclass
@@ -19,7 +59,7 @@ class RunResult:
     logits: np.ndarray
     logit_codes: np.ndarray
     trace: Trace
-    codes: dict[str, np.ndarray] = field(default_factory=dict)
+    codes: Mapping[str, np.ndarray] = field(default_factory=dict)     # a `CodeStore` from the executors
 
     @property
     def predictions(self) -> np.ndarray:
@@ -30,10 +70,10 @@ def bit_exact_images(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> np.n
     """Bool per image: every boundary's codes equal in ``a`` and ``b``."""
     if set(a) != set(b):
         raise ValueError(f"boundaries differ: {sorted(set(a) ^ set(b))}")
-    n = len(next(iter(a.values())))
+    n = len(_raw(a, next(iter(a))))
     ok = np.ones(n, dtype=bool)
     for k in a:
-        x, y = np.asarray(a[k]), np.asarray(b[k])
+        x, y = _raw(a, k), _raw(b, k)
         if x.shape != y.shape:
             return np.zeros(n, dtype=bool)
         ok &= (x.reshape(n, -1) == y.reshape(n, -1)).all(axis=1)
@@ -43,7 +83,7 @@ def bit_exact_images(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> np.n
 def first_mismatch(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> str | None:
     """Describe the first differing boundary/index, or None when all equal."""
     for k in a:
-        x, y = np.asarray(a[k]), np.asarray(b[k])
+        x, y = _raw(a, k), _raw(b, k)
         if x.shape != y.shape:
             return f"{k}: shape {x.shape} vs {y.shape}"
         diff = np.argwhere(x != y)
