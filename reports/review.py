@@ -147,7 +147,8 @@ def _correct(p: dict, n: int):
 def paired_rows(runs: list[dict]) -> list[dict]:
     """McNemar's exact test (`simulator.significance.paired_test`) of every run against its baseline on
     the same images: the best static run (highest simulator top-1) of the same model, data and image
-    count at the same W/A -- else at any W/A -- else, with no static run, the model's best run.
+    count at the same W/A -- else at any W/A -- else, with no static run, the model's best run. A
+    static run's baseline is the model's best static run at any W/A.
     One dict per compared run: ``label``, ``baseline``, ``a_only``/``b_only`` (images only the run /
     only the baseline gets right), ``p_value``, ``significant``."""
     groups: dict[tuple, list[dict]] = {}
@@ -160,7 +161,7 @@ def paired_rows(runs: list[dict]) -> list[dict]:
         for p in members:
             statics = [q for q in members if q["recipe"]["recipe"] == "static"]
             same_bits = [q for q in statics if _bits(q) == _bits(p)]
-            pool = same_bits or statics or members
+            pool = statics if p in statics else (same_bits or statics or members)
             base = max(pool, key=_acc)
             if base is p:
                 continue
@@ -272,7 +273,8 @@ def _markdown(results: dict, figs: dict, front: dict, out: Path) -> str:
               "## Accuracy and work per model", "", *_accuracy_table(runs, {p["run_key"] for p in front["bops"]}),
               "", "## Paired comparisons", "",
               "Each point against its baseline on the same images: the best static point of the same model at "
-              "the same bits (else at any bits; else the model's best point). McNemar's exact test counts only "
+              "the same bits (else at any bits; else the model's best point; for a static point, the "
+              "model's best static point at any bits). McNemar's exact test counts only "
               "the images where the two disagree (only one of them right); *significant* means p < 0.05.", "",
               *_paired_table(runs),
               "", "## Cost per accelerator", "",

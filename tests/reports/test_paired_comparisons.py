@@ -23,8 +23,9 @@ def test_each_run_meets_the_best_static_run_at_its_bits():
             _run("igq8", "igq", 8, igq8), _run("s4", "static", 4, s4), _run("igq4", "igq", 4, igq4),
             _run("other", "igq", 4, igq4, model="vit_clutter")]
     rows = {r["label"]: r for r in paired_rows(runs)}
-    assert set(rows) == {"s8_fixed", "igq8", "igq4"}      # the baselines and a model's only run are not compared
+    assert set(rows) == {"s8_fixed", "igq8", "s4", "igq4"}   # the model's best static run and a model's only run are not
     assert rows["s8_fixed"]["baseline"] == rows["igq8"]["baseline"] == "s8_cal"
+    assert rows["s4"]["baseline"] == "s8_cal"                # a static run: the best static run at any bits
     assert rows["igq4"]["baseline"] == "s4"
     b, c = int((igq4 & ~s4).sum()), int((~igq4 & s4).sum())
     assert (rows["igq4"]["a_only"], rows["igq4"]["b_only"]) == (b, c)
