@@ -27,6 +27,7 @@ Each finished row is stored in ``--state`` (JSON, written atomically), and a rer
 holds, so a long table can be built over several runs. Run from the repository root::
 
     python scripts/fidelity_table.py --model vit_clutter [--outliers] [--bits 8,6,4] [--rows static,igq_g2]
+    python scripts/fidelity_table.py --model vit_clutter --render-only     # the table of the stored rows
 
 Prints the table as Markdown (and ``--markdown PATH`` writes it).
 """
@@ -187,7 +188,8 @@ def render(state: dict, bits_list, rows) -> str:
             else:
                 t = paired_test(cs, _unpack(got[best]["correct_sim"], n))
                 mark = "**significant**" if t.significant else "not significant"
-                vs = f"{t.p_value:.3g} ({'+' if cs.sum() >= _unpack(got[best]['correct_sim'], n).sum() else '-'}; {mark})"
+                diff = int(cs.sum()) - int(_unpack(got[best]["correct_sim"], n).sum())
+                vs = f"{t.p_value:.3g} ({'+' if diff > 0 else '-' if diff < 0 else '='}{abs(diff)} images; {mark})"
             out.append(f"| W{bits}A{bits} | {ROWS[r]} | {accuracy_interval(int(cf.sum()), n)} | "
                        f"{accuracy_interval(int(cs.sum()), n)} | {rec['bit_exact_images']}/{rec.get('exact_checked', n)} | "
                        f"{rec['gbops_per_image']:.3f} | {rec['cycles_per_image'] / 1e3:.1f} | {vs} |")
@@ -215,6 +217,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: all cores)")
     p.add_argument("--state", default=None, help="JSON of finished rows (default reports/fidelity/<model>[_outliers].json)")
     p.add_argument("--markdown", default=None, help="also write the table here")
+    p.add_argument("--render-only", action="store_true", help="print the table of the rows in --state; run nothing")
     args = p.parse_args(argv)
     bits_list = [int(b) for b in args.bits.split(",")]
     rows = [r for r in args.rows.split(",") if r]
@@ -228,6 +231,14 @@ def main(argv=None) -> int:
     from simulator.engines import configure_threads
 
     configure_threads(args.threads)
+    if args.render_only:
+        if state["meta"] is None:
+            raise SystemExit(f"fidelity_table: {state_path} holds no rows")
+        table = render(state, bits_list, rows)
+        print(table)
+        if args.markdown:
+            write_bytes(args.markdown, table.encode())
+        return 0
     torch.manual_seed(0)
     model = reference.load_model(args.model)
     planted = None
