@@ -46,7 +46,7 @@ from simulator.inputs import check_graph_images
 from reference.fakequant_predicted import predict_log2
 from simulator.predicted_graph import leaving, observing, with_predicted_scales
 from simulator.qgraph import QuantizedGraph
-from simulator.results import CodeStore, RunResult
+from simulator.results import CodeDigests, CodeStore, RunResult
 from simulator.trace import Trace
 from simulator.walk import Leave, walk
 from simulator.windows import gather, merge_window_heads, split_window_heads, token_index, window_scores
@@ -313,17 +313,25 @@ class GraphFakeQuantExecutor:
         self.qg, self.nonlinear, self.compile = qg, nonlinear, compile
 
     @torch.no_grad()
-    def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
+    def run(self, images, batch_size: int = 64, keep_codes: bool | str = True) -> RunResult:
+        """Run the walk over ``images`` in batches. ``keep_codes``: True keeps every tensor's codes
+        (``RunResult.codes``), ``"digest"`` only their per-image digests (``RunResult.digests``,
+        `simulator.results.CodeDigests`), False neither."""
         g = self.qg.graph
         images = torch.as_tensor(check_graph_images(images, self.qg))   # shape, real dtype, finite values
         base = FakeQuantOps(self.qg, self.nonlinear, self.compile)
         ops = with_predicted_scales(base, lambda x, sp: predict_log2(x, sp)[1].numpy(), torch.cat)
         codes: dict[str, list] = {}
+        digests = CodeDigests() if keep_codes == "digest" else None
 
         def keep(name, t):
-            if name != g.input:
-                keep_t = t if not (t.is_floating_point() or t.dtype == torch.bool) else t.long()
-                codes.setdefault(name, []).append(keep_t.numpy().copy())   # own integer dtype (`CodeStore`)
+            if name == g.input:
+                return
+            if digests is not None:        # digested as the walk makes it (floats hold integer codes)
+                digests.add(name, t.numpy())
+                return
+            keep_t = t if not (t.is_floating_point() or t.dtype == torch.bool) else t.long()
+            codes.setdefault(name, []).append(keep_t.numpy().copy())   # own integer dtype (`CodeStore`)
 
         exits = ExitRecorder(self.qg, len(images))
         outs = []
@@ -339,4 +347,4 @@ class GraphFakeQuantExecutor:
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
                       layers=[r for r, _ in layers], n_images=len(images), overflows=dict(ops.overflows))
         logits = exits.finish(trace, [i for _, i in layers], lc)
-        return RunResult(logits=logits, logit_codes=lc, trace=trace, codes=CodeStore(codes))
+        return RunResult(logits=logits, logit_codes=lc, trace=trace, codes=CodeStore(codes), digests=digests)

@@ -107,8 +107,8 @@ def _unpack(hexbits: str, n: int):
 def measure_row(model, model_name, calib, test, labels, recipe: dict, npu, batch_size: int,
                 exact_images: int) -> dict:
     """Quantize, run both executors over ``test`` in batches, cost the trace on ``npu``; codes are
-    compared at every tensor on the first ``exact_images`` images, the rest run without keeping codes
-    (keeping every tensor's codes of a 197-token model costs ~48 MB per image and executor)."""
+    compared at every tensor on the first ``exact_images`` images (through per-image digests,
+    `simulator.results.CodeDigests`), the rest run without them."""
     import numpy as np
 
     import reference
@@ -131,11 +131,12 @@ def measure_row(model, model_name, calib, test, labels, recipe: dict, npu, batch
         check = s < exact_images
         if check:
             x = x[:exact_images - s]
-        r_fq, r_sim = fq.run(x, batch_size=batch_size, keep_codes=check), sim.run(x, batch_size=batch_size, keep_codes=check)
+        r_fq, r_sim = fq.run(x, batch_size=batch_size, keep_codes=check and "digest"), \
+            sim.run(x, batch_size=batch_size, keep_codes=check and "digest")
         pred_fq.append(r_fq.predictions)
         pred_sim.append(r_sim.predictions)
         if check:
-            exact.append(bit_exact_images(r_fq.codes, r_sim.codes))
+            exact.append(bit_exact_images(r_fq.digests, r_sim.digests))
             if len(x) < batch_size and s + len(x) < len(test):   # the rest of this batch, without codes
                 rest = test[s + len(x):s + batch_size]
                 r_fq2, r_sim2 = (fq.run(rest, batch_size=batch_size, keep_codes=False),

@@ -67,7 +67,7 @@ from simulator.kernels.two_scaled import activation_words, decode_operand, softm
 from simulator.predicted_graph import leaving, observing, with_predicted_scales
 from simulator.predicted_scales import predict_log2
 from simulator.qgraph import QuantizedGraph
-from simulator.results import CodeStore, RunResult
+from simulator.results import CodeDigests, CodeStore, RunResult
 from simulator.trace import Trace
 from simulator.windows import gather, merge_window_heads, split_window_heads, token_index, window_scores
 from simulator.windows import ACC_MAX, ACC_MIN
@@ -302,17 +302,25 @@ class GraphIntegerExecutor:
         return {"requested": "auto", "classes": chooser.report(self.gemm_used),
                 "cache": None if chooser.path is None else str(chooser.path)}
 
-    def run(self, images, batch_size: int = 64, keep_codes: bool = True) -> RunResult:
+    def run(self, images, batch_size: int = 64, keep_codes: bool | str = True) -> RunResult:
+        """Run the walk over ``images`` in batches. ``keep_codes``: True keeps every tensor's codes
+        (``RunResult.codes``), ``"digest"`` only their per-image digests (``RunResult.digests``,
+        `simulator.results.CodeDigests`), False neither."""
         from simulator.walk import walk
         g = self.qg.graph
         images = check_graph_images(images, self.qg)   # shape, real dtype, finite values
         base = IntOps(self.qg, self.backend)
         ops = with_predicted_scales(base, lambda x, sp: predict_log2(np.asarray(x), sp)[1], np.concatenate)
         codes: dict[str, list] = {}
+        digests = CodeDigests() if keep_codes == "digest" else None
 
         def keep(name, arr):
-            if name != g.input:
-                arr = np.asarray(arr)      # a copy in the walk's own integer dtype (`CodeStore`)
+            if name == g.input:
+                return
+            arr = np.asarray(arr)
+            if digests is not None:        # digested as the walk makes it, nothing kept
+                digests.add(name, arr)
+            else:                          # a copy in the walk's own integer dtype (`CodeStore`)
                 codes.setdefault(name, []).append(arr.copy() if arr.dtype.kind in "iu" else arr.astype(np.int64))
 
         exits = ExitRecorder(self.qg, len(images))
@@ -330,4 +338,4 @@ class GraphIntegerExecutor:
         trace = Trace(model=self.qg.meta.get("model", "model"), recipe=self.qg.meta.get("label", "static"),
                       layers=[r for r, _ in layers], n_images=len(images), overflows=dict(ops.overflows))
         logits = exits.finish(trace, [i for _, i in layers], lc)
-        return RunResult(logits=logits, logit_codes=lc, trace=trace, codes=CodeStore(codes))
+        return RunResult(logits=logits, logit_codes=lc, trace=trace, codes=CodeStore(codes), digests=digests)
