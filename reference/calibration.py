@@ -25,8 +25,9 @@ class BoundaryStats:
         self.seen = 0
 
     def add(self, t: torch.Tensor) -> None:
-        v = t.detach().reshape(-1).numpy()            # sampled in the tensor's own dtype, then widened: the
-        m = float(np.abs(v).max(initial=0.0))         # draws depend on the size only and widening is exact
+        v = t.detach().reshape(-1).numpy()            # sampled in the tensor's own dtype, then widened:
+        # draws depend on the size only and widening is exact; max |x| as max(max, -min): no |v| copy
+        m = max(float(v.max(initial=0.0)), -float(v.min(initial=0.0))) if v.size else 0.0
         self.amax = max(self.amax, m if np.isfinite(m) else np.inf)   # NaN kept as inf, not lost by max()
         self.seen += v.size
         take = min(v.size, self.max_samples)
