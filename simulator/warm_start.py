@@ -46,9 +46,12 @@ def warm_calls() -> list[tuple[str, Callable[[], object]]]:
     """(name, call) for each kernel specialisation of the default job, in the order the integer executor
     first calls them on a ViT with a static recipe: patchify, patch embedding (int16 residual stream),
     LayerNorm, qkv (int8), softmax (int64 and int32 accumulators), the numba pair GEMM (timed by ``--backend
-    auto`` and chosen on some machines), attn @ V, proj + residual, fc1 (Q12 int32), GELU."""
+    auto`` and chosen on some machines), attn @ V, proj + residual, fc1 (Q12 int32), GELU; with the code
+    digests of the bit-exact check (`simulator.kernels.code_digest`) of each dtype where it first occurs,
+    the fake-quant executor's float32 codes last (it runs after the simulator)."""
     import numpy as np
 
+    from simulator.kernels.code_digest import row_digests
     from simulator.kernels.gemm import int_matmul
     from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
     from simulator.kernels.output_stage import linear_output, quantize_patches, requant_output
@@ -58,14 +61,20 @@ def warm_calls() -> list[tuple[str, Callable[[], object]]]:
     vec = np.ones(4, dtype=np.int64)
     res16 = np.zeros((2, 4), dtype=np.int16)
 
+    def digest(dtype):
+        return lambda: row_digests(np.zeros((1, 2), dtype))
+
     def linear(out_dtype, res=None):
         return lambda: linear_output(acc32, vec, vec, vec, -8, 7, out_dtype, res=res, res_mult=1 if res is not None
                                      else 0, res_shift=1)
 
     return [
         ("quantize_patches", lambda: quantize_patches(np.zeros((1, 1, 2, 2), np.float32), (2, 2), 0.5, 8)),
+        ("row_digests uint8", digest(np.uint8)),
         ("linear_output int16", linear(np.int16)),
+        ("row_digests int16", digest(np.int16)),
         ("int_layernorm", lambda: int_layernorm(res16, 1, vec, vec, 1, -8, 7, np.int8)),
+        ("row_digests int8", digest(np.int8)),
         ("linear_output int8", linear(np.int8)),
         ("int_softmax", lambda: int_softmax(acc64, 1, 1, 8)),
         ("int_softmax int32", lambda: int_softmax(acc32, 1, 1, 8)),
@@ -74,7 +83,9 @@ def warm_calls() -> list[tuple[str, Callable[[], object]]]:
         ("requant_output", lambda: requant_output(acc64, 1, 1, -8, 7, np.int8)),
         ("linear_output int16 + residual", linear(np.int16, res16)),
         ("linear_output int32", linear(np.int32)),
+        ("row_digests int32", digest(np.int32)),
         ("int_gelu", lambda: int_gelu(acc32, 1, 1, -8, 7, np.int8)),
+        ("row_digests float32", digest(np.float32)),      # the fake-quant executor's float-held codes
     ]
 
 

@@ -29,9 +29,8 @@ Lanes: four independent multiply chains, so the loop is not one serial dependenc
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from simulator.jit import parallel_kernel
+from simulator.jit import kernel
 
 __all__ = ["row_digests"]
 
@@ -42,10 +41,10 @@ _M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
 
 
-@parallel_kernel
+@kernel
 def _digest_rows(a, out):
     n, m = a.shape
-    for i in prange(n):
+    for i in range(n):
         l0 = _SEED
         l1 = _SEED + np.uint64(1)
         l2 = _SEED + np.uint64(2)

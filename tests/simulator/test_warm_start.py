@@ -25,7 +25,10 @@ import sys
 model = reference.load_model()
 calib, _ = reference.load_dataset("digits", model, "calib")
 x, _ = reference.load_dataset("digits", model, "test", limit=4)
-GraphIntegerExecutor(reference.quantize(model, calib, "configs/recipes/static_w8a8.yaml")).run(x)
+from reference.fakequant_ops import GraphFakeQuantExecutor
+qg = reference.quantize(model, calib, "configs/recipes/static_w8a8.yaml")
+GraphIntegerExecutor(qg).run(x, keep_codes="digest")          # as the main job's bit-exact check runs them
+GraphFakeQuantExecutor(qg).run(x, keep_codes="digest")
 miss = hit = 0
 for name, mod in list(sys.modules.items()):
     if name.startswith("simulator"):
@@ -78,4 +81,5 @@ def test_warm_start_is_skipped_when_warm_or_turned_off(tmp_path, monkeypatch):
 
 def test_warm_calls_follow_the_executor_order():
     names = [n for n, _ in warm_start.warm_calls()]
-    assert names[0] == "quantize_patches" and names[-1] == "int_gelu" and len(set(names)) == len(names)
+    assert names[0] == "quantize_patches" and names[-2] == "int_gelu" and len(set(names)) == len(names)
+    assert names[-1] == "row_digests float32"          # the fake-quant executor's, after the simulator
