@@ -15,7 +15,10 @@ images, where the Wald interval is visibly wrong near 0 and 1):
   under H0 ``b ~ Binomial(b + c, 1/2)`` and the two-sided p-value is
   ``min(1, 2 * P[X <= min(b, c)])`` (1 when ``b + c = 0``).
 
-Pure numpy/scipy on counts or boolean arrays; ``SIGNIFICANCE_LEVEL`` marks
+Pure numpy/scipy on counts or boolean arrays, through ``scipy.special`` (the
+Beta quantile is ``betaincinv``, the inverse regularised incomplete beta
+function, which is what ``scipy.stats.beta.ppf`` evaluates; the binomial CDF is
+``bdtr``): importing ``scipy.stats`` cost ~0.9 s of every ``simulate``; ``SIGNIFICANCE_LEVEL`` marks
 a comparison significant when ``p < 0.05``.
 """
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta, binom
+from scipy.special import bdtr, betaincinv
 
 __all__ = ["SIGNIFICANCE_LEVEL", "Interval", "accuracy_interval", "clopper_pearson_upper", "Paired", "mcnemar_exact",
            "paired_test"]
@@ -63,14 +66,14 @@ def accuracy_interval(correct: int, total: int, level: float = 0.95) -> Interval
     if not 0.0 < level < 1.0:
         raise ValueError(f"accuracy_interval: level must be in (0, 1), got {level}")
     tail = (1.0 - level) / 2.0
-    low = 0.0 if correct == 0 else float(beta.ppf(tail, correct, total - correct + 1))
+    low = 0.0 if correct == 0 else float(betaincinv(correct, total - correct + 1, tail))
     return Interval(correct, total, low, clopper_pearson_upper(correct, total, tail), level)
 
 
 def clopper_pearson_upper(k: int, n: int, tail: float) -> float:
     """One-sided Clopper-Pearson upper bound of ``k / n`` at confidence ``1 - tail``:
     the ``1 - tail`` quantile of ``Beta(k + 1, n - k)`` (1 when ``k = n``)."""
-    return 1.0 if k == n else float(beta.ppf(1.0 - tail, k + 1, n - k))
+    return 1.0 if k == n else float(betaincinv(k + 1, n - k, 1.0 - tail))
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ def mcnemar_exact(a_only: int, b_only: int) -> Paired:
     if b < 0 or c < 0:
         raise ValueError(f"mcnemar_exact: discordant counts must be >= 0, got {b}, {c}")
     n = b + c
-    p = 1.0 if n == 0 else min(1.0, 2.0 * float(binom.cdf(min(b, c), n, 0.5)))
+    p = 1.0 if n == 0 else min(1.0, 2.0 * float(bdtr(min(b, c), n, 0.5)))
     return Paired(b, c, p)
 
 

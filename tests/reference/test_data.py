@@ -47,6 +47,30 @@ def test_digits_split_sizes_dtypes_and_range():
         assert images.min() == -1.0 and images.max() == 1.0
 
 
+def test_digits_split_is_scikit_learns_without_importing_it():
+    """The stored split order and the CSV reader give exactly what scikit-learn computes."""
+    import subprocess
+    import sys
+
+    import sklearn.datasets
+    from sklearn.model_selection import train_test_split
+
+    from reference.digits_split import digits_pixels, load_digits_arrays
+
+    want = sklearn.datasets.load_digits()
+    images, labels = load_digits_arrays()
+    assert np.array_equal(images, want.images) and np.array_equal(labels, want.target)
+    pixels = (want.images / 16.0).astype(np.float32)[:, None]
+    tr_x, te_x, tr_y, te_y = train_test_split(pixels, want.target, test_size=0.2, stratify=want.target, random_state=0)
+    for split, x, y in (("train", tr_x, tr_y), ("test", te_x, te_y)):
+        got_x, got_y = digits_pixels(split)
+        assert np.array_equal(got_x, x) and np.array_equal(got_y, y), split
+    code = ("import sys; from reference.digits_split import digits_pixels; digits_pixels('calib'); "
+            "print(any(m == 'sklearn' or m.startswith('sklearn.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_digits_split_is_stratified():
     _, train_labels = load_digits("train")
     _, test_labels = load_digits("test")
