@@ -215,6 +215,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--exact-images", type=int, default=None,
                    help="compare codes at every tensor on the first N test images (default: all)")
+    p.add_argument("--recheck-exact", action="store_true",
+                   help="re-measure stored rows whose bit-exact check covered fewer images than the table "
+                        "(their top-1 must come out the same; a difference is reported)")
     p.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: all cores)")
     p.add_argument("--state", default=None, help="JSON of finished rows (default reports/fidelity/<model>[_outliers].json)")
     p.add_argument("--markdown", default=None, help="also write the table here")
@@ -266,7 +269,8 @@ def main(argv=None) -> int:
     for bits in bits_list:
         for r in rows:
             key = f"{r}@{bits}"
-            if key in state["rows"]:
+            old = state["rows"].get(key)
+            if old is not None and not (args.recheck_exact and old["exact_checked"] < len(test)):
                 continue
             recipe = recipe_for(r, bits)
             count = recipe.get("calib_images", CALIB)
@@ -274,6 +278,13 @@ def main(argv=None) -> int:
                 calib_all[count] = reference.load_dataset(data, model, "calib", limit=count)[0]
             rec = measure_row(model, args.model, calib_all[count], test, labels, recipe, npu, args.batch_size,
                               len(test) if args.exact_images is None else args.exact_images)
+            if old is not None:
+                rec["rechecked_from"] = {"exact_checked": old["exact_checked"],
+                                         "bit_exact_images": old["bit_exact_images"]}
+                for k in ("correct_fq", "correct_sim"):
+                    if rec[k] != old[k]:
+                        print(f"{key}: {k} differs from the stored row (the row is not deterministic)",
+                              file=sys.stderr, flush=True)
             state["rows"][key] = rec
             state_path.parent.mkdir(parents=True, exist_ok=True)
             write_bytes(state_path, json.dumps(state, indent=1).encode())
