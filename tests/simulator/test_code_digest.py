@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from digits_executors import digits_setup
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -92,14 +93,7 @@ def test_bit_exact_on_digests_equals_bit_exact_on_codes(a, b, data):
 
 @pytest.fixture(scope="module")
 def digits_w4a4():
-    import reference
-    from simulator.engines import graph_executors
-
-    model = reference.load_model()
-    calib, _ = reference.load_dataset("digits", model, "calib")
-    images, labels = reference.load_dataset("digits", model, "test", limit=24)
-    qg = reference.quantize(model, calib, "configs/recipes/igq_w4a4.yaml")
-    return model, images, labels, graph_executors(qg, "auto")
+    return digits_setup("configs/recipes/igq_w4a4.yaml", 24)
 
 
 def test_executors_digest_what_they_would_keep(digits_w4a4):

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from digits_executors import digits_setup
 
 from simulator.cli import main
 from simulator.errors import InputError
@@ -39,14 +40,7 @@ def test_reference_positions_bad_values(mode, size, needle):
 
 @pytest.fixture(scope="module")
 def digits_w8a8():
-    import reference
-    from simulator.engines import graph_executors
-
-    model = reference.load_model()
-    calib, _ = reference.load_dataset("digits", model, "calib")
-    images, labels = reference.load_dataset("digits", model, "test", limit=40)
-    qg = reference.quantize(model, calib, "configs/recipes/static_w8a8.yaml")
-    return model, images, labels, graph_executors(qg, "auto")
+    return digits_setup("configs/recipes/static_w8a8.yaml", 40)
 
 
 def test_sampled_reference_is_the_full_reference_on_those_images(digits_w8a8):
