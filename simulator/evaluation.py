@@ -128,19 +128,14 @@ def evaluate_images(model, executors, images: np.ndarray, labels: np.ndarray, st
         with torch.no_grad():
             preds["fp32"].append(model(torch.as_tensor(x)).argmax(1).numpy())
         seconds["fp32"] += time.perf_counter() - t
-        if not len(rows):
-            t = time.perf_counter()
-            r_sim = sim.run(x, batch_size=batch_size, keep_codes=False)
-            seconds["sim"] += time.perf_counter() - t
-            preds["sim"].append(r_sim.predictions)
-            traces.append(r_sim.trace)
-            continue
-        xs = x if len(rows) == len(x) else x[rows]        # the checked images of this batch
         t = time.perf_counter()
-        r_sim = sim.run(x, batch_size=batch_size, keep_codes="digest")
+        r_sim = sim.run(x, batch_size=batch_size, keep_codes=bool(len(rows)) and "digest")
         seconds["sim"] += time.perf_counter() - t
         preds["sim"].append(r_sim.predictions)
         traces.append(r_sim.trace)
+        if not len(rows):
+            continue
+        xs = x if len(rows) == len(x) else x[rows]        # the checked images of this batch
         sim_digests = r_sim.digests.take(rows)
         del r_sim
         t = time.perf_counter()

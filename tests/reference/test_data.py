@@ -55,13 +55,14 @@ def test_digits_split_is_scikit_learns_without_importing_it():
     import sklearn.datasets
     from sklearn.model_selection import train_test_split
 
-    from reference.digits_split import digits_pixels, load_digits_arrays
+    from reference.digits_split import DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, digits_pixels, load_digits_arrays
 
     want = sklearn.datasets.load_digits()
     images, labels = load_digits_arrays()
     assert np.array_equal(images, want.images) and np.array_equal(labels, want.target)
     pixels = (want.images / 16.0).astype(np.float32)[:, None]
-    tr_x, te_x, tr_y, te_y = train_test_split(pixels, want.target, test_size=0.2, stratify=want.target, random_state=0)
+    tr_x, te_x, tr_y, te_y = train_test_split(pixels, want.target, test_size=DIGITS_TEST_FRACTION, stratify=want.target,
+                                              random_state=DIGITS_SPLIT_SEED)
     for split, x, y in (("train", tr_x, tr_y), ("test", te_x, te_y)):
         got_x, got_y = digits_pixels(split)
         assert np.array_equal(got_x, x) and np.array_equal(got_y, y), split
