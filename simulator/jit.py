@@ -1,8 +1,10 @@
 """Numba JIT flags in one place, and the jitted fixed-point primitives.
 
 ``cache=True`` so a second start does not recompile (into
-`simulator.kernel_cache.user_cache_dir` unless ``NUMBA_CACHE_DIR`` is set); ``parallel=True`` only on
-kernels whose outer loop is a ``prange`` over rows. The scalar primitives are
+`simulator.kernel_cache.user_cache_dir` unless ``NUMBA_CACHE_DIR`` is set); ``nogil=True`` so row
+kernels run on several threads at once (`simulator.kernels.row_blocks`: every kernel is compiled
+serial, with its row range as arguments -- numba's ``parallel=True`` costs 2-3x the compile time).
+The scalar primitives are
 the very functions of `simulator.fixedpoint` / `simulator.int_nonlinear`,
 compiled here (inlined into the kernels).
 """
@@ -17,7 +19,7 @@ import numba
 from simulator import fixedpoint, int_activations, int_nonlinear, scale_predictor, softmax_codes, two_scaled
 from simulator.kernel_cache import user_cache_dir
 
-__all__ = ["kernel", "parallel_kernel", "rounding_rshift", "saturate", "requantize", "isqrt",
+__all__ = ["kernel", "rounding_rshift", "saturate", "requantize", "isqrt",
            "round_half_up", "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine",
            "v2sf_encode", "v2sf_decode", "softmax_v2sf_code", "gelu_v2sf_code", "quick_gelu_q12", "rounding_mean",
            "softmax_pow2_codes", "log2_code", "log2_operand"]
@@ -28,7 +30,6 @@ if not os.environ.get("NUMBA_CACHE_DIR"):   # read by numba's cache locator when
     numba.config.CACHE_DIR = str(user_cache_dir())   # (simulator.kernel_cache: why a user directory)
 
 kernel = numba.njit(cache=True, nogil=True)
-parallel_kernel = numba.njit(cache=True, nogil=True, parallel=True)
 _scalar = numba.njit(cache=True, nogil=True, inline="always")
 
 _compiled: dict = {}

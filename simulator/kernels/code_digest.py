@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.jit import kernel
+from simulator.kernels.row_blocks import run_row_blocks
 
 __all__ = ["row_digests"]
 
@@ -42,9 +43,9 @@ _S33 = np.uint64(33)
 
 
 @kernel
-def _digest_rows(a, out):
-    n, m = a.shape
-    for i in range(n):
+def _digest_rows(r0, r1, a, out):
+    m = a.shape[1]
+    for i in range(r0, r1):
         l0 = _SEED
         l1 = _SEED + np.uint64(1)
         l2 = _SEED + np.uint64(2)
@@ -86,5 +87,5 @@ def row_digests(codes) -> np.ndarray:
     a = np.ascontiguousarray(a.reshape(n, -1))
     out = np.empty(n, dtype=np.uint64)
     if n:
-        _digest_rows(a, out)
+        run_row_blocks(_digest_rows, n, a.shape[1], a, out)
     return out

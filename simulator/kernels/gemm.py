@@ -11,7 +11,7 @@ int64 otherwise; every backend returns that same dtype.
 
 Backends (`EXACT_BACKENDS`):
 
-* ``numba``: jitted kernels, ``prange`` over output rows. For 8-bit codes
+* ``numba``: jitted kernels over blocks of output rows (`row_blocks`). For 8-bit codes
   (int8/uint8 ``a``, int8 ``b``) the **pair kernel** `_gemm_pairs`: ``b``'s rows
   are interleaved in pairs so each step adds ``a[i,2h] b[2h,j] + a[i,2h+1]
   b[2h+1,j]`` over a contiguous run of j (the ``pmaddwd`` shape: LLVM emits
@@ -56,10 +56,10 @@ says otherwise): values outside it are saturated and counted, never wrapped.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from simulator.jit import parallel_kernel
+from simulator.jit import kernel
 from simulator.kernels import gemm_choice
+from simulator.kernels.row_blocks import run_row_blocks
 
 __all__ = ["int_matmul", "saturate_acc", "BACKENDS", "EXACT_BACKENDS", "result_dtype", "applicable",
            "torch_facts", "default_chooser"]
@@ -74,13 +74,14 @@ F32_EXACT = 1 << 24
 F64_EXACT = 1 << 53
 
 
-@parallel_kernel
-def _gemm_dot(a, bt, out):
-    """``out[p, i, j] = sum_k a[p, i, k] * bt[q, j, k]``, q = p (or 0 when bt is shared): any integers."""
-    nb, m, k = a.shape
+@kernel
+def _gemm_dot(t0, t1, a, bt, out):
+    """``out[p, i, j] = sum_k a[p, i, k] * bt[q, j, k]``, q = p (or 0 when bt is shared), for the rows
+    ``t = p * M + i`` in t0 .. t1-1: any integers."""
+    m, k = a.shape[1], a.shape[2]
     n = bt.shape[1]
     shared = bt.shape[0] == 1
-    for t in prange(nb * m):
+    for t in range(t0, t1):
         p, i = t // m, t % m
         q = 0 if shared else p
         for j in range(n):
@@ -90,8 +91,8 @@ def _gemm_dot(a, bt, out):
             out[p, i, j] = s
 
 
-@parallel_kernel
-def _gemm_pairs(au, bp, init, out):
+@kernel
+def _gemm_pairs(t0, t1, au, bp, init, out):
     """``out[p, i, j] = init[q, j] + sum_h au[p, i, 2h] bp[q, h, 2j] + au[p, i, 2h+1] bp[q, h, 2j+1]``, int32.
 
     ``au`` uint8 [P, M, 2H], ``bp`` int8 [P or 1, H, 2N]: ``b``'s rows taken in pairs and interleaved
@@ -99,10 +100,10 @@ def _gemm_pairs(au, bp, init, out):
     ``pmaddwd`` shape (AVX2 / AVX-512 ``vpmaddwd``, ``vpdpwssd`` with VNNI), vectorised over j.
     Sums wrap modulo 2**32; the caller guarantees the exact result fits int32 (module docstring).
     """
-    nb, m, k2 = au.shape
+    m, k2 = au.shape[1], au.shape[2]
     n = out.shape[2]
     shared = bp.shape[0] == 1
-    for t in prange(nb * m):
+    for t in range(t0, t1):                      # rows t = p * M + i
         p, i = t // m, t % m
         q = 0 if shared else p
         acc = init[q].copy()
@@ -180,10 +181,11 @@ def _run_numba(a3, b3, dtype):
         out = np.empty((nb, m, b3.shape[2]), dtype=np.int32)
         init = (-128 * b3.sum(axis=1, dtype=np.int32) if a3.dtype == np.int8
                 else np.zeros((b3.shape[0], b3.shape[2]), dtype=np.int32))
-        _gemm_pairs(np.ascontiguousarray(au), _pair_rows(b3), init, out)
+        run_row_blocks(_gemm_pairs, nb * m, k * b3.shape[2], np.ascontiguousarray(au), _pair_rows(b3), init, out)
         return out
     out = np.empty((nb, m, b3.shape[2]), dtype=dtype)
-    _gemm_dot(np.ascontiguousarray(a3), np.ascontiguousarray(b3.swapaxes(-1, -2)), out)
+    run_row_blocks(_gemm_dot, nb * m, k * b3.shape[2], np.ascontiguousarray(a3),
+                   np.ascontiguousarray(b3.swapaxes(-1, -2)), out)
     return out
 
 
