@@ -34,8 +34,7 @@ from reference.recipes import quantize
 from reference.recipes.config import RecipeConfig
 from reference.fakequant_ops import GraphFakeQuantExecutor as FakeQuantExecutor
 from simulator.int_ops import GraphIntegerExecutor as IntegerExecutor
-from simulator.engines import configure_threads
-configure_threads({threads})
+torch.set_num_threads({threads}); numba.set_num_threads({threads})
 torch.manual_seed(0)
 kw = {{}} if {img!r} is None else {{"img_size": {img!r}}}
 m = timm.create_model({model!r}, pretrained=False, **kw).eval()

@@ -139,7 +139,8 @@ def main(argv=None) -> int:
     times = best_times(fns, args.repeats)
     report = sim.gemm_report()
     print(f"CPU: {cpu_description()}")
-    print(f"threads: torch {threads['torch']}, kernels {threads['kernels']} (row blocks)")
+    print(f"threads: torch {threads['torch']}, numba {threads['numba']} (numba threading layer "
+          f"{threads['numba_layer']})")
     print(f"{args.model}  {h}x{w} px ({tokens} tokens)  batch {args.batch}  W{args.wbits}A{args.abits}  "
           f"backend {args.backend}")
     print(f"  calibration + freeze {t_quant:.1f} s; simulator first call (JIT load, backend measurement) "

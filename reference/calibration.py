@@ -25,9 +25,14 @@ class BoundaryStats:
         self.seen = 0
 
     def add(self, t: torch.Tensor) -> None:
-        v = t.detach().reshape(-1).numpy()            # sampled in the tensor's own dtype, then widened:
-        # draws depend on the size only and widening is exact; max |x| as max(max, -min): no |v| copy
-        m = max(float(v.max(initial=0.0)), -float(v.min(initial=0.0))) if v.size else 0.0
+        t = t.detach().reshape(-1)
+        v = t.numpy()                                 # sampled in the tensor's own dtype, then widened:
+        # draws depend on the size only and widening is exact; max |x| as max(max, -min, 0) in one
+        # multi-threaded pass (torch.aminmax; a NaN propagates as in numpy's max)
+        m = 0.0
+        if v.size:
+            lo, hi = (float(b) for b in torch.aminmax(t))
+            m = max(hi, -lo, 0.0) if lo == lo and hi == hi else np.nan
         self.amax = max(self.amax, m if np.isfinite(m) else np.inf)   # NaN kept as inf, not lost by max()
         self.seen += v.size
         take = min(v.size, self.max_samples)

@@ -63,18 +63,33 @@ def _codes(v: torch.Tensor, qz) -> torch.Tensor:
     return saturate(round_half_up(v), qz.lo, qz.hi).to(code_dtype(qz.lo, qz.hi))
 
 
+def _codes_of_temporary(v: torch.Tensor, lo, hi, dtype) -> torch.Tensor:
+    """``saturate(round_half_up(v), lo, hi)`` in ``dtype`` for a float64 temporary ``v``, which it
+    overwrites: the operations of `round_half_up` (floor; ``v - floor(v) >= 0.5`` added, as 0.0 or
+    1.0) and `saturate`, in place -- the same values, without the bool-to-float copy and the
+    allocations of the out-of-place form (measured ~1.3x on the float-nonlinear stages)."""
+    f = torch.floor(v)
+    v.sub_(f).ge_(0.5)
+    return f.add_(v).clamp_(lo, hi).to(dtype)
+
+
+def _float64_copy(x: torch.Tensor) -> torch.Tensor:
+    """A new float64 tensor of ``x``'s values (never ``x`` itself, which the caller then scales in place)."""
+    return x.to(torch.float64, copy=True)
+
+
 def _float_layernorm_codes(x, in_scale, gamma, beta, eps, out_scale, lo, hi, dtype):
-    y = F.layer_norm(x.double() * in_scale, (x.shape[-1],), gamma, beta, eps)
-    return saturate(round_half_up(y / out_scale), lo, hi).to(dtype)
+    y = F.layer_norm(_float64_copy(x).mul_(in_scale), (x.shape[-1],), gamma, beta, eps)
+    return _codes_of_temporary(y.div_(out_scale), lo, hi, dtype)
 
 
 def _float_softmax_codes(acc, in_scale, out_mult, lo, hi, dtype):
-    return saturate(round_half_up(torch.softmax(acc.double() * in_scale, dim=-1) * out_mult), lo, hi).to(dtype)
+    return _codes_of_temporary(torch.softmax(_float64_copy(acc).mul_(in_scale), dim=-1).mul_(out_mult), lo, hi, dtype)
 
 
 def _float_activation_codes(h, function, out_scale, lo, hi, dtype):
-    return saturate(round_half_up(_FLOAT_ACT[function](h.double() * 2.0 ** -GELU_FRAC_BITS) / out_scale),
-                    lo, hi).to(dtype)
+    return _codes_of_temporary(_FLOAT_ACT[function](_float64_copy(h).mul_(2.0 ** -GELU_FRAC_BITS)).div_(out_scale),
+                               lo, hi, dtype)
 
 
 _FLOAT_ACT = {"gelu_erf": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),

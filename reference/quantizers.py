@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulator.errors import InputError
-from simulator.fixedpoint import round_half_up, saturate
+from reference.tensor_primitives import round_half_up
+from simulator.fixedpoint import saturate
 
 __all__ = [
     "QParams", "code_range", "quantize", "dequantize", "fake_quantize",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
 import torch
 
 from simulator import fixedpoint
@@ -41,6 +42,9 @@ def round_half_up(v):
     ~20x on float64)."""
     if isinstance(v, torch.Tensor) and v.is_floating_point():
         f = torch.floor(v)
+        return f + (v - f >= 0.5)
+    if isinstance(v, np.ndarray) and v.dtype.kind == "f":     # numpy's float ``// 1`` is ~10x slower than floor
+        f = np.floor(v)
         return f + (v - f >= 0.5)
     return fixedpoint.round_half_up(v)
 

@@ -68,12 +68,11 @@ def shard_bounds(n_images: int, batch_size: int, workers: int) -> list[tuple[int
 
 def _limit_threads(threads: int | None) -> None:
     if threads:
+        import numba
         import torch
 
-        from simulator.kernels import row_blocks
-
         torch.set_num_threads(threads)
-        row_blocks.set_threads(threads)
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def run_shard(job: ShardJob, model, qgraph) -> Shard:

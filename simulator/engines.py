@@ -55,22 +55,26 @@ def available_cores() -> int:
 
 
 def configure_threads(n: int | None = None) -> dict:
-    """Size torch's thread pool and the kernels' row-block pool once for a run: ``n`` each (default:
-    `available_cores`); returns ``{"torch": t, "kernels": k}``, what was set.
+    """Size torch's and numba's thread pools once for a run: ``n`` each (default: `available_cores`).
 
-    Both get the same size because they never run at the same time: the walk runs one op at a time,
-    and an op is either a numba kernel (its rows in blocks on ``k`` threads,
-    `simulator.kernels.row_blocks`; torch's threads are parked) or a torch GEMM (torch's pool), so
-    at most ``n`` threads compute at once. The kernels hand out more blocks than threads, so on a
-    busy machine a descheduled thread delays one small block and the others take the rest.
+    Both pools get the same size because they never run at the same time: the walk runs one op
+    at a time, and an op is either a numba kernel (numba's pool; torch's threads are parked) or a
+    torch GEMM (torch's pool; numba's are parked), so at most ``n`` threads compute at once. The
+    two pools are separate OpenMP runtimes (torch's bundled libgomp, numba's omp layer), so a
+    parked pool does not shrink the other. numba cannot exceed the pool it launched with
+    (``NUMBA_NUM_THREADS``, default: the CPU count); a larger ``n`` is capped there, and the
+    returned ``{"torch": t, "numba": m, "numba_layer": ...}`` says what was set and which numba
+    threading layer runs (``tbb`` when the tbb package is installed, else ``omp``/``workqueue``).
+    On a busy machine a parallel region waits for its slowest thread; TBB's work stealing lets
+    the running threads take a descheduled one's rows (README, "Threads").
     """
+    import numba
     import torch
-
-    from simulator.kernels import row_blocks
 
     n = available_cores() if n is None else n
     if n < 1:
         raise InputError(f"--threads: expected a positive integer, got {n}")
     torch.set_num_threads(n)
-    row_blocks.set_threads(n)
-    return {"torch": torch.get_num_threads(), "kernels": row_blocks.threads()}
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return {"torch": torch.get_num_threads(), "numba": numba.get_num_threads(),
+            "numba_layer": numba.threading_layer()}

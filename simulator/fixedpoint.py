@@ -85,7 +85,8 @@ def isqrt(v):
 def round_half_up(v):
     """Float to nearest integer, ties toward +inf: ``floor(v + 0.5)``.
 
-    For numpy/torch arrays pass the module's floor through `floor_of`;
+    Scalars (and numba, which compiles this very function); for numpy and torch arrays
+    `reference.tensor_primitives.round_half_up` computes the same with ``floor`` in one pass;
     kept as the documented float twin of `rounding_rshift`.
     """
     return v // 1 + (v - v // 1 >= 0.5)   # exact; (v + 0.5) // 1 errs at k+0.5-ulp and odd v >= 2**52

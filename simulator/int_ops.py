@@ -47,6 +47,7 @@ half up; one saturation rule) per op kind:
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
 from simulator import igq_graph, ir
 from simulator.fixedpoint import requantize, saturate
@@ -55,13 +56,12 @@ from simulator.graph_trace import graph_layer_ops
 from simulator.int_activations import rounding_mean
 from simulator.inputs import check_graph_images
 from simulator.int_nonlinear import GELU_INPUT_LIMIT
-from simulator.jit import kernel, quick_gelu_q12
+from simulator.jit import quick_gelu_q12, row_kernel
 from simulator.jit import requantize as jrequantize
 from simulator.jit import saturate as jsaturate
 from simulator.kernels.gemm import default_chooser, int_matmul, saturate_acc
 from simulator.kernels.nonlinear import int_gelu, int_layernorm, int_softmax
 from simulator.kernels.output_stage import code_dtype, linear_output, quantize_patches, requant_output
-from simulator.kernels.row_blocks import run_row_blocks
 from simulator.kernels.softmax_codes import int_softmax_log2, int_softmax_pow2, log2_decode
 from simulator.kernels.two_scaled import activation_words, decode_operand, softmax_stage
 from simulator.predicted_graph import leaving, observing, with_predicted_scales
@@ -75,9 +75,9 @@ from simulator.windows import ACC_MAX, ACC_MIN
 __all__ = ["IntOps", "GraphIntegerExecutor", "int_quick_gelu", "biased_window_scores"]
 
 
-@kernel
+@row_kernel
 def _quick_gelu(r0, r1, h, out_mult, out_shift, lo, hi, out):
-    for i in range(r0, r1):
+    for i in prange(r0, r1):
         for j in range(h.shape[1]):
             x = jsaturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
             out[i, j] = jsaturate(jrequantize(quick_gelu_q12(x), out_mult, out_shift), lo, hi)
@@ -87,8 +87,8 @@ def int_quick_gelu(h: np.ndarray, out_mult: int, out_shift: int, lo: int, hi: in
     """quick-GELU of Q12 values ``h`` then requantization to signed codes."""
     h2 = h.reshape(-1, h.shape[-1])
     out = np.empty(h2.shape, dtype=out_dtype)
-    run_row_blocks(_quick_gelu, h2.shape[0], h2.shape[1], h2, np.int64(out_mult), np.int64(out_shift), np.int64(lo),
-                   np.int64(hi), out)
+    _quick_gelu(0, h2.shape[0], h2, np.int64(out_mult), np.int64(out_shift), np.int64(lo),
+                np.int64(hi), out)
     return out.reshape(h.shape)
 
 

@@ -1,9 +1,19 @@
 """Numba JIT flags in one place, and the jitted fixed-point primitives.
 
 ``cache=True`` so a second start does not recompile (into
-`simulator.kernel_cache.user_cache_dir` unless ``NUMBA_CACHE_DIR`` is set); ``nogil=True`` so row
-kernels run on several threads at once (`simulator.kernels.row_blocks`: every kernel is compiled
-serial, with its row range as arguments -- numba's ``parallel=True`` costs 2-3x the compile time).
+`simulator.kernel_cache.user_cache_dir` unless ``NUMBA_CACHE_DIR`` is set).
+
+Row kernels (`row_kernel`) take their row range ``r0, r1`` as the first two arguments and loop
+``prange(r0, r1)``; each is compiled two ways from the one source: **parallel** (``parallel=True``,
+numba's thread pool) and **serial** (the same loop as a plain ``range``). The parallel variant is the
+one that runs; the serial one exists for the first ``simulate`` after an install: numba compiles a
+parallel kernel in 2-3x the time of the serial one (output stage 1.8 s vs 0.8 s, softmax 1.5 s vs
+0.5 s, LayerNorm 1.0 s vs 0.3 s; idle 2-core AMD EPYC, numba 0.68), which made up most of the cold
+start. While a warm-start helper this process launched (`simulator.warm_start`) is still compiling
+the parallel variants into the cache, `use_parallel` is False and the kernels run serial; from the
+first call after it exits they run parallel, loaded from the cache. Both variants compute every row
+by the same code, so the codes do not depend on which ran (tests/simulator/test_row_kernels.py).
+
 The scalar primitives are
 the very functions of `simulator.fixedpoint` / `simulator.int_nonlinear`,
 compiled here (inlined into the kernels).
@@ -11,6 +21,7 @@ compiled here (inlined into the kernels).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import types
 
@@ -19,7 +30,7 @@ import numba
 from simulator import fixedpoint, int_activations, int_nonlinear, scale_predictor, softmax_codes, two_scaled
 from simulator.kernel_cache import user_cache_dir
 
-__all__ = ["kernel", "rounding_rshift", "saturate", "requantize", "isqrt",
+__all__ = ["kernel", "row_kernel", "RowKernel", "use_parallel", "kernel_variant", "rounding_rshift", "saturate", "requantize", "isqrt",
            "round_half_up", "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine",
            "v2sf_encode", "v2sf_decode", "softmax_v2sf_code", "gelu_v2sf_code", "quick_gelu_q12", "rounding_mean",
            "softmax_pow2_codes", "log2_code", "log2_operand"]
@@ -30,7 +41,59 @@ if not os.environ.get("NUMBA_CACHE_DIR"):   # read by numba's cache locator when
     numba.config.CACHE_DIR = str(user_cache_dir())   # (simulator.kernel_cache: why a user directory)
 
 kernel = numba.njit(cache=True, nogil=True)
+_parallel = numba.njit(cache=True, nogil=True, parallel=True)
 _scalar = numba.njit(cache=True, nogil=True, inline="always")
+
+_variant: dict = {"forced": None, "parallel_ok": False}
+
+
+def use_parallel() -> bool:
+    """Whether row kernels run their parallel variant now: yes, unless a variant is forced
+    (`kernel_variant`) or a warm-start helper launched by this process is still running."""
+    if _variant["forced"] is not None:
+        return _variant["forced"] == "parallel"
+    if _variant["parallel_ok"]:
+        return True
+    from simulator import warm_start
+
+    if warm_start.compiling():
+        return False
+    _variant["parallel_ok"] = True
+    return True
+
+
+@contextlib.contextmanager
+def kernel_variant(name: str):
+    """Run every row kernel's ``"serial"`` or ``"parallel"`` variant inside the block."""
+    if name not in ("serial", "parallel"):
+        raise ValueError(f"kernel variant: expected 'serial' or 'parallel', got {name!r}")
+    old, _variant["forced"] = _variant["forced"], name
+    try:
+        yield
+    finally:
+        _variant["forced"] = old
+
+
+class RowKernel:
+    """One row kernel compiled serial and parallel (module docstring); calls run `use_parallel`'s pick."""
+
+    def __init__(self, f):
+        self.py_func = f
+        self.serial = kernel(f)
+        twin = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+        # another qualified name: numba names a kernel's cache files by it, and the cache key
+        # does not include ``parallel``, so the two variants must not share files
+        twin.__module__, twin.__qualname__, twin.__doc__ = f.__module__, f.__qualname__ + "__parallel", f.__doc__
+        self.parallel = _parallel(twin)
+        self.__name__, self.__qualname__, self.__doc__ = f.__name__, f.__qualname__, f.__doc__
+
+    def __call__(self, *args):
+        return (self.parallel if use_parallel() else self.serial)(*args)
+
+
+def row_kernel(f) -> RowKernel:
+    """Decorator: ``f(r0, r1, ...)`` looping ``prange(r0, r1)`` as a `RowKernel`."""
+    return RowKernel(f)
 
 _compiled: dict = {}
 

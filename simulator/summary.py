@@ -96,7 +96,8 @@ def gemm_line(g: dict, threads: dict | None = None) -> str:
         how = f"auto, {how}" + (f" in {g['cache']}" if g.get("cache") else "")
     else:
         how = f"--backend {g['requested']}"
-    th = f"; threads: torch {threads['torch']}, kernels {threads['kernels']}" if threads else ""
+    th = (f"; threads: torch {threads['torch']}, numba {threads['numba']} ({threads.get('numba_layer', '?')})"
+          if threads else "")
     return f"simulator GEMMs: {used or 'none'} ({how}){th}"
 
 

@@ -16,11 +16,10 @@ import tempfile
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="vit-intsim-test-cache-")
 os.environ.pop("VIT_INTSIM_GEMM_REMEASURE", None)
 
+import numba
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
-
-from simulator.kernels import row_blocks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # `import oracles, strategies`
 
@@ -30,13 +29,13 @@ settings.register_profile("dev", deadline=None, max_examples=300, print_blob=Tru
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# One thread each for torch and the kernels' row blocks by default: on a shared
-# 2-core machine every parallel region waits for a descheduled sibling thread,
-# and the tiny kernels of these tests ran 100-250x slower with 2 threads
-# (measured). The multi-threaded paths are still exercised: tests that check
-# them take the `parallel_kernels` fixture.
+# One thread each for torch and numba by default: on a shared 2-core machine
+# every parallel region waits for a descheduled sibling thread, and the tiny
+# kernels of these tests ran 100-250x slower with 2 threads (measured). The
+# parallel (prange) paths are still exercised: tests that check them take
+# the `parallel_numba` fixture.
 torch.set_num_threads(1)
-row_blocks.set_threads(1)
+numba.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -45,19 +44,17 @@ def _one_thread_each():
     yield
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
-    if row_blocks.threads() != 1:
-        row_blocks.set_threads(1)
+    if numba.get_num_threads() != 1:
+        numba.set_num_threads(1)
 
 
 @pytest.fixture
-def parallel_kernels(monkeypatch):
-    """Run the test with the kernels' rows split into blocks on 2 threads, however small the call
-    (`simulator.kernels.row_blocks`: every row its own block where there are enough rows)."""
-    old = row_blocks.threads()
-    row_blocks.set_threads(2)
-    monkeypatch.setattr(row_blocks, "MIN_BLOCK_ELEMENTS", 1)
-    yield 2
-    row_blocks.set_threads(old)
+def parallel_numba():
+    """Run the test with numba's parallel kernels on (up to) 2 threads."""
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    yield numba.get_num_threads()
+    numba.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

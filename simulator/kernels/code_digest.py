@@ -29,9 +29,9 @@ Lanes: four independent multiply chains, so the loop is not one serial dependenc
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
-from simulator.jit import kernel
-from simulator.kernels.row_blocks import run_row_blocks
+from simulator.jit import row_kernel
 
 __all__ = ["row_digests"]
 
@@ -42,10 +42,10 @@ _M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
 
 
-@kernel
+@row_kernel
 def _digest_rows(r0, r1, a, out):
     m = a.shape[1]
-    for i in range(r0, r1):
+    for i in prange(r0, r1):
         l0 = _SEED
         l1 = _SEED + np.uint64(1)
         l2 = _SEED + np.uint64(2)
@@ -87,5 +87,5 @@ def row_digests(codes) -> np.ndarray:
     a = np.ascontiguousarray(a.reshape(n, -1))
     out = np.empty(n, dtype=np.uint64)
     if n:
-        run_row_blocks(_digest_rows, n, a.shape[1], a, out)
+        _digest_rows(0, n, a, out)
     return out

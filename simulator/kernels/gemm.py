@@ -56,10 +56,10 @@ says otherwise): values outside it are saturated and counted, never wrapped.
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
-from simulator.jit import kernel
+from simulator.jit import row_kernel
 from simulator.kernels import gemm_choice
-from simulator.kernels.row_blocks import run_row_blocks
 
 __all__ = ["int_matmul", "saturate_acc", "BACKENDS", "EXACT_BACKENDS", "result_dtype", "applicable",
            "torch_facts", "default_chooser"]
@@ -74,14 +74,14 @@ F32_EXACT = 1 << 24
 F64_EXACT = 1 << 53
 
 
-@kernel
+@row_kernel
 def _gemm_dot(t0, t1, a, bt, out):
     """``out[p, i, j] = sum_k a[p, i, k] * bt[q, j, k]``, q = p (or 0 when bt is shared), for the rows
     ``t = p * M + i`` in t0 .. t1-1: any integers."""
     m, k = a.shape[1], a.shape[2]
     n = bt.shape[1]
     shared = bt.shape[0] == 1
-    for t in range(t0, t1):
+    for t in prange(t0, t1):
         p, i = t // m, t % m
         q = 0 if shared else p
         for j in range(n):
@@ -91,7 +91,7 @@ def _gemm_dot(t0, t1, a, bt, out):
             out[p, i, j] = s
 
 
-@kernel
+@row_kernel
 def _gemm_pairs(t0, t1, au, bp, init, out):
     """``out[p, i, j] = init[q, j] + sum_h au[p, i, 2h] bp[q, h, 2j] + au[p, i, 2h+1] bp[q, h, 2j+1]``, int32.
 
@@ -103,7 +103,7 @@ def _gemm_pairs(t0, t1, au, bp, init, out):
     m, k2 = au.shape[1], au.shape[2]
     n = out.shape[2]
     shared = bp.shape[0] == 1
-    for t in range(t0, t1):                      # rows t = p * M + i
+    for t in prange(t0, t1):                      # rows t = p * M + i
         p, i = t // m, t % m
         q = 0 if shared else p
         acc = init[q].copy()
@@ -181,11 +181,11 @@ def _run_numba(a3, b3, dtype):
         out = np.empty((nb, m, b3.shape[2]), dtype=np.int32)
         init = (-128 * b3.sum(axis=1, dtype=np.int32) if a3.dtype == np.int8
                 else np.zeros((b3.shape[0], b3.shape[2]), dtype=np.int32))
-        run_row_blocks(_gemm_pairs, nb * m, k * b3.shape[2], np.ascontiguousarray(au), _pair_rows(b3), init, out)
+        _gemm_pairs(0, nb * m, np.ascontiguousarray(au), _pair_rows(b3), init, out)
         return out
     out = np.empty((nb, m, b3.shape[2]), dtype=dtype)
-    run_row_blocks(_gemm_dot, nb * m, k * b3.shape[2], np.ascontiguousarray(a3),
-                   np.ascontiguousarray(b3.swapaxes(-1, -2)), out)
+    _gemm_dot(0, nb * m, np.ascontiguousarray(a3),
+              np.ascontiguousarray(b3.swapaxes(-1, -2)), out)
     return out
 
 

@@ -54,7 +54,6 @@ import numba
 import numpy as np
 
 from simulator.errors import InputError
-from simulator.kernels import row_blocks
 
 __all__ = ["shape_class", "machine_facts", "machine_key", "cache_path", "BackendChooser", "SPEED_FLAGS",
            "REMEASURE_ENV", "FORMAT"]
@@ -103,7 +102,7 @@ def machine_facts(extra: dict | None = None) -> dict:
     """What decides which backend is fastest here (module docstring); ``extra``: torch's facts."""
     model, flags = _cpu()
     return {"cpu": model, "flags": list(flags), "arch": platform.machine(), "numpy": np.__version__,
-            "numba": numba.__version__, "kernel_threads": row_blocks.threads(), **(extra or {})}
+            "numba": numba.__version__, "numba_threads": numba.get_num_threads(), **(extra or {})}
 
 
 def machine_key(facts: dict) -> str:

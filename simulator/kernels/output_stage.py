@@ -10,8 +10,9 @@ multipliers and our round-half-up rule.)
 from __future__ import annotations
 
 import numpy as np
-from simulator.jit import kernel, requantize, round_half_up, saturate
-from simulator.kernels.row_blocks import run_row_blocks
+from numba import prange
+
+from simulator.jit import requantize, round_half_up, row_kernel, saturate
 
 __all__ = ["linear_output", "requant_output", "code_dtype", "quantize_patches"]
 
@@ -23,11 +24,11 @@ def code_dtype(bits: int):
     return np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32
 
 
-@kernel
+@row_kernel
 def _linear_output(r0, r1, acc, bias, mult, shift, res, res_mult, res_shift, lo, hi, out):
     n = acc.shape[1]
     over = 0
-    for i in range(r0, r1):
+    for i in prange(r0, r1):
         for j in range(n):
             a = np.int64(acc[i, j]) + bias[j]
             if a < ACC_LO or a > ACC_HI:
@@ -61,14 +62,14 @@ def linear_output(acc, bias, mult, shift, lo, hi, out_dtype, res=None, res_mult=
     numba compilation on a cold start; `simulator.warm_start`)."""
     out = np.empty(acc.shape, dtype=out_dtype)
     r = np.ascontiguousarray(res) if res is not None else _NO_RESIDUAL
-    over = run_row_blocks(_linear_output, acc.shape[0], acc.shape[1], _acc32(acc), bias, mult, shift, r,
+    over = _linear_output(0, acc.shape[0], _acc32(acc), bias, mult, shift, r,
                           np.int64(res_mult), np.int64(res_shift), np.int64(lo), np.int64(hi), out)
-    return out, sum(over)
+    return out, over
 
 
-@kernel
+@row_kernel
 def _requant_output(r0, r1, acc, mult, shift, lo, hi, out):
-    for i in range(r0, r1):
+    for i in prange(r0, r1):
         for j in range(acc.shape[1]):
             out[i, j] = saturate(requantize(np.int64(acc[i, j]), mult, shift), lo, hi)
 
@@ -77,24 +78,24 @@ def requant_output(acc, mult: int, shift: int, lo: int, hi: int, out_dtype):
     """Per-tensor ``saturate(requantize(acc, M, k))`` of any-shaped acc."""
     a2 = np.ascontiguousarray(acc.reshape(-1, acc.shape[-1]), dtype=np.int64)   # one specialisation
     out = np.empty(a2.shape, dtype=out_dtype)
-    run_row_blocks(_requant_output, a2.shape[0], a2.shape[1], a2, np.int64(mult), np.int64(shift), np.int64(lo),
-                   np.int64(hi), out)
+    _requant_output(0, a2.shape[0], a2, np.int64(mult), np.int64(shift), np.int64(lo),
+                    np.int64(hi), out)
     return out.reshape(acc.shape)
 
 
-@kernel
+@row_kernel
 def _quantize_patches(r0, r1, images, ph, pw, in_scale, lo, hi, out):
     c, w = images.shape[1], images.shape[3]
     gw = w // pw
     npatch = out.shape[1]
-    for i in range(r0, r1):                  # rows: (image, patch) pairs
+    for i in prange(r0, r1):                  # rows: (image, patch) pairs
         n, p = i // npatch, i % npatch
-        r0, c0 = (p // gw) * ph, (p % gw) * pw
+        y0, x0 = (p // gw) * ph, (p % gw) * pw
         j = 0
         for ch in range(c):
             for y in range(ph):
                 for x in range(pw):
-                    v = np.float64(images[n, ch, r0 + y, c0 + x]) / in_scale
+                    v = np.float64(images[n, ch, y0 + y, x0 + x]) / in_scale
                     out[n, p, j] = saturate(np.int64(round_half_up(v)), lo, hi)
                     j += 1
 
@@ -108,6 +109,6 @@ def quantize_patches(images: np.ndarray, patch_size, in_scale: float, bits: int)
     ph, pw = patch_size
     out = np.empty((b, (h // ph) * (w // pw), c * ph * pw), dtype=code_dtype(bits))
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    run_row_blocks(_quantize_patches, out.shape[0] * out.shape[1], out.shape[2], np.ascontiguousarray(images), ph, pw,
-                   np.float64(in_scale), np.int64(lo), np.int64(hi), out)
+    _quantize_patches(0, out.shape[0] * out.shape[1], np.ascontiguousarray(images), ph, pw,
+                      np.float64(in_scale), np.int64(lo), np.int64(hi), out)
     return out

@@ -13,45 +13,46 @@ The graph op set (`simulator.int_ops`) calls `softmax_stage`,
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
 from simulator.int_nonlinear import GELU_INPUT_LIMIT
-from simulator.jit import gelu_q12, gelu_v2sf_code, kernel, quick_gelu_q12, saturate, softmax_v2sf_code, v2sf_decode
+from simulator.jit import (gelu_q12, gelu_v2sf_code, quick_gelu_q12, row_kernel, saturate, softmax_v2sf_code,
+                           v2sf_decode)
 from simulator.kernels.nonlinear import int_gelu, int_softmax, softmax_row_exp
-from simulator.kernels.row_blocks import run_row_blocks
 from simulator.two_scaled import operand_max
 
 __all__ = ["softmax_stage", "gelu_stage", "softmax_operand", "gelu_operand", "activation_words", "decode_operand"]
 
 
-@kernel
+@row_kernel
 def _softmax_v2sf_rows(r0, r1, acc, in_mult, in_shift, bits, fine_exp, ratio_shift, out):
     n = acc.shape[1]
-    e = np.empty(n, dtype=np.int64)
-    for i in range(r0, r1):
+    for i in prange(r0, r1):
+        e = np.empty(n, dtype=np.int64)            # per row: rows run in parallel
         recip = softmax_row_exp(acc, i, in_mult, in_shift, e)
         for j in range(n):
             out[i, j] = softmax_v2sf_code(e[j], recip, bits, fine_exp, ratio_shift)
 
 
-@kernel
+@row_kernel
 def _gelu_v2sf(r0, r1, h, mult, shift, bits, ratio_shift, out):
-    for i in range(r0, r1):
+    for i in prange(r0, r1):
         for j in range(h.shape[1]):
             x = saturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
             out[i, j] = gelu_v2sf_code(gelu_q12(x), mult, shift, bits, ratio_shift)
 
 
-@kernel
+@row_kernel
 def _quick_gelu_v2sf(r0, r1, h, mult, shift, bits, ratio_shift, out):
-    for i in range(r0, r1):
+    for i in prange(r0, r1):
         for j in range(h.shape[1]):
             x = saturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
             out[i, j] = gelu_v2sf_code(quick_gelu_q12(x), mult, shift, bits, ratio_shift)
 
 
-@kernel
+@row_kernel
 def _decode(r0, r1, codes, bits, ratio_shift, signed, out):
-    for i in range(r0, r1):
+    for i in prange(r0, r1):
         for j in range(codes.shape[1]):
             out[i, j] = v2sf_decode(np.int64(codes[i, j]), bits, ratio_shift, signed)
 
@@ -66,8 +67,8 @@ def softmax_stage(sm, acc: np.ndarray) -> np.ndarray:
         return int_softmax(acc, sm.in_mult, sm.in_shift, sm.out_bits)
     a2 = _rows(acc)
     out = np.empty(a2.shape, dtype=np.uint8 if sm.out_bits <= 8 else np.uint16)
-    run_row_blocks(_softmax_v2sf_rows, a2.shape[0], a2.shape[1], a2, np.int64(sm.in_mult), np.int64(sm.in_shift),
-                   np.int64(sm.out_bits), np.int64(sm.fine_exp), np.int64(sm.ratio_shift), out)
+    _softmax_v2sf_rows(0, a2.shape[0], a2, np.int64(sm.in_mult), np.int64(sm.in_shift),
+                       np.int64(sm.out_bits), np.int64(sm.fine_exp), np.int64(sm.ratio_shift), out)
     return out.reshape(acc.shape)
 
 
@@ -77,15 +78,15 @@ def gelu_stage(g, h: np.ndarray, lo: int, hi: int, out_dtype) -> np.ndarray:
         return int_gelu(h, g.out_mult, g.out_shift, lo, hi, out_dtype)
     h2 = _rows(h)
     out = np.empty(h2.shape, dtype=np.uint8 if g.out_bits <= 8 else np.uint16)
-    run_row_blocks(_gelu_v2sf, h2.shape[0], h2.shape[1], h2, np.int64(g.out_mult), np.int64(g.out_shift),
-                   np.int64(g.out_bits), np.int64(g.ratio_shift), out)
+    _gelu_v2sf(0, h2.shape[0], h2, np.int64(g.out_mult), np.int64(g.out_shift),
+               np.int64(g.out_bits), np.int64(g.ratio_shift), out)
     return out.reshape(h.shape)
 
 
 def _operand(codes: np.ndarray, bits: int, ratio_shift: int, signed: int) -> np.ndarray:
     c2 = _rows(codes)
     out = np.empty(c2.shape, dtype=np.int32)
-    run_row_blocks(_decode, c2.shape[0], c2.shape[1], c2, np.int64(bits), np.int64(ratio_shift), np.int64(signed),
+    _decode(0, c2.shape[0], c2, np.int64(bits), np.int64(ratio_shift), np.int64(signed),
                    out)
     return out.reshape(codes.shape)
 
@@ -111,8 +112,8 @@ def activation_words(function: str, g, h: np.ndarray) -> np.ndarray:
     h2 = _rows(np.ascontiguousarray(h))
     out = np.empty(h2.shape, dtype=np.uint8 if g.out_bits <= 8 else np.uint16)
     kern = _quick_gelu_v2sf if function == "quick_gelu" else _gelu_v2sf
-    run_row_blocks(kern, h2.shape[0], h2.shape[1], h2, np.int64(g.out_mult), np.int64(g.out_shift),
-                   np.int64(g.out_bits), np.int64(g.ratio_shift), out)
+    kern(0, h2.shape[0], h2, np.int64(g.out_mult), np.int64(g.out_shift),
+         np.int64(g.out_bits), np.int64(g.ratio_shift), out)
     return out.reshape(h.shape)
 
 

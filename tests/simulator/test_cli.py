@@ -37,7 +37,7 @@ def test_main_job_prints_summary_and_is_bit_exact(capsys, tmp_path):
     assert g["requested"] == "auto" and g["classes"]
     assert all(c["backend"] in ("numba", "int_mm", "blas_f32", "blas_f64") for c in g["classes"].values())
     assert all(c["source"] in ("measured", "cached", "only") for c in g["classes"].values())
-    assert r["threads"]["torch"] >= 1 and r["threads"]["kernels"] >= 1
+    assert r["threads"]["torch"] >= 1 and r["threads"]["numba"] >= 1
     assert "simulator GEMMs: " in out and "threads: torch" in out
 
 
@@ -47,10 +47,10 @@ def test_fixed_backend_and_threads_are_reported(capsys, tmp_path):
                           "--no-progress")
     assert code == 0, err
     r = json.loads(js.read_text())
-    assert r["threads"]["torch"] == 1 and r["threads"]["kernels"] == 1
-    assert r["threads"]["kernels"] == r["threads"]["torch"]
+    assert r["threads"]["torch"] == 1 and r["threads"]["numba"] == 1
+    assert r["threads"]["numba_layer"] in ("tbb", "omp", "workqueue")
     assert {c["backend"] for c in r["gemm_backend"]["classes"].values()} == {"blas_f64"}
-    assert "(--backend blas_f64); threads: torch 1, kernels 1" in out and r["bit_exact_images"] == 8
+    assert "(--backend blas_f64); threads: torch 1, numba 1" in out and r["bit_exact_images"] == 8
 
 
 def test_plant_outliers_keeps_fp32_and_is_reported(capsys, tmp_path):

@@ -67,8 +67,8 @@ def test_layerscale_model_all_backends(layerscale_cfg, bits):
 
 
 @pytest.mark.parametrize("backend", ["blas", "numba"])
-def test_parallel_kernels_bit_exact(layerscale_cfg, backend, parallel_kernels):
-    """The same check with the kernels' rows in blocks on 2 threads."""
+def test_parallel_kernels_bit_exact(layerscale_cfg, backend, parallel_numba):
+    """The same check with numba's prange kernels on 2 threads."""
     q = _quantized(layerscale_cfg, 3, 8, 8)
     assert_equivalent(q, random_images(layerscale_cfg, 4, seed=3, scale=3.0), backend)
 

@@ -109,8 +109,8 @@ def test_batched_attention_shapes():
     assert _check_backends(p, v, 255, 8).shape == (2, 3, 5, 4)
 
 
-def test_numba_backend_on_two_threads(parallel_kernels):
-    """The numba GEMM's rows in blocks on 2 threads, with more rows than threads."""
+def test_numba_backend_on_two_threads(parallel_numba):
+    """The prange over rows of the numba GEMM, with more rows than threads."""
     rng = np.random.default_rng(5)
     a = rng.integers(-128, 128, (3, 257, 40)).astype(np.int8)
     b = rng.integers(-128, 128, (40, 33)).astype(np.int8)
@@ -242,8 +242,8 @@ def test_linear_output_matches_oracle(case):
     assert over == want_over
 
 
-def test_linear_output_bias_overflow_count_many_rows(parallel_kernels):
-    """The overflow count is a sum over row blocks: exact with many rows on 2 threads."""
+def test_linear_output_bias_overflow_count_many_rows(parallel_numba):
+    """The overflow count is a reduction over a prange: exact with many rows on 2 threads."""
     m, n = 1000, 3
     acc = np.full((m, n), (1 << 31) - 5, dtype=np.int64)
     acc[::2] = 0

@@ -15,7 +15,7 @@ import pytest
 from simulator.kernels import gemm, gemm_choice
 from simulator.kernels.gemm_choice import BackendChooser, machine_key, shape_class
 
-FACTS = {"cpu": "Test CPU", "flags": ["avx2"], "arch": "x86_64", "kernel_threads": 1}
+FACTS = {"cpu": "Test CPU", "flags": ["avx2"], "arch": "x86_64", "numba_threads": 1}
 
 
 class FakeClock:
@@ -142,7 +142,7 @@ def test_cache_round_trips_and_is_per_machine(tmp_path):
     assert again.pick("k", clock2.candidates({"numba": 0.1, "blas_f32": 9.0}), macs=10)[0] == "blas_f32"
     assert clock2.calls == ["blas_f32"] and again.source["k"] == "cached"
 
-    other = dict(FACTS, kernel_threads=2)                   # another thread count is another machine
+    other = dict(FACTS, numba_threads=2)                   # another thread count is another machine
     clock3 = FakeClock()
     third = _chooser(path, clock3, facts=other)
     assert third.pick("k", clock3.candidates({"numba": 0.1, "blas_f32": 9.0}), macs=10)[0] == "numba"
@@ -198,6 +198,6 @@ def test_cache_path_follows_xdg(monkeypatch, tmp_path):
 
 def test_machine_facts_name_the_cpu_and_versions():
     facts = gemm_choice.machine_facts(gemm.torch_facts())
-    assert facts["cpu"] and facts["numba"] and facts["torch"] and facts["kernel_threads"] >= 1
+    assert facts["cpu"] and facts["numba"] and facts["torch"] and facts["numba_threads"] >= 1
     assert set(facts["flags"]) <= set(gemm_choice.SPEED_FLAGS)
     assert machine_key(facts) == machine_key(dict(reversed(list(facts.items()))))   # order-free

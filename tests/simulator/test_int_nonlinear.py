@@ -221,8 +221,8 @@ def test_layernorm_one_channel():
     assert out.tolist() == [[3], [3]]
 
 
-def test_kernels_on_two_threads_match_torch(fq, parallel_kernels):
-    """Many rows through the kernels in row blocks on 2 threads equal the torch operators."""
+def test_kernels_on_two_threads_match_torch(fq, parallel_numba):
+    """Many rows through the prange kernels on 2 threads equal the torch operators."""
     rng = np.random.default_rng(7)
     acc = rng.integers(-(1 << 20), 1 << 20, (4, 3, 50, 50))
     sm = SoftmaxQ(in_mult=1 << 30, in_shift=40, in_scale=1.0, out_bits=8)

@@ -29,12 +29,19 @@ from reference.fakequant_ops import GraphFakeQuantExecutor
 qg = reference.quantize(model, calib, "configs/recipes/static_w8a8.yaml")
 GraphIntegerExecutor(qg).run(x, keep_codes="digest")          # as the main job's bit-exact check runs them
 GraphFakeQuantExecutor(qg).run(x, keep_codes="digest")
+from simulator.jit import RowKernel
 miss = hit = 0
 for name, mod in list(sys.modules.items()):
     if name.startswith("simulator"):
         for obj in vars(mod).values():
-            if isinstance(obj, CPUDispatcher) and obj.__module__ == name:
-                miss += sum(obj.stats.cache_misses.values()); hit += sum(obj.stats.cache_hits.values())
+            if isinstance(obj, RowKernel) and obj.py_func.__module__ == name:
+                disp = [obj.serial, obj.parallel]
+            elif isinstance(obj, CPUDispatcher) and obj.__module__ == name:
+                disp = [obj]
+            else:
+                continue
+            for d in disp:
+                miss += sum(d.stats.cache_misses.values()); hit += sum(d.stats.cache_hits.values())
 print(miss, hit, numba.config.CACHE_DIR)
 """
 
@@ -83,3 +90,31 @@ def test_warm_calls_follow_the_executor_order():
     names = [n for n, _ in warm_start.warm_calls()]
     assert names[0] == "quantize_patches" and names[-2] == "int_gelu" and len(set(names)) == len(names)
     assert names[-1] == "row_digests float32"          # the fake-quant executor's, after the simulator
+
+
+class _Helper:
+    """A stand-in for the helper process: running until ``exit_code`` is set."""
+
+    def __init__(self):
+        self.exit_code = None
+
+    def poll(self):
+        return self.exit_code
+
+
+def test_kernels_run_serial_while_the_helper_compiles(monkeypatch):
+    from simulator import jit
+
+    helper = _Helper()
+    monkeypatch.setattr(warm_start, "_started", [helper])
+    monkeypatch.setitem(jit._variant, "parallel_ok", False)
+    assert warm_start.compiling() and not jit.use_parallel()
+    with jit.kernel_variant("parallel"):
+        assert jit.use_parallel()
+    helper.exit_code = 0
+    assert not warm_start.compiling() and jit.use_parallel()
+    helper.exit_code = None                     # once switched, it stays parallel
+    assert jit.use_parallel()
+    with pytest.raises(ValueError, match="serial"):
+        with jit.kernel_variant("fast"):
+            pass
