@@ -73,22 +73,24 @@ def _codes_of_temporary(v: torch.Tensor, lo, hi, dtype) -> torch.Tensor:
     return f.add_(v).clamp_(lo, hi).to(dtype)
 
 
-def _float64_copy(x: torch.Tensor) -> torch.Tensor:
-    """A new float64 tensor of ``x``'s values (never ``x`` itself, which the caller then scales in place)."""
-    return x.to(torch.float64, copy=True)
+def _scaled_float64(x: torch.Tensor, scale) -> torch.Tensor:
+    """``float64(x) * scale`` as a new tensor, in one pass: a float64 0-d (or per-channel) factor
+    makes the product float64, and each element is the same IEEE product as ``x.double() * scale``
+    (integer codes convert to float64 exactly)."""
+    return torch.mul(x, scale if isinstance(scale, torch.Tensor) else torch.tensor(float(scale), dtype=torch.float64))
 
 
 def _float_layernorm_codes(x, in_scale, gamma, beta, eps, out_scale, lo, hi, dtype):
-    y = F.layer_norm(_float64_copy(x).mul_(in_scale), (x.shape[-1],), gamma, beta, eps)
+    y = F.layer_norm(_scaled_float64(x, in_scale), (x.shape[-1],), gamma, beta, eps)
     return _codes_of_temporary(y.div_(out_scale), lo, hi, dtype)
 
 
 def _float_softmax_codes(acc, in_scale, out_mult, lo, hi, dtype):
-    return _codes_of_temporary(torch.softmax(_float64_copy(acc).mul_(in_scale), dim=-1).mul_(out_mult), lo, hi, dtype)
+    return _codes_of_temporary(torch.softmax(_scaled_float64(acc, in_scale), dim=-1).mul_(out_mult), lo, hi, dtype)
 
 
 def _float_activation_codes(h, function, out_scale, lo, hi, dtype):
-    return _codes_of_temporary(_FLOAT_ACT[function](_float64_copy(h).mul_(2.0 ** -GELU_FRAC_BITS)).div_(out_scale),
+    return _codes_of_temporary(_FLOAT_ACT[function](_scaled_float64(h, 2.0 ** -GELU_FRAC_BITS)).div_(out_scale),
                                lo, hi, dtype)
 
 

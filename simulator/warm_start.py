@@ -15,8 +15,10 @@ executor first calls them -- the main process, reaching the simulator, runs the 
 variants while its helper is alive (`simulator.jit.use_parallel`), loads from the cache
 what is already there and compiles the rest itself in forward order, so the two meet in
 the middle and at most one kernel is compiled twice -- then the **parallel** variants,
-which the main process switches to once the helper has exited (and every later process
-finds cached). Numba writes cache files atomically (temp file + rename), so two
+which the main process switches to once the helper has exited, or at the latest
+`SERIAL_WINDOW_S` after launching it (and every later process finds cached). The helper runs
+at the lowest priority (``nice 19``): on a 2-core machine a helper at equal priority took a
+core from the job's torch threads and doubled its fake-quant time. Numba writes cache files atomically (temp file + rename), so two
 processes may fill one cache.
 
 Nothing waits on the helper and nothing depends on it: it is an optimisation
@@ -34,6 +36,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +46,8 @@ __all__ = ["warm_calls", "warm", "start", "compiling"]
 
 _ROOT = Path(__file__).resolve().parents[1]
 _started: list = []         # the helper process of this process, if one was started (at most one)
+_launched: list = []        # its time.monotonic() at launch
+SERIAL_WINDOW_S = 30.0      # at most this long after the launch do the kernels run serial (`compiling`)
 
 
 def warm_calls() -> list[tuple[str, Callable[[], object]]]:
@@ -110,8 +115,10 @@ def warm() -> None:
 
 
 def compiling() -> bool:
-    """Whether a helper this process launched is still running (its exit is checked, not waited for)."""
-    return bool(_started) and _started[0].poll() is None
+    """Whether a helper this process launched is still running (its exit is checked, not waited for)
+    and was launched less than `SERIAL_WINDOW_S` ago. Past that window a long job stops waiting for
+    it: the parallel variants it needs are then loaded from the cache or compiled in the job."""
+    return bool(_started) and time.monotonic() - _launched[0] < SERIAL_WINDOW_S and _started[0].poll() is None
 
 
 def start() -> subprocess.Popen | None:
@@ -127,6 +134,7 @@ def start() -> subprocess.Popen | None:
         env = dict(os.environ, VIT_INTSIM_WARM_START="0")
         root = str(_ROOT)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")     # this checkout's simulator
+        _launched[:] = [time.monotonic()]
         _started.append(subprocess.Popen([sys.executable, "-m", "simulator.warm_start"], env=env, cwd=root,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,10 @@ def test_kernels_run_serial_while_the_helper_compiles(monkeypatch):
 
     helper = _Helper()
     monkeypatch.setattr(warm_start, "_started", [helper])
+    monkeypatch.setattr(warm_start, "_launched", [time.monotonic() - warm_start.SERIAL_WINDOW_S - 1])
     monkeypatch.setitem(jit._variant, "parallel_ok", False)
+    assert not warm_start.compiling()                  # running, but launched longer ago than the window
+    monkeypatch.setattr(warm_start, "_launched", [time.monotonic()])
     assert warm_start.compiling() and not jit.use_parallel()
     with jit.kernel_variant("parallel"):
         assert jit.use_parallel()
