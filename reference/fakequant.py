@@ -86,13 +86,8 @@ def _int8_matmul(a: torch.Tensor, b8: torch.Tensor, lo: int) -> torch.Tensor:
     383*128) < 2**31`` for ``K < 2**15``, so int32 is exact."""
     k, n = b8.shape
     lead = a.shape[:-1]
-    c = lo + 128
-    if a.dtype == torch.int8 and c == 0:
-        a2 = a.reshape(-1, k)
-    elif a.dtype == torch.uint8 and c == 128:
-        a2 = (a ^ 0x80).view(torch.int8).reshape(-1, k)     # a - 128, in one pass
-    else:
-        a2 = (a - c).to(torch.int8).reshape(-1, k)
+    a8, c = _shift_to_int8(a, lo)
+    a2 = a8.reshape(-1, k)
     m = a2.shape[0]
     if m <= 16:                                 # _int_mm wants more than 16 rows
         a2 = torch.nn.functional.pad(a2, (0, 0, 0, 17 - m))
@@ -100,6 +95,43 @@ def _int8_matmul(a: torch.Tensor, b8: torch.Tensor, lo: int) -> torch.Tensor:
     if c:
         acc += c * b8.sum(0, dtype=torch.int32)
     return acc.reshape(*lead, n)
+
+
+def _shift_to_int8(a: torch.Tensor, lo: int) -> tuple[torch.Tensor, int]:
+    """``(a - c)`` as int8 and ``c = lo + 128``, for codes ``a`` in ``[lo, lo + 255]`` (one pass; none for int8)."""
+    c = lo + 128
+    if a.dtype == torch.int8 and c == 0:
+        return a, 0
+    if a.dtype == torch.uint8 and c == 128:
+        return (a ^ 0x80).view(torch.int8), c                # a - 128
+    return (a - c).to(torch.int8), c
+
+
+def _padded(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """[P, r, c] zero-padded to [P, rows, cols], contiguous (a view when nothing pads)."""
+    r, c = t.shape[-2:]
+    return torch.nn.functional.pad(t, (0, cols - c, 0, rows - r)) if (r, c) != (rows, cols) else t.contiguous()
+
+
+def _int8_batched_matmul(a: torch.Tensor, b8: torch.Tensor, lo: int) -> torch.Tensor:
+    """``a @ b8`` in int32 for batched operands (the same leading dims, e.g. attention's ``q k^T`` and
+    ``attn @ v``): one ``torch._int_mm`` per slice, with `_int8_matmul`'s shift ``c = lo + 128`` of
+    ``a`` and its bound (exact in int32 for ``K < 2**15``). ``_int_mm`` wants more than 16 rows and K, N
+    multiples of 8: zero rows / columns pad the operands (zeros add nothing) and are cut off; ``b``
+    goes in column-major (its transpose contiguous), oneDNN's faster layout (measured)."""
+    lead, (m, k), n = a.shape[:-2], a.shape[-2:], b8.shape[-1]
+    a8, c = _shift_to_int8(a, lo)
+    mp, kp, np_ = max(m, 17), -(-k // 8) * 8, -(-n // 8) * 8
+    a3 = _padded(a8.reshape(-1, m, k), mp, kp)
+    b3 = b8.reshape(-1, k, n)
+    bt = _padded(b3.transpose(1, 2), np_, kp)                  # [P, N, K]: the columns of b
+    out = torch.empty((a3.shape[0], mp, np_), dtype=torch.int32)
+    for p in range(a3.shape[0]):
+        torch._int_mm(a3[p], bt[p].t(), out=out[p])
+    acc = out[:, :m, :n]
+    if c:
+        acc = acc + c * b3.sum(1, dtype=torch.int32)[:, None, :]
+    return acc.reshape(*lead, m, n)
 
 
 def _float32_matmul(a: torch.Tensor, b: torch.Tensor, chunk: int, total: int) -> torch.Tensor:
@@ -123,8 +155,9 @@ def exact_int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     holding integers (``|acc| <= 2**24`` proved) or int64; ``.long()`` gives the integers.
 
     Engines, from the operands' value ranges (`value_range`: free for 8/16-bit dtypes):
-    oneDNN int8 ``torch._int_mm`` for 2-D ``b`` of int8 codes and ``a`` codes spanning at most
-    256 values inside ``[-128, 255]`` (`_int8_matmul`), where it is faster than float32 (`int8_gemm_is_faster`);
+    oneDNN int8 ``torch._int_mm`` for ``b`` of int8 codes and ``a`` codes spanning at most 256 values
+    inside ``[-128, 255]`` -- a 2-D ``b`` (`_int8_matmul`) or batched operands of the same leading dims
+    (`_int8_batched_matmul`, one call per slice) -- where it is faster than float32 (`int8_gemm_is_faster`);
     float32 BLAS in K-chunks of bound ``<= 2**24`` (`_float32_matmul`); float64 below 2**53;
     else an int64 matmul.
     """
@@ -134,6 +167,10 @@ def exact_int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if (b.dim() == 2 and b.dtype == torch.int8 and ahi - alo <= 255 and -128 <= alo and ahi <= 255 and 0 < k < INT_MM_MAX_K
             and k % 8 == 0 and b.shape[1] % 8 == 0 and a.numel() and int8_gemm_is_faster()):
         return _int8_matmul(a, b, alo)
+    if (a.dim() >= 3 and b.dim() == a.dim() and a.shape[:-2] == b.shape[:-2] and b.dtype == torch.int8
+            and ahi - alo <= 255 and -128 <= alo and ahi <= 255 and 0 < k < INT_MM_MAX_K and a.numel() and b.numel()
+            and int8_gemm_is_faster()):
+        return _int8_batched_matmul(a, b, alo)
     term = max(-alo, ahi, 1) * max(-blo, bhi, 1)        # bound of one product
     total = k * term
     if term <= F32_EXACT and (F32_EXACT // term >= min(k, 64) or total <= F32_EXACT) and _float32_is_ieee():

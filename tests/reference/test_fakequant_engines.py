@@ -60,15 +60,25 @@ def test_exact_int_matmul_linear_equals_int64(data, a_kind, m, k, n, int8_fast):
     assert torch.equal(got.long(), oracle(a, b))
 
 
-@settings(max_examples=40)
+@settings(max_examples=60)
 @given(st.data(), st.sampled_from([("int8", "int8"), ("uint8", "int8"), ("int16", "int8"), ("int16", "int16"),
                                    ("int32", "int8"), ("int64", "int64")]),
-       st.sampled_from([3, 64, 197, 600, 1100]))
-def test_exact_int_matmul_batched_equals_int64(data, kinds, k):
-    """Act x act (4-D): float32 in K-chunks (several at k=600/1100 for 8-bit codes), float64 or int64."""
-    a = data.draw(operand((1, 2, 5, k), kinds[0]))
-    b = data.draw(operand((1, 2, k, 3), kinds[1]))
-    assert torch.equal(exact_int_matmul(a, b).long(), oracle(a, b))
+       st.sampled_from([3, 64, 197, 600, 1100]), st.sampled_from([5, 17, 24]), st.sampled_from([3, 8, 197]),
+       st.booleans(), st.booleans())
+def test_exact_int_matmul_batched_equals_int64(data, kinds, k, m, n, int8_fast, transposed):
+    """Act x act (4-D): `_int8_batched_matmul` (8-bit codes; rows, K and N padded where _int_mm needs it;
+    ``b`` given as a transposed view like ``k^T``), float32 in K-chunks (several at k=600/1100 for
+    8-bit codes), float64 or int64."""
+    a = data.draw(operand((1, 2, m, k), kinds[0]))
+    b = data.draw(operand((1, 2, n, k) if transposed else (1, 2, k, n), kinds[1]))
+    b = b.transpose(-2, -1) if transposed else b
+    orig = fq.int8_gemm_is_faster
+    try:
+        fq.int8_gemm_is_faster = lambda: int8_fast          # both routes, whatever this CPU prefers
+        got = exact_int_matmul(a, b)
+    finally:
+        fq.int8_gemm_is_faster = orig
+    assert torch.equal(got.long(), oracle(a, b))
 
 
 @pytest.mark.parametrize("lo_a,hi_b", [(-128, -128), (127, -128), (255, 127)])
