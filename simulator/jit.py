@@ -24,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import os
 import types
+from collections.abc import Callable
 
 import numba
 
 from simulator import fixedpoint, int_activations, int_nonlinear, scale_predictor, softmax_codes, two_scaled
 from simulator.kernel_cache import user_cache_dir
 
-__all__ = ["kernel", "row_kernel", "RowKernel", "use_parallel", "kernel_variant", "rounding_rshift", "saturate", "requantize", "isqrt",
+__all__ = ["kernel", "row_kernel", "RowKernel", "use_parallel", "kernel_variant", "serial_while", "rounding_rshift", "saturate", "requantize", "isqrt",
            "round_half_up", "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine",
            "v2sf_encode", "v2sf_decode", "softmax_v2sf_code", "gelu_v2sf_code", "quick_gelu_q12", "rounding_mean",
            "softmax_pow2_codes", "log2_code", "log2_operand"]
@@ -44,19 +45,24 @@ kernel = numba.njit(cache=True, nogil=True)
 _parallel = numba.njit(cache=True, nogil=True, parallel=True)
 _scalar = numba.njit(cache=True, nogil=True, inline="always")
 
-_variant: dict = {"forced": None, "parallel_ok": False}
+_variant: dict = {"forced": None, "parallel_ok": False, "pending": None}
+
+
+def serial_while(pending: Callable[[], bool]) -> None:
+    """Run the serial variants as long as ``pending()`` is true (`simulator.warm_start.start` passes
+    its helper's `compiling`); the first false answer switches to the parallel ones for good."""
+    _variant["pending"], _variant["parallel_ok"] = pending, False
 
 
 def use_parallel() -> bool:
     """Whether row kernels run their parallel variant now: yes, unless a variant is forced
-    (`kernel_variant`) or a warm-start helper launched by this process is still running."""
+    (`kernel_variant`) or a warm-start helper launched by this process is still compiling (`serial_while`)."""
     if _variant["forced"] is not None:
         return _variant["forced"] == "parallel"
     if _variant["parallel_ok"]:
         return True
-    from simulator import warm_start
-
-    if warm_start.compiling():
+    pending = _variant["pending"]
+    if pending is not None and pending():
         return False
     _variant["parallel_ok"] = True
     return True

@@ -138,9 +138,12 @@ def start() -> subprocess.Popen | None:
         _started.append(subprocess.Popen([sys.executable, "-m", "simulator.warm_start"], env=env, cwd=root,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL))
-        return _started[0]
     except OSError:
         return None
+    from simulator.jit import serial_while
+
+    serial_while(compiling)
+    return _started[0]
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ int64 otherwise; every backend returns that same dtype.
 
 Backends (`EXACT_BACKENDS`):
 
-* ``numba``: jitted kernels over blocks of output rows (`row_blocks`). For 8-bit codes
+* ``numba``: jitted row kernels, ``prange`` over output rows. For 8-bit codes
   (int8/uint8 ``a``, int8 ``b``) the **pair kernel** `_gemm_pairs`: ``b``'s rows
   are interleaved in pairs so each step adds ``a[i,2h] b[2h,j] + a[i,2h+1]
   b[2h+1,j]`` over a contiguous run of j (the ``pmaddwd`` shape: LLVM emits

@@ -110,6 +110,7 @@ def test_kernels_run_serial_while_the_helper_compiles(monkeypatch):
     monkeypatch.setattr(warm_start, "_started", [helper])
     monkeypatch.setattr(warm_start, "_launched", [time.monotonic() - warm_start.SERIAL_WINDOW_S - 1])
     monkeypatch.setitem(jit._variant, "parallel_ok", False)
+    monkeypatch.setitem(jit._variant, "pending", warm_start.compiling)     # as `start` registers it
     assert not warm_start.compiling()                  # running, but launched longer ago than the window
     monkeypatch.setattr(warm_start, "_launched", [time.monotonic()])
     assert warm_start.compiling() and not jit.use_parallel()
@@ -122,3 +123,20 @@ def test_kernels_run_serial_while_the_helper_compiles(monkeypatch):
     with pytest.raises(ValueError, match="serial"):
         with jit.kernel_variant("fast"):
             pass
+
+
+def test_start_makes_the_job_run_serial_until_the_helper_is_done(tmp_path, monkeypatch):
+    from simulator import jit
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("VIT_INTSIM_WARM_START", raising=False)
+    monkeypatch.setattr(warm_start, "_started", [])
+    monkeypatch.setattr(warm_start, "_launched", [])
+    monkeypatch.setitem(jit._variant, "pending", None)
+    monkeypatch.setitem(jit._variant, "parallel_ok", True)
+    helper = _Helper()
+    monkeypatch.setattr(warm_start.subprocess, "Popen", lambda *a, **k: helper)
+    assert warm_start.start() is helper
+    assert jit._variant["pending"] is warm_start.compiling and not jit.use_parallel()
+    helper.exit_code = 0
+    assert jit.use_parallel()
