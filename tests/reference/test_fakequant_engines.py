@@ -41,6 +41,16 @@ def oracle(a, b):
     return torch.from_numpy(np.matmul(a.long().numpy(), b.long().numpy()))
 
 
+def matmul_with_int8_route(a, b, int8_fast: bool):
+    """`exact_int_matmul` with the int8 ``_int_mm`` routes on or off, whatever this CPU prefers."""
+    orig = fq.int8_gemm_is_faster
+    try:
+        fq.int8_gemm_is_faster = lambda: int8_fast
+        return exact_int_matmul(a, b)
+    finally:
+        fq.int8_gemm_is_faster = orig
+
+
 @settings(max_examples=40)
 @given(st.data(), st.sampled_from(["int8", "uint8", "int16", "int32", "int64"]),
        st.sampled_from([1, 7, 16, 24, 40]), st.sampled_from([8, 64, 384, 1032]), st.sampled_from([8, 16, 24]),
@@ -49,13 +59,7 @@ def test_exact_int_matmul_linear_equals_int64(data, a_kind, m, k, n, int8_fast):
     """2-D weights: `_int8_matmul` (offset shift for uint8) or float32 K-chunks, each exact."""
     a = data.draw(operand((2, m, k), a_kind))
     b = data.draw(operand((k, n), "int8"))
-    fq.int8_gemm_is_faster.cache_clear()
-    orig = fq.int8_gemm_is_faster
-    try:
-        fq.int8_gemm_is_faster = lambda: int8_fast          # both routes, whatever this CPU prefers
-        got = exact_int_matmul(a, b)
-    finally:
-        fq.int8_gemm_is_faster = orig
+    got = matmul_with_int8_route(a, b, int8_fast)
     assert got.dtype in (torch.int32, torch.float32, torch.int64)
     assert torch.equal(got.long(), oracle(a, b))
 
@@ -72,12 +76,7 @@ def test_exact_int_matmul_batched_equals_int64(data, kinds, k, m, n, int8_fast, 
     a = data.draw(operand((1, 2, m, k), kinds[0]))
     b = data.draw(operand((1, 2, n, k) if transposed else (1, 2, k, n), kinds[1]))
     b = b.transpose(-2, -1) if transposed else b
-    orig = fq.int8_gemm_is_faster
-    try:
-        fq.int8_gemm_is_faster = lambda: int8_fast          # both routes, whatever this CPU prefers
-        got = exact_int_matmul(a, b)
-    finally:
-        fq.int8_gemm_is_faster = orig
+    got = matmul_with_int8_route(a, b, int8_fast)
     assert torch.equal(got.long(), oracle(a, b))
 
 
