@@ -10,8 +10,9 @@ one that runs; the serial one exists for the first ``simulate`` after an install
 parallel kernel in 2-3x the time of the serial one (output stage 1.8 s vs 0.8 s, softmax 1.5 s vs
 0.5 s, LayerNorm 1.0 s vs 0.3 s; idle 2-core AMD EPYC, numba 0.68), which made up most of the cold
 start. While a warm-start helper this process launched (`simulator.warm_start`) is still compiling
-the parallel variants into the cache, `use_parallel` is False and the kernels run serial; from the
-first call after it exits they run parallel, loaded from the cache. Both variants compute every row
+the parallel variants into the cache (at most `simulator.warm_start.SERIAL_WINDOW_S` after its
+launch), `use_parallel` is False and the kernels run serial; from the first call after that they
+run parallel, loaded from the cache (or compiled here if the helper did not get to them). Both variants compute every row
 by the same code, so the codes do not depend on which ran (tests/simulator/test_row_kernels.py).
 
 The scalar primitives are
@@ -31,7 +32,8 @@ import numba
 from simulator import fixedpoint, int_activations, int_nonlinear, scale_predictor, softmax_codes, two_scaled
 from simulator.kernel_cache import user_cache_dir
 
-__all__ = ["kernel", "row_kernel", "RowKernel", "use_parallel", "kernel_variant", "serial_while", "rounding_rshift", "saturate", "requantize", "isqrt",
+__all__ = ["kernel", "row_kernel", "RowKernel", "use_parallel", "kernel_variant", "serial_while",
+           "rounding_rshift", "saturate", "requantize", "isqrt",
            "round_half_up", "exp2_neg", "softmax_scale_codes", "gelu_q12", "ln_normalize", "ln_affine",
            "v2sf_encode", "v2sf_decode", "softmax_v2sf_code", "gelu_v2sf_code", "quick_gelu_q12", "rounding_mean",
            "softmax_pow2_codes", "log2_code", "log2_operand"]
@@ -100,6 +102,7 @@ class RowKernel:
 def row_kernel(f) -> RowKernel:
     """Decorator: ``f(r0, r1, ...)`` looping ``prange(r0, r1)`` as a `RowKernel`."""
     return RowKernel(f)
+
 
 _compiled: dict = {}
 
