@@ -76,8 +76,8 @@ __all__ = ["IntOps", "GraphIntegerExecutor", "int_quick_gelu", "biased_window_sc
 
 
 @row_kernel
-def _quick_gelu(r0, r1, h, out_mult, out_shift, lo, hi, out):
-    for i in prange(r0, r1):
+def _quick_gelu(h, out_mult, out_shift, lo, hi, out):
+    for i in prange(h.shape[0]):
         for j in range(h.shape[1]):
             x = jsaturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
             out[i, j] = jsaturate(jrequantize(quick_gelu_q12(x), out_mult, out_shift), lo, hi)
@@ -87,8 +87,7 @@ def int_quick_gelu(h: np.ndarray, out_mult: int, out_shift: int, lo: int, hi: in
     """quick-GELU of Q12 values ``h`` then requantization to signed codes."""
     h2 = h.reshape(-1, h.shape[-1])
     out = np.empty(h2.shape, dtype=out_dtype)
-    _quick_gelu(0, h2.shape[0], h2, np.int64(out_mult), np.int64(out_shift), np.int64(lo),
-                np.int64(hi), out)
+    _quick_gelu(h2, np.int64(out_mult), np.int64(out_shift), np.int64(lo), np.int64(hi), out)
     return out.reshape(h.shape)
 
 

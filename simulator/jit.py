@@ -3,8 +3,8 @@
 ``cache=True`` so a second start does not recompile (into
 `simulator.kernel_cache.user_cache_dir` unless ``NUMBA_CACHE_DIR`` is set).
 
-Row kernels (`row_kernel`) take their row range ``r0, r1`` as the first two arguments and loop
-``prange(r0, r1)``; each is compiled two ways from the one source: **parallel** (``parallel=True``,
+Row kernels (`row_kernel`: an outer ``prange`` loop over rows) are each compiled two ways from
+the one source: **parallel** (``parallel=True``,
 numba's thread pool) and **serial** (the same loop as a plain ``range``). The parallel variant is the
 one that runs; the serial one exists for the first ``simulate`` after an install: numba compiles a
 parallel kernel in 2-3x the time of the serial one (output stage 1.8 s vs 0.8 s, softmax 1.5 s vs
@@ -100,7 +100,7 @@ class RowKernel:
 
 
 def row_kernel(f) -> RowKernel:
-    """Decorator: ``f(r0, r1, ...)`` looping ``prange(r0, r1)`` as a `RowKernel`."""
+    """Decorator: a kernel whose outer loop is a ``prange`` over rows, as a `RowKernel`."""
     return RowKernel(f)
 
 

@@ -43,9 +43,9 @@ _S33 = np.uint64(33)
 
 
 @row_kernel
-def _digest_rows(r0, r1, a, out):
-    m = a.shape[1]
-    for i in prange(r0, r1):
+def _digest_rows(a, out):
+    n, m = a.shape
+    for i in prange(n):
         l0 = _SEED
         l1 = _SEED + np.uint64(1)
         l2 = _SEED + np.uint64(2)
@@ -87,5 +87,5 @@ def row_digests(codes) -> np.ndarray:
     a = np.ascontiguousarray(a.reshape(n, -1))
     out = np.empty(n, dtype=np.uint64)
     if n:
-        _digest_rows(0, n, a, out)
+        _digest_rows(a, out)
     return out

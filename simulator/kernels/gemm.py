@@ -75,13 +75,12 @@ F64_EXACT = 1 << 53
 
 
 @row_kernel
-def _gemm_dot(t0, t1, a, bt, out):
-    """``out[p, i, j] = sum_k a[p, i, k] * bt[q, j, k]``, q = p (or 0 when bt is shared), for the rows
-    ``t = p * M + i`` in t0 .. t1-1: any integers."""
-    m, k = a.shape[1], a.shape[2]
+def _gemm_dot(a, bt, out):
+    """``out[p, i, j] = sum_k a[p, i, k] * bt[q, j, k]``, q = p (or 0 when bt is shared): any integers."""
+    nb, m, k = a.shape
     n = bt.shape[1]
     shared = bt.shape[0] == 1
-    for t in prange(t0, t1):
+    for t in prange(nb * m):
         p, i = t // m, t % m
         q = 0 if shared else p
         for j in range(n):
@@ -92,7 +91,7 @@ def _gemm_dot(t0, t1, a, bt, out):
 
 
 @row_kernel
-def _gemm_pairs(t0, t1, au, bp, init, out):
+def _gemm_pairs(au, bp, init, out):
     """``out[p, i, j] = init[q, j] + sum_h au[p, i, 2h] bp[q, h, 2j] + au[p, i, 2h+1] bp[q, h, 2j+1]``, int32.
 
     ``au`` uint8 [P, M, 2H], ``bp`` int8 [P or 1, H, 2N]: ``b``'s rows taken in pairs and interleaved
@@ -100,10 +99,10 @@ def _gemm_pairs(t0, t1, au, bp, init, out):
     ``pmaddwd`` shape (AVX2 / AVX-512 ``vpmaddwd``, ``vpdpwssd`` with VNNI), vectorised over j.
     Sums wrap modulo 2**32; the caller guarantees the exact result fits int32 (module docstring).
     """
-    m, k2 = au.shape[1], au.shape[2]
+    nb, m, k2 = au.shape
     n = out.shape[2]
     shared = bp.shape[0] == 1
-    for t in prange(t0, t1):                      # rows t = p * M + i
+    for t in prange(nb * m):
         p, i = t // m, t % m
         q = 0 if shared else p
         acc = init[q].copy()
@@ -181,11 +180,10 @@ def _run_numba(a3, b3, dtype):
         out = np.empty((nb, m, b3.shape[2]), dtype=np.int32)
         init = (-128 * b3.sum(axis=1, dtype=np.int32) if a3.dtype == np.int8
                 else np.zeros((b3.shape[0], b3.shape[2]), dtype=np.int32))
-        _gemm_pairs(0, nb * m, np.ascontiguousarray(au), _pair_rows(b3), init, out)
+        _gemm_pairs(np.ascontiguousarray(au), _pair_rows(b3), init, out)
         return out
     out = np.empty((nb, m, b3.shape[2]), dtype=dtype)
-    _gemm_dot(0, nb * m, np.ascontiguousarray(a3),
-              np.ascontiguousarray(b3.swapaxes(-1, -2)), out)
+    _gemm_dot(np.ascontiguousarray(a3), np.ascontiguousarray(b3.swapaxes(-1, -2)), out)
     return out
 
 

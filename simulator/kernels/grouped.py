@@ -25,10 +25,10 @@ group_code = _compile(igq.group_code)
 
 
 @row_kernel
-def _group_quantize(r0, r1, u, mult, base, exps, lo, hi, codes, gidx):
-    """u [B, T, C] (any strides): per instance b in r0 .. r1-1 and channel c, reduce over T."""
-    nt, nc = u.shape[1], u.shape[2]
-    for b in prange(r0, r1):
+def _group_quantize(u, mult, base, exps, lo, hi, codes, gidx):
+    """u [B, T, C] (any strides): per instance b and channel c, reduce over T."""
+    nb, nt, nc = u.shape
+    for b in prange(nb):
         for c in range(nc):
             umax = np.int64(u[b, 0, c])
             umin = umax
@@ -58,15 +58,15 @@ def group_quantize(u: np.ndarray, gq, out_dtype, rows: bool = False):
     else:
         cview = codes
     gidx = np.empty((u3.shape[0], u3.shape[2]), dtype=np.int64)
-    _group_quantize(0, u3.shape[0], u3, np.int64(gq.mult), np.int64(gq.shift),
-                    np.ascontiguousarray(gq.exps, dtype=np.int64), np.int64(gq.lo), np.int64(gq.hi), cview, gidx)
+    _group_quantize(u3, np.int64(gq.mult), np.int64(gq.shift), np.ascontiguousarray(gq.exps, dtype=np.int64),
+                    np.int64(gq.lo), np.int64(gq.hi), cview, gidx)
     return codes.reshape(u.shape), gidx.reshape(*lead, gidx.shape[-1])
 
 
 @row_kernel
-def _layernorm_wide(r0, r1, x, eps_q, gmul, bq, out):
-    d = x.shape[1]
-    for i in prange(r0, r1):
+def _layernorm_wide(x, eps_q, gmul, bq, out):
+    t, d = x.shape
+    for i in prange(t):
         s1, recip = layernorm_row_stats(x, i, eps_q)
         for c in range(d):
             out[i, c] = ln_normalize(d * np.int64(x[i, c]) - s1, recip) * gmul[c] + bq[c]
@@ -76,14 +76,14 @@ def layernorm_wide(x: np.ndarray, ln) -> np.ndarray:
     """``n_c * G_c + B_c`` (the LayerNorm output before its rounding shift), int64."""
     x2 = x.reshape(-1, x.shape[-1])
     out = np.empty(x2.shape, dtype=np.int64)
-    _layernorm_wide(0, x2.shape[0], x2, np.int64(ln.eps_q), ln.gamma_mult, ln.beta_q, out)
+    _layernorm_wide(x2, np.int64(ln.eps_q), ln.gamma_mult, ln.beta_q, out)
     return out.reshape(x.shape)
 
 
 @row_kernel
-def _softmax_wide(r0, r1, acc, in_mult, in_shift, out):
-    n = acc.shape[1]
-    for i in prange(r0, r1):
+def _softmax_wide(acc, in_mult, in_shift, out):
+    r, n = acc.shape
+    for i in prange(r):
         recip = softmax_row_exp(acc, i, in_mult, in_shift, out[i])
         for j in range(n):
             out[i, j] = out[i, j] * recip
@@ -93,13 +93,13 @@ def softmax_wide(acc: np.ndarray, sm) -> np.ndarray:
     """``e * floor(2**62 / sum e)`` per row (softmax in Q62 before its rounding shift), int64."""
     a2 = acc.reshape(-1, acc.shape[-1])
     out = np.empty(a2.shape, dtype=np.int64)
-    _softmax_wide(0, a2.shape[0], a2, np.int64(sm.in_mult), np.int64(sm.in_shift), out)
+    _softmax_wide(a2, np.int64(sm.in_mult), np.int64(sm.in_shift), out)
     return out.reshape(acc.shape)
 
 
 @row_kernel
-def _gelu_wide(r0, r1, h, out):
-    for i in prange(r0, r1):
+def _gelu_wide(h, out):
+    for i in prange(h.shape[0]):
         for j in range(h.shape[1]):
             out[i, j] = gelu_q12(saturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT))
 
@@ -108,13 +108,13 @@ def gelu_wide(h: np.ndarray) -> np.ndarray:
     """GELU of Q12 values, Q12 result (before the output requantization), int64."""
     h2 = h.reshape(-1, h.shape[-1])
     out = np.empty(h2.shape, dtype=np.int64)
-    _gelu_wide(0, h2.shape[0], h2, out)
+    _gelu_wide(h2, out)
     return out.reshape(h.shape)
 
 
 @row_kernel
-def _quick_gelu_wide(r0, r1, h, out):
-    for i in prange(r0, r1):
+def _quick_gelu_wide(h, out):
+    for i in prange(h.shape[0]):
         for j in range(h.shape[1]):
             out[i, j] = quick_gelu_q12(saturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT))
 
@@ -123,14 +123,14 @@ def quick_gelu_wide(h: np.ndarray) -> np.ndarray:
     """quick-GELU of Q12 values, Q12 result (before the output requantization), int64."""
     h2 = h.reshape(-1, h.shape[-1])
     out = np.empty(h2.shape, dtype=np.int64)
-    _quick_gelu_wide(0, h2.shape[0], h2, out)
+    _quick_gelu_wide(h2, out)
     return out.reshape(h.shape)
 
 
 
 @row_kernel
-def _requant_rows(r0, r1, acc, mult, shifts, out):
-    for i in prange(r0, r1):
+def _requant_rows(acc, mult, shifts, out):
+    for i in prange(acc.shape[0]):
         for j in range(acc.shape[1]):
             out[i, j] = requantize(np.int64(acc[i, j]), mult, shifts[i])
 
@@ -139,6 +139,5 @@ def requant_rows(acc: np.ndarray, mult: int, shifts: np.ndarray) -> np.ndarray:
     """``requantize(acc[..., r, :], mult, shifts[..., r])`` without saturation, int64."""
     a2 = acc.reshape(-1, acc.shape[-1])
     out = np.empty(a2.shape, dtype=np.int64)
-    _requant_rows(0, a2.shape[0], a2, np.int64(mult),
-                  np.ascontiguousarray(shifts, dtype=np.int64).reshape(-1), out)
+    _requant_rows(a2, np.int64(mult), np.ascontiguousarray(shifts, dtype=np.int64).reshape(-1), out)
     return out.reshape(acc.shape)

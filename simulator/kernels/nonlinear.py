@@ -8,8 +8,8 @@ import numpy as np
 from numba import prange
 
 from simulator.int_nonlinear import GELU_INPUT_LIMIT, LN_RECIP_BITS, SOFTMAX_RECIP_BITS
-from simulator.jit import (exp2_neg, gelu_q12, isqrt, ln_affine, ln_normalize, requantize, row_kernel, saturate,
-                           softmax_scale_codes)
+from simulator.jit import (exp2_neg, gelu_q12, isqrt, ln_affine, ln_normalize, requantize, row_kernel,
+                           saturate, softmax_scale_codes)
 
 __all__ = ["int_softmax", "int_gelu", "int_layernorm", "softmax_row_exp", "layernorm_row_stats"]
 
@@ -46,10 +46,10 @@ def layernorm_row_stats(x, i, eps_q):
 
 
 @row_kernel
-def _softmax_rows(r0, r1, acc, in_mult, in_shift, out_bits, out):
-    n = acc.shape[1]
-    for i in prange(r0, r1):
-        e = np.empty(n, dtype=np.int64)            # per row: rows run in parallel
+def _softmax_rows(acc, in_mult, in_shift, out_bits, out):
+    r, n = acc.shape
+    for i in prange(r):
+        e = np.empty(n, dtype=np.int64)
         recip = softmax_row_exp(acc, i, in_mult, in_shift, e)
         for j in range(n):
             out[i, j] = softmax_scale_codes(e[j], recip, out_bits)
@@ -59,14 +59,13 @@ def int_softmax(acc: np.ndarray, in_mult: int, in_shift: int, out_bits: int) -> 
     """Row softmax of an int accumulator -> unsigned codes at scale ``2**-out_bits``."""
     a2 = acc.reshape(-1, acc.shape[-1])
     out = np.empty(a2.shape, dtype=np.uint8 if out_bits <= 8 else np.uint16)
-    _softmax_rows(0, a2.shape[0], a2, np.int64(in_mult), np.int64(in_shift),
-                  np.int64(out_bits), out)
+    _softmax_rows(a2, np.int64(in_mult), np.int64(in_shift), np.int64(out_bits), out)
     return out.reshape(acc.shape)
 
 
 @row_kernel
-def _gelu(r0, r1, h, out_mult, out_shift, lo, hi, out):
-    for i in prange(r0, r1):
+def _gelu(h, out_mult, out_shift, lo, hi, out):
+    for i in prange(h.shape[0]):
         for j in range(h.shape[1]):
             x = saturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
             out[i, j] = saturate(requantize(gelu_q12(x), out_mult, out_shift), lo, hi)
@@ -76,15 +75,14 @@ def int_gelu(h: np.ndarray, out_mult: int, out_shift: int, lo: int, hi: int, out
     """GELU of Q12 values ``h`` then requantization to signed codes."""
     h2 = h.reshape(-1, h.shape[-1])
     out = np.empty(h2.shape, dtype=out_dtype)
-    _gelu(0, h2.shape[0], h2, np.int64(out_mult), np.int64(out_shift), np.int64(lo),
-          np.int64(hi), out)
+    _gelu(h2, np.int64(out_mult), np.int64(out_shift), np.int64(lo), np.int64(hi), out)
     return out.reshape(h.shape)
 
 
 @row_kernel
-def _layernorm(r0, r1, x, eps_q, gmul, bq, out_shift, lo, hi, out):
-    d = x.shape[1]
-    for i in prange(r0, r1):
+def _layernorm(x, eps_q, gmul, bq, out_shift, lo, hi, out):
+    t, d = x.shape
+    for i in prange(t):
         s1, recip = layernorm_row_stats(x, i, eps_q)
         for c in range(d):
             n = ln_normalize(d * np.int64(x[i, c]) - s1, recip)
@@ -96,6 +94,5 @@ def int_layernorm(x: np.ndarray, eps_q: int, gamma_mult, beta_q, out_shift: int,
     """LayerNorm over the last axis of residual codes -> signed output codes."""
     x2 = x.reshape(-1, x.shape[-1])
     out = np.empty(x2.shape, dtype=out_dtype)
-    _layernorm(0, x2.shape[0], x2, np.int64(eps_q), gamma_mult, beta_q,
-               np.int64(out_shift), np.int64(lo), np.int64(hi), out)
+    _layernorm(x2, np.int64(eps_q), gamma_mult, beta_q, np.int64(out_shift), np.int64(lo), np.int64(hi), out)
     return out.reshape(x.shape)

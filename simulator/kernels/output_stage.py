@@ -25,10 +25,10 @@ def code_dtype(bits: int):
 
 
 @row_kernel
-def _linear_output(r0, r1, acc, bias, mult, shift, res, res_mult, res_shift, lo, hi, out):
-    n = acc.shape[1]
+def _linear_output(acc, bias, mult, shift, res, res_mult, res_shift, lo, hi, out):
+    m, n = acc.shape
     over = 0
-    for i in prange(r0, r1):
+    for i in prange(m):
         for j in range(n):
             a = np.int64(acc[i, j]) + bias[j]
             if a < ACC_LO or a > ACC_HI:
@@ -58,18 +58,18 @@ def linear_output(acc, bias, mult, shift, lo, hi, out_dtype, res=None, res_mult=
 
     Arguments are passed in one dtype and layout (int32 accumulators when they fit, C-contiguous) and,
     without a residual, with a placeholder of the residual stream's dtype, so the kernel compiles once
-    per output dtype, not once per backend or call shape (each specialisation costs ~0.5-1 s of
-    numba compilation on a cold start; `simulator.warm_start`)."""
+    per output dtype, not once per backend or call shape (each parallel specialisation costs 1-2 s of
+    numba compilation on a cold start, its serial twin about half: `simulator.jit`)."""
     out = np.empty(acc.shape, dtype=out_dtype)
     r = np.ascontiguousarray(res) if res is not None else _NO_RESIDUAL
-    over = _linear_output(0, acc.shape[0], _acc32(acc), bias, mult, shift, r,
-                          np.int64(res_mult), np.int64(res_shift), np.int64(lo), np.int64(hi), out)
+    over = _linear_output(_acc32(acc), bias, mult, shift, r, np.int64(res_mult), np.int64(res_shift),
+                          np.int64(lo), np.int64(hi), out)
     return out, over
 
 
 @row_kernel
-def _requant_output(r0, r1, acc, mult, shift, lo, hi, out):
-    for i in prange(r0, r1):
+def _requant_output(acc, mult, shift, lo, hi, out):
+    for i in prange(acc.shape[0]):
         for j in range(acc.shape[1]):
             out[i, j] = saturate(requantize(np.int64(acc[i, j]), mult, shift), lo, hi)
 
@@ -78,24 +78,23 @@ def requant_output(acc, mult: int, shift: int, lo: int, hi: int, out_dtype):
     """Per-tensor ``saturate(requantize(acc, M, k))`` of any-shaped acc."""
     a2 = np.ascontiguousarray(acc.reshape(-1, acc.shape[-1]), dtype=np.int64)   # one specialisation
     out = np.empty(a2.shape, dtype=out_dtype)
-    _requant_output(0, a2.shape[0], a2, np.int64(mult), np.int64(shift), np.int64(lo),
-                    np.int64(hi), out)
+    _requant_output(a2, np.int64(mult), np.int64(shift), np.int64(lo), np.int64(hi), out)
     return out.reshape(acc.shape)
 
 
 @row_kernel
-def _quantize_patches(r0, r1, images, ph, pw, in_scale, lo, hi, out):
-    c, w = images.shape[1], images.shape[3]
+def _quantize_patches(images, ph, pw, in_scale, lo, hi, out):
+    b, c, h, w = images.shape
     gw = w // pw
-    npatch = out.shape[1]
-    for i in prange(r0, r1):                  # rows: (image, patch) pairs
+    npatch = (h // ph) * gw
+    for i in prange(b * npatch):
         n, p = i // npatch, i % npatch
-        y0, x0 = (p // gw) * ph, (p % gw) * pw
+        r0, c0 = (p // gw) * ph, (p % gw) * pw
         j = 0
         for ch in range(c):
             for y in range(ph):
                 for x in range(pw):
-                    v = np.float64(images[n, ch, y0 + y, x0 + x]) / in_scale
+                    v = np.float64(images[n, ch, r0 + y, c0 + x]) / in_scale
                     out[n, p, j] = saturate(np.int64(round_half_up(v)), lo, hi)
                     j += 1
 
@@ -109,6 +108,5 @@ def quantize_patches(images: np.ndarray, patch_size, in_scale: float, bits: int)
     ph, pw = patch_size
     out = np.empty((b, (h // ph) * (w // pw), c * ph * pw), dtype=code_dtype(bits))
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    _quantize_patches(0, out.shape[0] * out.shape[1], np.ascontiguousarray(images), ph, pw,
-                      np.float64(in_scale), np.int64(lo), np.int64(hi), out)
+    _quantize_patches(np.ascontiguousarray(images), ph, pw, np.float64(in_scale), np.int64(lo), np.int64(hi), out)
     return out

@@ -17,7 +17,7 @@ from numba import prange
 
 from simulator.int_nonlinear import GELU_INPUT_LIMIT
 from simulator.jit import (gelu_q12, gelu_v2sf_code, quick_gelu_q12, row_kernel, saturate, softmax_v2sf_code,
-                           v2sf_decode)
+                          v2sf_decode)
 from simulator.kernels.nonlinear import int_gelu, int_softmax, softmax_row_exp
 from simulator.two_scaled import operand_max
 
@@ -25,34 +25,34 @@ __all__ = ["softmax_stage", "gelu_stage", "softmax_operand", "gelu_operand", "ac
 
 
 @row_kernel
-def _softmax_v2sf_rows(r0, r1, acc, in_mult, in_shift, bits, fine_exp, ratio_shift, out):
-    n = acc.shape[1]
-    for i in prange(r0, r1):
-        e = np.empty(n, dtype=np.int64)            # per row: rows run in parallel
+def _softmax_v2sf_rows(acc, in_mult, in_shift, bits, fine_exp, ratio_shift, out):
+    r, n = acc.shape
+    for i in prange(r):
+        e = np.empty(n, dtype=np.int64)
         recip = softmax_row_exp(acc, i, in_mult, in_shift, e)
         for j in range(n):
             out[i, j] = softmax_v2sf_code(e[j], recip, bits, fine_exp, ratio_shift)
 
 
 @row_kernel
-def _gelu_v2sf(r0, r1, h, mult, shift, bits, ratio_shift, out):
-    for i in prange(r0, r1):
+def _gelu_v2sf(h, mult, shift, bits, ratio_shift, out):
+    for i in prange(h.shape[0]):
         for j in range(h.shape[1]):
             x = saturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
             out[i, j] = gelu_v2sf_code(gelu_q12(x), mult, shift, bits, ratio_shift)
 
 
 @row_kernel
-def _quick_gelu_v2sf(r0, r1, h, mult, shift, bits, ratio_shift, out):
-    for i in prange(r0, r1):
+def _quick_gelu_v2sf(h, mult, shift, bits, ratio_shift, out):
+    for i in prange(h.shape[0]):
         for j in range(h.shape[1]):
             x = saturate(np.int64(h[i, j]), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT)
             out[i, j] = gelu_v2sf_code(quick_gelu_q12(x), mult, shift, bits, ratio_shift)
 
 
 @row_kernel
-def _decode(r0, r1, codes, bits, ratio_shift, signed, out):
-    for i in prange(r0, r1):
+def _decode(codes, bits, ratio_shift, signed, out):
+    for i in prange(codes.shape[0]):
         for j in range(codes.shape[1]):
             out[i, j] = v2sf_decode(np.int64(codes[i, j]), bits, ratio_shift, signed)
 
@@ -67,8 +67,8 @@ def softmax_stage(sm, acc: np.ndarray) -> np.ndarray:
         return int_softmax(acc, sm.in_mult, sm.in_shift, sm.out_bits)
     a2 = _rows(acc)
     out = np.empty(a2.shape, dtype=np.uint8 if sm.out_bits <= 8 else np.uint16)
-    _softmax_v2sf_rows(0, a2.shape[0], a2, np.int64(sm.in_mult), np.int64(sm.in_shift),
-                       np.int64(sm.out_bits), np.int64(sm.fine_exp), np.int64(sm.ratio_shift), out)
+    _softmax_v2sf_rows(a2, np.int64(sm.in_mult), np.int64(sm.in_shift), np.int64(sm.out_bits),
+                       np.int64(sm.fine_exp), np.int64(sm.ratio_shift), out)
     return out.reshape(acc.shape)
 
 
@@ -78,16 +78,15 @@ def gelu_stage(g, h: np.ndarray, lo: int, hi: int, out_dtype) -> np.ndarray:
         return int_gelu(h, g.out_mult, g.out_shift, lo, hi, out_dtype)
     h2 = _rows(h)
     out = np.empty(h2.shape, dtype=np.uint8 if g.out_bits <= 8 else np.uint16)
-    _gelu_v2sf(0, h2.shape[0], h2, np.int64(g.out_mult), np.int64(g.out_shift),
-               np.int64(g.out_bits), np.int64(g.ratio_shift), out)
+    _gelu_v2sf(h2, np.int64(g.out_mult), np.int64(g.out_shift), np.int64(g.out_bits),
+               np.int64(g.ratio_shift), out)
     return out.reshape(h.shape)
 
 
 def _operand(codes: np.ndarray, bits: int, ratio_shift: int, signed: int) -> np.ndarray:
     c2 = _rows(codes)
     out = np.empty(c2.shape, dtype=np.int32)
-    _decode(0, c2.shape[0], c2, np.int64(bits), np.int64(ratio_shift), np.int64(signed),
-                   out)
+    _decode(c2, np.int64(bits), np.int64(ratio_shift), np.int64(signed), out)
     return out.reshape(codes.shape)
 
 
@@ -112,8 +111,7 @@ def activation_words(function: str, g, h: np.ndarray) -> np.ndarray:
     h2 = _rows(np.ascontiguousarray(h))
     out = np.empty(h2.shape, dtype=np.uint8 if g.out_bits <= 8 else np.uint16)
     kern = _quick_gelu_v2sf if function == "quick_gelu" else _gelu_v2sf
-    kern(0, h2.shape[0], h2, np.int64(g.out_mult), np.int64(g.out_shift),
-         np.int64(g.out_bits), np.int64(g.ratio_shift), out)
+    kern(h2, np.int64(g.out_mult), np.int64(g.out_shift), np.int64(g.out_bits), np.int64(g.ratio_shift), out)
     return out.reshape(h.shape)
 
 
